@@ -1,0 +1,61 @@
+# amphora-agent: `make run` and `make test` do everything on a fresh Debian machine (as root).
+
+PYTHON  ?= python3
+VENV    ?= .venv
+DEV     ?= dev
+PORT    ?= 9443
+DEBS    := haproxy keepalived iproute2 curl
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: all deps venv run test unit integration bench clean distclean
+
+all: test
+
+# Debian packages the agent drives (haproxy, keepalived) and the tests use (ip, curl).
+deps:
+	@missing=""; \
+	for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The virtualenv with the agent (strict editable install: twistd finds the plugin
+# from anywhere, and edits in amphora/ take effect at once).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	touch $@
+
+venv: $(STAMP)
+
+run: deps venv
+	@$(PY) -m amphora.devpki $(DEV) >/dev/null
+	@echo "Development agent: config $(DEV)/agent.conf, PKI in $(DEV)/ (reused on the next run)."
+	@echo "Try it from another shell:"
+	@echo "  curl --cacert $(DEV)/ca.pem --cert $(DEV)/client.pem --key $(DEV)/client-key.pem https://localhost:$(PORT)/info"
+	@echo
+	exec $(VENV)/bin/twistd -n --pidfile= amphora-agent --config $(DEV)/agent.conf
+
+test: deps venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+integration: deps venv
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+bench: deps venv
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build *.egg-info .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(DEV)

@@ -1,0 +1,86 @@
+"""Klein routes: validate the request, call a domain object, render JSON.
+
+Routes stay thin. Domain objects raise ``amphora.errors.AgentError``
+subclasses; the handlers below turn every error (and every unknown route,
+wrong method or unexpected exception) into ``{"message", "details"}`` JSON
+with the right status. A 500 never carries a traceback.
+
+Sections are grouped by domain, one block each, so work on one domain does not
+touch another's routes.
+"""
+
+from __future__ import annotations
+
+from klein import Klein
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+
+from amphora import API_VERSION
+from amphora.api.site import render_error, render_json
+from amphora.errors import AgentError, MethodNotAllowed, NotFound, OperationFailed
+
+log = Logger()
+
+V = "/v0.1"
+
+
+class AgentAPI:
+    """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
+
+    app = Klein()
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    # -- errors ---------------------------------------------------------------
+
+    @app.handle_errors(AgentError)
+    def _agent_error(self, request, failure):
+        error = failure.value
+        if error.status >= 500:
+            log.warn("{method} {path} failed: {error}", method=request.method, path=request.path,
+                     error=error)
+        return render_error(request, error)
+
+    @app.handle_errors(WerkzeugNotFound)
+    def _not_found(self, request, failure):
+        return render_error(request, NotFound(f"No route for {request.path.decode('ascii', 'replace')}"))
+
+    @app.handle_errors(WerkzeugMethodNotAllowed)
+    def _method_not_allowed(self, request, failure):
+        allowed = sorted(failure.value.valid_methods or ())
+        request.setHeader(b"allow", ", ".join(allowed).encode())
+        return render_error(request, MethodNotAllowed(
+            f"{request.method.decode('ascii', 'replace')} is not allowed here; allowed: {', '.join(allowed)}"))
+
+    @app.handle_errors
+    def _unexpected(self, request, failure):
+        log.failure("unhandled error in {method} {path}", failure=failure,
+                    method=request.method, path=request.path)
+        return render_error(request, OperationFailed("unexpected error; see the agent log",
+                                                     message="Internal Server Error"))
+
+    # -- info and topology ----------------------------------------------------
+
+    @app.route("/info", methods=["GET"])
+    def info(self, request):
+        facts = self.agent.facts
+        return render_json(request, {
+            "hostname": facts.hostname,
+            "uuid": facts.amphora_id,
+            "haproxy_version": facts.haproxy_version,
+            "api_version": API_VERSION,
+        })
+
+    @app.route(V + "/topology", methods=["GET"])
+    def get_topology(self, request):
+        return render_json(request, self.agent.topology.document())
+
+    # -- details (host) -------------------------------------------------------
+
+    # -- listeners ------------------------------------------------------------
+
+    # -- certificates ---------------------------------------------------------
+
+    # -- plug (network) -------------------------------------------------------

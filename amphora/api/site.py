@@ -1,0 +1,116 @@
+"""The HTTP site in front of the Klein routes.
+
+Three things happen here, before any route runs, for every request:
+
+- the mTLS check: no verified client certificate -> 401 JSON (handshake
+  failures never get this far);
+- the body cap: a body above ``max_body_bytes`` is not kept in memory or on
+  disk; the request is answered 413 JSON;
+- the access log: one structured event per request (method, path, status,
+  duration, client subject); never bodies, headers or key material.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from amphora.api.tls import peer_subject
+from amphora.errors import AgentError, PayloadTooLarge, Unauthorized
+
+log = Logger(namespace="amphora.access")
+
+
+class ErrorResource(Resource):
+    """Answers every method with one JSON error."""
+
+    isLeaf = True
+
+    def __init__(self, error: AgentError):
+        super().__init__()
+        self.error = error
+
+    def render(self, request):
+        return render_error(request, self.error)
+
+
+def render_json(request, obj, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(obj).encode()
+
+
+def render_error(request, error: AgentError) -> bytes:
+    return render_json(request, error.body(), error.status)
+
+
+class _Discard(io.BytesIO):
+    """A body sink for requests already known to be too large."""
+
+    def write(self, data):
+        return len(data)
+
+
+class AgentRequest(Request):
+    """A Request that refuses to keep an oversized body and times itself."""
+
+    body_too_large = False
+    _body_seen = 0
+
+    def __init__(self, channel, *args, **kwargs):
+        super().__init__(channel, *args, **kwargs)
+        self.started = channel.site.clock.seconds() if hasattr(channel, "site") else 0.0
+
+    def _limit(self) -> int:
+        return self.channel.site.max_body_bytes
+
+    def gotLength(self, length):
+        if length is not None and length > self._limit():
+            self.body_too_large = True
+            self.content = _Discard()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        self._body_seen += len(data)
+        if self._body_seen > self._limit():
+            self.body_too_large = True
+            self.content.close()
+            self.content = _Discard()
+            return
+        super().handleContentChunk(data)
+
+
+class AgentSite(Site):
+    requestFactory = AgentRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(self, resource, clock, max_body_bytes: int, **kwargs):
+        super().__init__(resource, **kwargs)
+        self.clock = clock
+        self.max_body_bytes = max_body_bytes
+
+    def getResourceFor(self, request):
+        request.client_subject = peer_subject(request.transport)
+        if request.client_subject is None:
+            return ErrorResource(Unauthorized("a client certificate signed by the controller CA is required"))
+        if request.body_too_large:
+            return ErrorResource(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
+        return super().getResourceFor(request)
+
+    def log(self, request):
+        log.info(
+            "{method} {path} {status} {duration_ms:.1f}ms {client}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+            status=request.code,
+            duration_ms=(self.clock.seconds() - request.started) * 1000.0,
+            client=getattr(request, "client_subject", None),
+        )

@@ -1,0 +1,314 @@
+"""The agent's INI configuration, parsed once into immutable objects.
+
+Every section is a frozen dataclass whose fields *are* the schema: each field
+carries its parser in its metadata, and a field without a default is required.
+Anything the file says that the schema does not know is an error, and every
+error names ``section.option`` so an operator can find it in one look.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import socket
+import uuid
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``str()`` is one line naming the option."""
+
+
+_REQUIRED = object()
+
+
+def opt(parse: Callable[[str], Any], default: Any = _REQUIRED) -> Any:
+    """Declare an option: ``parse`` turns the raw string into its value."""
+    required = default is _REQUIRED
+    return field(
+        default=None if required else default,
+        metadata={"parse": parse, "required": required},
+    )
+
+
+# -- parsers: each takes the raw string and raises ValueError with a reason --
+
+def parse_uuid(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ValueError(f"not a UUID: {raw!r}") from None
+
+
+def parse_ip(raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError(f"not an IP address: {raw!r}") from None
+
+
+def parse_port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"not a port number: {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range 0-65535: {port}")
+    return port
+
+
+def _number(kind: type, minimum: float | None = None) -> Callable[[str], Any]:
+    def parse(raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"not a {kind.__name__}: {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+positive_float = _number(float, 0.001)
+
+
+def parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_path(raw: str) -> str:
+    raw = raw.strip()
+    if not raw:
+        raise ValueError("empty path")
+    return os.path.abspath(raw)
+
+
+def parse_executable(raw: str) -> str:
+    path = parse_path(raw)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise ValueError(f"not an executable file: {path}")
+    return path
+
+
+def parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def parse_controllers(raw: str) -> tuple[tuple[str, int], ...]:
+    """``ip:port`` / ``[v6]:port`` / ``name:port``, comma-separated."""
+    result = []
+    for item in parse_list(raw):
+        if item.startswith("["):
+            host, sep, port = item[1:].partition("]:")
+            if not sep:
+                raise ValueError(f"expected [address]:port, got {item!r}")
+            parse_ip(host)
+        else:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host:
+                raise ValueError(f"expected host:port, got {item!r}")
+        port_number = parse_port(port)
+        if port_number == 0:
+            raise ValueError(f"port 0 in {item!r}")
+        result.append((host, port_number))
+    return tuple(result)
+
+
+def parse_forward(raw: str) -> str:
+    raw = raw.strip()
+    if not raw:
+        return ""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme not in ("udp", "tcp"):
+        raise ValueError(f"expected udp://host:port or tcp://host:port, got {raw!r}")
+    parse_controllers(rest)
+    return raw
+
+
+# -- the schema --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AgentSection:
+    amphora_id: str = opt(parse_uuid)
+    hostname: str = opt(parse_str, "")
+    bind_host: str = opt(parse_ip, "0.0.0.0")
+    bind_port: int = opt(parse_port, 9443)
+    state_dir: str = opt(parse_path, "/var/lib/amphora-agent")
+    run_dir: str = opt(parse_path, "/run/amphora-agent")
+    certs_dir: str = opt(parse_path, "/run/amphora-agent/certs")
+    log_dir: str = opt(parse_path, "/var/log/amphora-agent")
+    max_certificate_bytes: int = opt(positive_int, 64 * 1024)
+    packages: tuple = opt(parse_list, ())
+    packages_max_age: float = opt(positive_float, 86400.0)
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    server_cert: str = opt(parse_path)
+    server_key: str = opt(parse_str, "")
+    client_ca: str = opt(parse_path)
+
+
+@dataclass(frozen=True)
+class HAProxySection:
+    binary: str = opt(parse_executable, "/usr/sbin/haproxy")
+    max_config_bytes: int = opt(positive_int, 1024 * 1024)
+    stop_timeout: float = opt(positive_float, 30.0)
+    start_timeout: float = opt(positive_float, 10.0)
+
+
+@dataclass(frozen=True)
+class KeepalivedSection:
+    binary: str = opt(parse_path, "/usr/sbin/keepalived")
+    advert_int: float = opt(positive_float, 1.0)
+    transition_timeout: float = opt(positive_float, 60.0)
+
+
+@dataclass(frozen=True)
+class HeartbeatSection:
+    controllers: tuple = opt(parse_controllers, ())
+    interval: float = opt(positive_float, 10.0)
+    key: str = opt(str, "")
+    max_packet_bytes: int = opt(positive_int, 65000)
+
+
+@dataclass(frozen=True)
+class NetworkSection:
+    namespace: str = opt(parse_str, "")
+
+
+@dataclass(frozen=True)
+class LogsSection:
+    max_bytes: int = opt(positive_int, 10 * 1024 * 1024)
+    backups: int = opt(non_negative_int, 5)
+    forward: str = opt(parse_forward, "")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    agent: AgentSection
+    tls: TLSSection
+    haproxy: HAProxySection
+    keepalived: KeepalivedSection
+    heartbeat: HeartbeatSection
+    network: NetworkSection
+    logs: LogsSection
+    source: str = ""
+
+    @property
+    def hostname(self) -> str:
+        return self.agent.hostname or socket.gethostname()
+
+
+SECTIONS: dict[str, type] = {
+    "agent": AgentSection,
+    "tls": TLSSection,
+    "haproxy": HAProxySection,
+    "keepalived": KeepalivedSection,
+    "heartbeat": HeartbeatSection,
+    "network": NetworkSection,
+    "logs": LogsSection,
+}
+
+
+def _parse_section(name: str, cls: type, items: dict[str, str]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    for key in items:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown option")
+    values = {}
+    for key, f in known.items():
+        if key in items:
+            try:
+                values[key] = f.metadata["parse"](items[key])
+            except ValueError as e:
+                raise ConfigError(f"{name}.{key}: {e}") from None
+        elif f.metadata["required"]:
+            raise ConfigError(f"{name}.{key}: required option is missing")
+        elif f.default is MISSING:  # pragma: no cover - schema bug
+            raise ConfigError(f"{name}.{key}: no default")
+    return cls(**values)
+
+
+def parse_config(text: str, source: str = "<string>") -> AgentConfig:
+    """Parse and validate configuration text (file checks included)."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
+    parser.optionxform = str  # option names are case-sensitive and exact
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"{source}: {first}") from None
+    for section in parser.sections():
+        if section not in SECTIONS:
+            raise ConfigError(f"{section}: unknown section")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        items = dict(parser.items(name)) if parser.has_section(name) else {}
+        if name in ("agent", "tls") and not parser.has_section(name):
+            raise ConfigError(f"{name}: required section is missing")
+        sections[name] = _parse_section(name, cls, items)
+    config = AgentConfig(source=source, **sections)
+    _check_tls(config.tls)
+    _check_heartbeat(config.heartbeat)
+    return config
+
+
+def load_config(path: str) -> AgentConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    return parse_config(text, source=path)
+
+
+# -- cross-field checks ------------------------------------------------------
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{option}: cannot read {path}: {e.strerror}") from None
+
+
+def _load_certs(option: str, path: str) -> list[x509.Certificate]:
+    data = _read(option, path)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ConfigError(f"{option}: no PEM certificate in {path}")
+    return certs
+
+
+def _check_tls(tls: TLSSection) -> None:
+    leaf = _load_certs("tls.server_cert", tls.server_cert)[0]
+    key_option = "tls.server_key" if tls.server_key else "tls.server_cert"
+    key_path = tls.server_key or tls.server_cert
+    key_data = _read(key_option, key_path)
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        raise ConfigError(f"{key_option}: private key in {key_path} is encrypted") from None
+    except ValueError:
+        raise ConfigError(f"{key_option}: no usable PEM private key in {key_path}") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if key.public_key().public_bytes(enc, pub) != leaf.public_key().public_bytes(enc, pub):
+        raise ConfigError(f"{key_option}: private key does not match the certificate in tls.server_cert")
+    _load_certs("tls.client_ca", tls.client_ca)
+
+
+def _check_heartbeat(hb: HeartbeatSection) -> None:
+    if hb.controllers and not hb.key:
+        raise ConfigError("heartbeat.key: required (and non-empty) when heartbeat.controllers is set")

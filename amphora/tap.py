@@ -1,0 +1,49 @@
+"""twistd glue: ``twistd -n amphora-agent --config FILE``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from twisted.python import usage
+
+from amphora.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "/etc/octavia/amphora-agent.conf"
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", DEFAULT_CONFIG, "Path to the agent's INI configuration file."],
+    ]
+
+    def postOptions(self):
+        try:
+            self["agent_config"] = load_config(self["config"])
+        except ConfigError as e:
+            # One line that names the option; never a traceback or a usage dump.
+            sys.stderr.write(f"amphora-agent: configuration error: {e}\n")
+            raise SystemExit(1)
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    from amphora.agent import build_agent
+
+    config = options.get("agent_config") or load_config(options["config"])
+    reactor.callWhenRunning(_stop_on_sigterm, reactor)
+    return build_agent(config, reactor)
+
+
+def _stop_on_sigterm(reactor) -> None:
+    """SIGTERM is the ordinary way to stop the agent (systemd, operators): stop
+    the reactor cleanly and exit 0, instead of twistd's default of re-raising
+    the signal after shutdown (exit status -15)."""
+    if not hasattr(reactor, "stop") or not hasattr(reactor, "callFromThread"):
+        return
+
+    def handler(signum, frame):
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, handler)
