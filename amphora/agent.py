@@ -51,8 +51,22 @@ class AmphoraAgent(MultiService):
             ensure_dir(path, mode)
         self.facts = HostFacts(config, reactor)
         self.topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
-        # Domain objects of later layers attach here (listeners, certificates,
-        # host sampler, heartbeat, network plugger).
+        # Domain objects, one slot each (keep the slot markers: they keep merges apart).
+        # slot: network (plug VIP / network)
+        self.network = None
+        # slot: listeners (haproxy per listener)
+        self.listeners = None
+        # slot: certificates
+        self.certificates = None
+        # slot: listener logs
+        self.logs = None
+        # slot: host details sampler
+        self.sampler = None
+        # slot: keepalived (ACTIVE-STANDBY)
+        self.keepalived = None
+        # slot: heartbeat
+        self.heartbeat = None
+        # end of slots
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
         self.site = AgentSite(self.api.app.resource(), clock=reactor, max_body_bytes=max_body,
@@ -90,7 +104,15 @@ class AmphoraAgent(MultiService):
 
     @inlineCallbacks
     def _start(self):
+        """Restore state in dependency order: interfaces before the listeners that bind them."""
         yield self.facts.load()
+        # step: network restore
+        pass
+        # step: topology / keepalived restore
+        pass
+        # step: listeners adoption and restart
+        pass
+        # end of steps
 
     def _accept(self):
         if self.port is not None and self.running:

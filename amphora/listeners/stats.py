@@ -1,0 +1,127 @@
+"""haproxy's runtime API over a UNIX socket, and ``show stat`` parsing.
+
+Used by the listener status routes, the heartbeat and the certificate live
+swap. Everything is asynchronous and bounded by a timeout: a socket that
+hangs or answers garbage never blocks the reactor or the caller for long.
+
+Naming convention (DESIGN.md section 4): backend names are pool UUIDs, or
+``<pool>:<listener>``; server names are member UUIDs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.error import TimeoutError
+from twisted.internet.protocol import Protocol
+
+
+class _OneCommand(Protocol):
+    """Send one command line, collect everything until the peer closes."""
+
+    def __init__(self, command: bytes, done: Deferred, limit: int):
+        self.command = command
+        self.done = done
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def connectionMade(self):
+        self.transport.write(self.command.rstrip(b"\n") + b"\n")
+
+    def dataReceived(self, data):
+        self.size += len(data)
+        if self.size > self.limit:
+            self.transport.abortConnection()
+            if not self.done.called:
+                self.done.errback(ValueError(f"runtime API answer exceeds {self.limit} bytes"))
+            return
+        self.chunks.append(data)
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(b"".join(self.chunks))
+
+
+def query(reactor, socket_path: str, command: str | bytes, timeout: float = 2.0,
+          limit: int = 16 * 1024 * 1024) -> Deferred:
+    """Run one runtime API command on ``socket_path``; fires with the raw answer (bytes).
+
+    Fails with ``TimeoutError`` after ``timeout`` seconds (connect + answer),
+    or with the connection error (socket missing, refused).
+    """
+    if isinstance(command, str):
+        command = command.encode()
+    done: Deferred = Deferred()
+    holder: list = []
+
+    def on_timeout():
+        if holder:
+            holder[0].transport.abortConnection()
+        if not done.called:
+            done.errback(TimeoutError(f"no answer from {socket_path} within {timeout}s"))
+
+    timer = reactor.callLater(timeout, on_timeout)
+    endpoint = UNIXClientEndpoint(reactor, socket_path, timeout=timeout)
+    connecting = connectProtocol(endpoint, _OneCommand(command, done, limit))
+    connecting.addCallback(holder.append)
+
+    def connect_failed(failure):
+        if not done.called:
+            done.errback(failure)
+
+    connecting.addErrback(connect_failed)
+
+    def finish(result):
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return done.addBoth(finish)
+
+
+def parse_show_stat(answer: bytes | str) -> list[dict[str, str]]:
+    """Rows of ``show stat`` as dicts keyed by haproxy's column names.
+
+    Raises ValueError when the answer is not a ``show stat`` CSV.
+    """
+    if isinstance(answer, bytes):
+        answer = answer.decode("utf-8", "replace")
+    text = answer.lstrip()
+    if not text.startswith("# pxname,svname,"):
+        raise ValueError("not a 'show stat' answer: " + text[:80].replace("\n", " "))
+    text = text[2:]
+    reader = csv.DictReader(io.StringIO(text))
+    return [row for row in reader if row.get("pxname")]
+
+
+def pool_id(backend_name: str) -> str:
+    """The pool UUID of a backend named ``<pool>`` or ``<pool>:<listener>``."""
+    return backend_name.split(":", 1)[0]
+
+
+def group_stats(rows: list[dict[str, str]]) -> dict:
+    """Split ``show stat`` rows into frontends and pools with their members.
+
+    Returns ``{"frontends": {name: row}, "pools": {pool_uuid: {"name": backend_name,
+    "row": BACKEND row or None, "members": {member_uuid: row}}}}``. Statuses are
+    left as haproxy reports them; callers map them to what they publish.
+    """
+    frontends: dict[str, dict] = {}
+    pools: dict[str, dict] = {}
+    for row in rows:
+        px, sv = row["pxname"], row["svname"]
+        if sv == "FRONTEND":
+            frontends[px] = row
+            continue
+        if row.get("type") not in (None, "", "1", "2"):  # 0=frontend 1=backend 2=server 3=listener
+            continue
+        pool = pools.setdefault(pool_id(px), {"name": px, "row": None, "members": {}})
+        if sv == "BACKEND":
+            pool["row"] = row
+        else:
+            pool["members"][sv] = row
+    return {"frontends": frontends, "pools": pools}
