@@ -84,3 +84,13 @@ class AgentAPI:
     # -- certificates ---------------------------------------------------------
 
     # -- plug (network) -------------------------------------------------------
+
+    # -- operators ------------------------------------------------------------
+
+    @app.route(V + "/openapi.json", methods=["GET"])
+    def openapi(self, request):
+        """The API contract (docs/openapi.yaml as JSON), behind the same mTLS as every route."""
+        from amphora.api.openapi import document_bytes
+
+        request.setHeader(b"content-type", b"application/json")
+        return document_bytes()
