@@ -337,9 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     hb = sub.add_parser("heartbeats", help="receive and print heartbeats (controller side)")
     hb.add_argument("--bind", required=True, help="HOST:PORT or [V6]:PORT to listen on (UDP)")
-    key = hb.add_mutually_exclusive_group(required=True)
-    key.add_argument("--key-file", help="file holding the HMAC key")
+    key = hb.add_mutually_exclusive_group()
+    key.add_argument("--key-file", help="file holding the HMAC key (or env AMPHORA_HEARTBEAT_KEY)")
     key.add_argument("--key", help="the HMAC key (visible in the process list: prefer --key-file)")
+    hb.add_argument("--count", type=int, default=0, help="exit after this many accepted beats")
     return p
 
 
@@ -432,20 +433,73 @@ async def run(reactor, args, call: Call | None = None, out=None, err=None) -> in
     return exit_code_for(code)
 
 
+def show_beat(document: dict) -> str:
+    """One human line per accepted beat: who, which seq, what it carries."""
+    beat = document.get("beat", {})
+    listeners = beat.get("listeners") or {}
+    pools = beat.get("pools") or {}
+    states = ", ".join(f"{lid[:8]}={(v or {}).get('status', '?')}" for lid, v in sorted(listeners.items()))
+    extra = "".join(f" {k}={beat[k]}" for k in ("topology", "role", "topology_status") if k in beat)
+    return (f"{document.get('source', '?')} amphora={beat.get('id')} seq={beat.get('seq')} "
+            f"listeners={len(listeners)} pools={len(pools)} bytes={document.get('bytes')}{extra}"
+            + (f" [{states}]" if states else ""))
+
+
 def heartbeats(args) -> int:
-    """Thin wrapper over the controller-side receiver (amphora.heartbeat.receiver)."""
+    """Receive and print heartbeats: a thin wrapper over amphora.heartbeat.receiver's library API.
+
+    Does not talk to the agent's API (no certificate needed): it is what a
+    controller's health manager sees. ``--count N`` stops after N accepted beats.
+    """
     try:
-        from amphora.heartbeat import receiver
+        from amphora.heartbeat.receiver import HeartbeatReceiver, parse_bind
     except ImportError as e:
         sys.stderr.write(f"amphora-ctl: the heartbeat receiver is not available: {e}\n")
         return EXIT_LOCAL
     key = args.key
     if args.key_file:
         key = _read_file(args.key_file).decode().strip()
-    argv = ["--bind", args.bind, "--key", key]
-    if args.json:
-        argv.append("--json")
-    return receiver.main(argv) or 0
+    key = key or os.environ.get("AMPHORA_HEARTBEAT_KEY", "")
+    if not key:
+        raise UsageError("a key is required: --key-file, --key or AMPHORA_HEARTBEAT_KEY")
+    try:
+        host, port = parse_bind(args.bind)
+    except Exception as e:
+        raise UsageError(f"--bind: {e}") from None
+
+    from twisted.internet.defer import Deferred, ensureDeferred
+    from twisted.internet.task import react
+
+    async def _main(reactor):
+        done = Deferred()
+
+        def on_beat(beat):
+            document = beat.document()
+            sys.stdout.write((json.dumps(document, sort_keys=True) if args.json else show_beat(document))
+                             + "\n")
+            sys.stdout.flush()
+            if args.count and receiver.accepted >= args.count and not done.called:
+                done.callback(None)
+
+        def on_reject(error, source):
+            sys.stderr.write(f"amphora-ctl: rejected a packet from {source[0]}:{source[1]}: "
+                             f"{error.reason} ({error.detail}); counts {dict(receiver.rejected)}\n")
+            sys.stderr.flush()
+
+        receiver = HeartbeatReceiver(key, on_beat=on_beat, on_reject=on_reject)
+        try:
+            listening = reactor.listenUDP(port, receiver, interface=host)
+        except Exception as e:
+            sys.stderr.write(f"amphora-ctl: cannot listen on {host}:{port}: {e}\n")
+            raise SystemExit(EXIT_LOCAL)
+        address = listening.getHost()
+        sys.stderr.write(f"amphora-ctl: listening for heartbeats on {address.host}:{address.port}\n")
+        sys.stderr.flush()
+        await done  # until --count beats, or Ctrl-C / SIGTERM (react then exits 0)
+        await listening.stopListening()
+
+    react(lambda reactor: ensureDeferred(_main(reactor)))
+    return EXIT_OK  # pragma: no cover - react exits
 
 
 def main(argv: list[str] | None = None) -> None:
