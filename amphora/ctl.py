@@ -124,7 +124,7 @@ def plan(args) -> Call:
         if action == "config":
             return Call("GET", base + "/haproxy")
         if action == "logs":
-            return Call("GET", base + "/logs", params={"lines": str(args.lines)} if args.lines else None)
+            return Call("GET", base + "/logs", params={"lines": str(args.lines)} if args.lines is not None else None)
         if action == "upload":
             return Call("PUT", base + "/haproxy", body=_read_file(args.file), show=show_ok)
         if action == "delete":

@@ -41,13 +41,31 @@ def load_document() -> dict:
         return yaml.safe_load(f)
 
 
+def _is_catch_all(rule) -> bool:
+    """A rule with a plain ``<path:...>`` variable matches any number of segments:
+    it is a fallback that turns malformed paths into 400/404 JSON (werkzeug tries
+    it after every specific rule), not an operation of the API. (Named
+    converters, even multi-segment ones such as a certificate-name converter,
+    stay operations.)"""
+    return "<path:" in rule.rule
+
+
+def catch_all_routes() -> set[tuple[str, str]]:
+    from amphora.api.app import AgentAPI
+
+    return {(rule.rule, method) for rule in AgentAPI.app.url_map.iter_rules() if _is_catch_all(rule)
+            for method in rule.methods or () if method not in ("HEAD", "OPTIONS")}
+
+
 def served_routes() -> set[tuple[str, str]]:
     """Every (template, METHOD) the agent's Klein app routes; HEAD/OPTIONS that
-    werkzeug adds implicitly are left out."""
+    werkzeug adds implicitly, and catch-all fallbacks, are left out."""
     from amphora.api.app import AgentAPI
 
     routes = set()
     for rule in AgentAPI.app.url_map.iter_rules():
+        if _is_catch_all(rule):
+            continue
         template = _KLEIN_VAR.sub("{}", rule.rule)
         for method in rule.methods or ():
             if method in ("HEAD", "OPTIONS"):
