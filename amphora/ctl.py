@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--key-file", help="file holding the HMAC key (or env AMPHORA_HEARTBEAT_KEY)")
     key.add_argument("--key", help="the HMAC key (visible in the process list: prefer --key-file)")
     hb.add_argument("--count", type=int, default=0, help="exit after this many accepted beats")
+    hb.add_argument("--wait", type=float, default=0,
+                    help="give up (exit 3) when --count beats have not arrived within this many seconds")
     return p
 
 
@@ -449,7 +451,8 @@ def heartbeats(args) -> int:
     """Receive and print heartbeats: a thin wrapper over amphora.heartbeat.receiver's library API.
 
     Does not talk to the agent's API (no certificate needed): it is what a
-    controller's health manager sees. ``--count N`` stops after N accepted beats.
+    controller's health manager sees. ``--count N`` stops after N accepted beats;
+    ``--wait S`` gives up with exit status 3 when they have not come in S seconds.
     """
     try:
         from amphora.heartbeat.receiver import HeartbeatReceiver, parse_bind
@@ -495,8 +498,19 @@ def heartbeats(args) -> int:
         address = listening.getHost()
         sys.stderr.write(f"amphora-ctl: listening for heartbeats on {address.host}:{address.port}\n")
         sys.stderr.flush()
-        await done  # until --count beats, or Ctrl-C / SIGTERM (react then exits 0)
-        await listening.stopListening()
+        timer = None
+        if args.wait:
+            def expire():
+                sys.stderr.write(f"amphora-ctl: {receiver.accepted} heartbeat(s) in {args.wait:g}s; "
+                                 f"rejected {dict(receiver.rejected)}\n")
+                done.errback(SystemExit(EXIT_CONNECTION))
+            timer = reactor.callLater(args.wait, expire)
+        try:
+            await done  # until --count beats, --wait expires, or Ctrl-C / SIGTERM (react then exits 0)
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
+            await listening.stopListening()
 
     react(lambda reactor: ensureDeferred(_main(reactor)))
     return EXIT_OK  # pragma: no cover - react exits
