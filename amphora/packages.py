@@ -43,6 +43,9 @@ _QUERY_FORMAT = "${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"
 QUERY_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 
+_NOT_FOUND = b"no packages found matching"
+
+
 class QueryFailed(Exception):
     """dpkg-query could not answer (exit status, signal, timeout)."""
 
@@ -279,8 +282,9 @@ class PackageInventory(Service):
                 timer.cancel()
             code = getattr(reason.value, "exitCode", None)
             signal = getattr(reason.value, "signal", None)
-            # Exit 1 means "some names are not installed": the others are still listed.
-            if signal is None and (reason.check(ProcessDone) or code == 1):
+            # Exit 1 with dpkg-query's "no packages found" (LC_ALL=C) means some names are
+            # not installed: the others are still listed. Any other exit 1 is a failure.
+            if signal is None and (reason.check(ProcessDone) or (code == 1 and _NOT_FOUND in err)):
                 return parse_dpkg_query(out)
             raise QueryFailed(f"{self.dpkg_query} exit {code} signal {signal}: "
                               f"{err.decode('utf-8', 'replace').strip()[:200]}")
