@@ -20,7 +20,7 @@ from collections import deque
 
 import psutil
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.utils import getProcessOutputAndValue
@@ -380,6 +380,7 @@ class HostSampler(MultiService):
         self._loop: LoopingCall | None = None
         self._warmup = None
         self._namespace_busy = False
+        self._namespace_started = 0.0
         self._namespace_missing = False
         self._failing: set[str] = set()
         self.samples = 0
@@ -451,11 +452,21 @@ class HostSampler(MultiService):
         load = self._guard("load", self.probe.load)
         if load is not None:
             self.load = [round(float(x), 2) for x in load]
-        if self.namespace_reader is not None and not self._namespace_busy:
-            self._namespace_busy = True
-            d = self.namespace_reader.read()
-            d.addCallbacks(self._namespace_read, self._namespace_failed)
-            d.addBoth(self._namespace_done)
+        if self.namespace_reader is not None:
+            if not self._namespace_busy:
+                self._namespace_busy = True
+                self._namespace_started = t
+                d = maybeDeferred(self.namespace_reader.read)
+                d.addCallback(self._namespace_read)
+                d.addErrback(self._namespace_failed)
+                d.addBoth(self._namespace_done)
+            elif t - self._namespace_started > self.window and self._namespace_rates:
+                # A read hung for a whole window: stop reporting figures that are now stale.
+                log.warn("reading network namespace {namespace} takes more than {window}s; its "
+                         "interfaces are not reported until it answers", namespace=self.namespace,
+                         window=self.window)
+                self.namespace_window.clear()
+                self._namespace_rates = {}
         self._publish_networks()
 
     def _guard(self, what: str, reader):

@@ -456,3 +456,39 @@ def test_details_route_with_stub_treq(pki, tmp_path):
     assert body["uuid"] == pki.amphora_id
     assert body["packages"] == [{"amphora-agent": __import__("amphora").__version__}]
     assert "lo" in body["networks"]
+
+
+def test_hung_namespace_read_stops_reporting_stale_figures(clock):
+    ns = FakeNamespace()
+    sampler, _ = make_sampler(clock, namespace="slow", namespace_reader=ns)
+    sampler.startService()
+    try:
+        ns.answer({"eth1": (2, 0, 0)})
+        clock.advance(1.0)
+        ns.answer({"eth1": (2, 1000, 1000)})
+        assert "slow/eth1" in sampler.networks
+        clock.advance(4.0)  # this read never answers
+        for _ in range(6):
+            clock.advance(5.0)
+            assert len(ns.pending) == 1  # not stacked up behind the hung one
+        clock.advance(5.0)  # more than a window without an answer
+        assert "slow/eth1" not in sampler.networks
+        ns.answer({"eth1": (2, 2000, 2000)})  # it finally answers: reported again
+        assert "slow/eth1" in sampler.networks
+    finally:
+        sampler.stopService()
+
+
+def test_namespace_reader_raising_synchronously_does_not_stop_sampling(clock):
+    class Exploding:
+        def read(self):
+            raise RuntimeError("no thread for you")
+
+    sampler, _ = make_sampler(clock, namespace="x", namespace_reader=Exploding())
+    sampler.startService()
+    try:
+        clock.advance(10.0)
+        assert sampler.samples == 3 and sampler._loop.running
+        assert set(sampler.networks) == {"lo", "eth0"}
+    finally:
+        sampler.stopService()
