@@ -424,8 +424,9 @@ class HostSampler(MultiService):
         if self._warmup is not None and self._warmup.active():
             self._warmup.cancel()
         self._warmup = None
-        if isinstance(self.namespace_reader, NamespaceCounters):
-            self.namespace_reader.close()
+        close = getattr(self.namespace_reader, "close", None)
+        if close is not None:
+            close()
         return super().stopService()
 
     # -- sampling -------------------------------------------------------------

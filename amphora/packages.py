@@ -162,17 +162,6 @@ class PackageInventory(Service):
         log.info("package versions from {path} ({count} packages)", path=self.path, count=len(self.versions))
         return True
 
-    def age(self) -> float | None:
-        """Seconds since the served versions were queried (None: never)."""
-        if self.generated is None:
-            return None
-        return self.reactor.seconds() - self.generated
-
-    def stale(self) -> bool:
-        age = self.age()
-        # A cache "from the future" means the clock moved back: do not trust its age.
-        return age is None or age < 0 or age >= self.max_age
-
     # -- life cycle -----------------------------------------------------------
 
     def startService(self):

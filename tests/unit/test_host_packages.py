@@ -134,19 +134,6 @@ def test_broken_or_foreign_cache_is_ignored(tmp_path):
     assert inv.document() == [{AGENT_PACKAGE: __version__}]
 
 
-def test_staleness(tmp_path):
-    clock = Clock()
-    clock.advance(1000)
-    inv = inventory(tmp_path, clock, max_age=100)
-    assert inv.stale()  # never queried
-    inv.generated = 950.0
-    assert not inv.stale()
-    inv.generated = 900.0
-    assert inv.stale()
-    inv.generated = 2000.0  # from the future: the clock moved back
-    assert inv.stale()
-
-
 def test_stop_before_ready_never_queries(tmp_path):
     clock = Clock()
     ready = Deferred()
