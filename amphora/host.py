@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import time
 from collections import deque
 
@@ -268,6 +269,15 @@ class SystemProbe:
         return os.getloadavg()
 
 
+class _DaemonThreadPool(ThreadPool):
+    """A ThreadPool whose thread never keeps a dying process alive (it is stopped on service stop)."""
+
+    def threadFactory(self, *args, **kwargs):
+        thread = threading.Thread(*args, **kwargs)
+        thread.daemon = True
+        return thread
+
+
 class NamespaceCounters:
     """Interface byte counters of one named network namespace, via pyroute2.
 
@@ -290,7 +300,7 @@ class NamespaceCounters:
     def read(self) -> Deferred:
         """Fires with ``{ifname: (ifindex, tx_bytes, rx_bytes)}``, or None if the namespace is absent."""
         if self._pool is None:
-            self._pool = ThreadPool(1, 1, name=f"amphora-netns-stats-{self.namespace}")
+            self._pool = _DaemonThreadPool(1, 1, name=f"amphora-netns-stats-{self.namespace}")
             self._pool.start()
         return deferToThreadPool(self.reactor, self._pool, self._read)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import pytest
 import pytest_twisted
@@ -62,6 +63,12 @@ async def agent(agent_config):
         yield service
     finally:
         await service.stopService()
+    # The namespace reader's thread is stopped with the agent.
+    assert not reader_threads()
+
+
+def reader_threads() -> list:
+    return [t for t in threading.enumerate() if "amphora-netns-stats-" in t.name]
 
 
 def send_traffic(veth: VethPair, seconds: float):
@@ -80,6 +87,7 @@ async def test_namespace_interfaces_and_their_rates(agent, client, url, veth):
         return doc if key in doc["networks"] else None
     doc = await poll(listed, timeout=10.0)
     assert f"{veth.a}/lo" in doc["networks"]
+    assert len(reader_threads()) == 1 and reader_threads()[0].daemon  # read off the reactor thread
     assert "lo" in doc["networks"]  # the agent's own interfaces are still there
     idle_rx = doc["networks"][key]["network_rx"]
     assert idle_rx < 50_000
