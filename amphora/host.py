@@ -497,15 +497,17 @@ class HostSampler(MultiService):
         if counters is None:
             if not self._namespace_missing:
                 self._namespace_missing = True
-                log.warn("network namespace {namespace} does not exist (yet); its interfaces are "
-                         "not reported", namespace=self.namespace)
+                # Normal before the first plug creates it: information, not a warning.
+                log.info("network namespace {namespace} does not exist (yet); its interfaces are "
+                         "reported once it does", namespace=self.namespace)
             self.namespace_window.clear()
             self._namespace_rates = {}
         else:
             self._failing.discard("namespace " + self.namespace)
             if self._namespace_missing:
                 self._namespace_missing = False
-                log.info("network namespace {namespace} is back", namespace=self.namespace)
+                log.info("network namespace {namespace} is there: reporting its interfaces",
+                         namespace=self.namespace)
             prefix = self.namespace + "/"
             self.namespace_window.add(self._now(), {prefix + name: value for name, value in counters.items()})
             self._namespace_rates = self.namespace_window.rates()
