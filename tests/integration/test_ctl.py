@@ -125,3 +125,15 @@ async def test_unreadable_upload_file_is_a_local_error(pki, tmp_path):
 def test_console_script_is_declared():
     with open(os.path.join(REPO, "pyproject.toml")) as f:
         assert 'amphora-ctl = "amphora.ctl:main"' in f.read()
+
+
+@pytest_twisted.ensureDeferred
+async def test_details_human_and_json(agent, url, pki):
+    env = ctl_env(pki, url)
+    human = await ctl(env, "details")
+    assert human.code == 0, human.err
+    rows = dict(line.split(None, 1) for line in human.out.splitlines() if len(line.split(None, 1)) == 2)
+    assert rows["uuid"] == pki.amphora_id and "cpu.total" in rows and "memory.total" in rows
+    doc = (await ctl(env, "--json", "details")).json()
+    schema_check("Details", doc)
+    assert doc["uuid"] == pki.amphora_id

@@ -52,3 +52,10 @@ async def test_errors_outside_operations_have_the_one_error_shape(agent, client,
     response = await client.delete(url + "/info")
     assert response.code == 405
     assert (await checked_error(response))["message"] == "Method Not Allowed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_details_matches_the_contract(agent, client, url, pki):
+    code, body = await call(client, "GET", url + "/v0.1/details")
+    assert code == 200
+    assert body["uuid"] == pki.amphora_id and isinstance(body["active"], bool)
