@@ -41,6 +41,7 @@ log = Logger()
 
 ACTIVE_STANDBY = "ACTIVE-STANDBY"
 LOG_PERIOD = 300.0          # a repeated problem is logged at most once per this many seconds
+MAX_UDP_PAYLOAD = 65507
 RESOLVE_RETRY_MIN = 5.0
 RESOLVE_RETRY_MAX = 300.0
 
@@ -156,7 +157,9 @@ class HeartbeatService(Service):
         self.settings = config.heartbeat
         self.amphora_id = config.agent.amphora_id
         self.interval = self.settings.interval
-        self.limit = self.settings.max_packet_bytes
+        # The largest UDP payload over IPv4 is 65507 bytes: a larger limit would
+        # only turn "reduce the beat" into "every send fails with EMSGSIZE".
+        self.limit = min(self.settings.max_packet_bytes, MAX_UDP_PAYLOAD)
         self._key = self.settings.key.encode("utf-8")
         self.stats_timeout = stats_timeout if stats_timeout is not None else min(
             2.0, max(0.25, self.interval / 2))

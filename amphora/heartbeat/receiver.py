@@ -2,7 +2,8 @@
 
 As a library: :class:`HeartbeatReceiver` is a Twisted ``DatagramProtocol``
 that calls ``on_beat(beat)`` for every accepted packet and counts rejected
-ones by reason in ``rejected``:
+ones by reason in ``rejected``; :func:`listen` binds it (with a buffer for
+whole 64 KiB datagrams: Twisted's default would truncate big beats).
 
 - ``bad_hmac``: too short, or neither the 64-byte hex HMAC nor the legacy
   32-byte raw digest matches (constant-time compares);
@@ -43,6 +44,9 @@ from amphora.heartbeat import envelope
 
 log = Logger()
 
+# Read whole datagrams: Twisted's default buffer (8192) would truncate big beats,
+# which then fail the HMAC check. 65535 is the largest UDP payload.
+MAX_DATAGRAM = 65535
 REASONS = ("bad_hmac", "bad_payload", "bad_body", "replay", "old_seq")
 
 
@@ -143,6 +147,11 @@ class HeartbeatReceiver(DatagramProtocol):
             log.failure("heartbeat receiver: handler failed")
 
 
+def listen(reactor, receiver: HeartbeatReceiver, host: str = "127.0.0.1", port: int = 0):
+    """Bind ``receiver`` on UDP ``host:port``; returns the listening port."""
+    return reactor.listenUDP(port, receiver, interface=host, maxPacketSize=MAX_DATAGRAM)
+
+
 def parse_bind(raw: str) -> tuple[str, int]:
     if raw.startswith("["):
         host, sep, port = raw[1:].partition("]:")
@@ -191,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     receiver = HeartbeatReceiver(key, on_beat=on_beat, on_reject=on_reject, clock=None)
     host, port = args.bind
     try:
-        listening = reactor.listenUDP(port, receiver, interface=host)
+        listening = listen(reactor, receiver, host, port)
     except Exception as e:
         sys.stderr.write(f"cannot listen on {host}:{port}: {e}\n")
         return 1

@@ -312,3 +312,8 @@ def test_rate_limiter():
     assert limiter.allow("a") == (True, 1)
     limiter.clear("a")
     assert limiter.allow("a") == (True, 0) and limiter.tripped("a")
+
+
+def test_limit_never_exceeds_what_udp_can_carry(tmp_path):
+    assert make(tmp_path, limit=10**6)[2].limit == 65507
+    assert make(tmp_path, limit=1400)[2].limit == 1400
