@@ -27,7 +27,7 @@ import socket
 from dataclasses import dataclass
 
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
@@ -145,12 +145,13 @@ class HeartbeatService(Service):
     ``agent`` is the composition root (or any object with ``config``,
     ``listeners``, ``topology``, ``keepalived``); its attributes are read
     at every beat, so a listener manager that appears later is picked up.
-    ``resolve`` and ``clock`` are injectable for tests.
+    ``resolve`` is injectable for tests; ``offload`` runs the build and
+    signing in the reactor's thread pool (when the reactor has one).
     """
 
     name = "heartbeat"
 
-    def __init__(self, agent, reactor, resolve=None, stats_timeout: float | None = None):
+    def __init__(self, agent, reactor, resolve=None, stats_timeout: float | None = None, offload: bool = True):
         self.agent = agent
         self.reactor = reactor
         config = agent.config
@@ -164,6 +165,7 @@ class HeartbeatService(Service):
         self.stats_timeout = stats_timeout if stats_timeout is not None else min(
             2.0, max(0.25, self.interval / 2))
         self.resolve = resolve or default_resolver(reactor)
+        self.offload = offload
         self.controllers = [Controller(host, port) for host, port in self.settings.controllers]
         self.state = msg.BeatState(config.agent.state_dir)
         self.last_pools: dict[str, dict] = {}
@@ -325,7 +327,7 @@ class HeartbeatService(Service):
             if not isinstance(answer, list):
                 raise ValueError(f"show stat returned {type(answer).__name__}")
             self.limiter.clear(("stats", lid))
-            return msg.summarize(lid, answer)
+            return answer
 
         def failed(failure):
             allowed, held = self.limiter.allow(("stats", lid))
@@ -393,28 +395,39 @@ class HeartbeatService(Service):
         listeners = getattr(self.agent, "listeners", None)
         running = list(listeners.running_ids()) if listeners is not None else []
         answers = yield defer.gatherResults([self._stat(listeners, lid) for lid in running])
-        samples = dict(zip(running, answers))
-
-        message, records = msg.build(self.amphora_id, self.state.seq, samples, self.state.listeners,
-                                     self.last_pools, self._extra())
-        packet, reduction = msg.fit(message, self._key, self.limit)
-        self._report_reduction(reduction)
+        # Building and compressing a big beat takes tens of milliseconds: off the reactor
+        # thread when there is one (zlib releases the GIL). Inputs are snapshots.
+        composed = yield self._offload(msg.compose, self.amphora_id, self.state.seq, dict(zip(running, answers)),
+                                       dict(self.state.listeners), dict(self.last_pools), self._extra(),
+                                       self._key, self.limit)
+        for lid in composed.unreadable:
+            allowed, _ = self.limiter.allow(("stats", lid))
+            if allowed:
+                log.warn("heartbeat: unreadable statistics from listener {listener};"
+                         " reporting its last known status", listener=lid)
+        self._report_reduction(composed.reduction)
 
         previous = dict(self.state.listeners)
         self.state.seq += 1
-        self.state.listeners.update(records)
+        self.state.listeners.update(composed.records)
         self._prune(listeners, running)
         self.state.save()  # before sending: a crash after the send must not re-send these deltas
-        for lid, sample in samples.items():
+        for lid, sample in composed.samples.items():
             if sample is not None:
                 self.last_pools[lid] = sample.pools
-        if self._send(packet) == 0:
+        if self._send(composed.packet) == 0:
             self.state.listeners = previous
             self._prune(listeners, running)
             self.state.save()
             return None
         self.beats_sent += 1
-        return message
+        return composed.message
+
+    def _offload(self, fn, *args) -> Deferred:
+        get_pool = getattr(self.reactor, "getThreadPool", None)
+        if self.offload and get_pool is not None:
+            return threads.deferToThreadPool(self.reactor, get_pool(), fn, *args)
+        return defer.maybeDeferred(fn, *args)
 
     def _extra(self) -> dict:
         topology = getattr(self.agent, "topology", None)

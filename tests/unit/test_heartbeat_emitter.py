@@ -317,3 +317,17 @@ def test_rate_limiter():
 def test_limit_never_exceeds_what_udp_can_carry(tmp_path):
     assert make(tmp_path, limit=10**6)[2].limit == 65507
     assert make(tmp_path, limit=1400)[2].limit == 1400
+
+
+def test_rows_that_cannot_be_read_count_as_no_answer(tmp_path):
+    class Odd(FakeListeners):
+        def show_stat(self, lid):
+            return defer.succeed([["not", "a", "row"]])
+
+    lid = uuids(1)[0]
+    reactor, _, service = make(tmp_path, Odd(None, {lid: ""}))
+    with capturedLogs() as events:
+        service.startService()
+    assert beats(reactor)[0]["listeners"][lid]["status"] == "UNKNOWN"
+    assert any("unreadable statistics" in formatEvent(e) for e in events)
+    service.stopService()

@@ -206,3 +206,13 @@ def test_pool_statuses_too_big_drops_pools_but_never_listeners():
 def test_body_is_plain_json():
     message, _ = msg.build(AMP, 0, {L1: sample()}, {})
     assert json.loads(envelope.encode_body(message)) == message
+
+
+def test_reduction_needs_few_compressions(monkeypatch):
+    message = big_message(50, 100)
+    calls = []
+    real = envelope.wrap
+    monkeypatch.setattr(envelope, "wrap", lambda m, k: calls.append(1) or real(m, k))
+    packet, reduction = msg.fit(message, "k", 65000)
+    # full + all-stripped + a few interpolation steps (bisection alone needs about 8 here)
+    assert reduction.fits and len(calls) <= 6, len(calls)
