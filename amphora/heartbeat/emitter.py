@@ -42,6 +42,8 @@ log = Logger()
 ACTIVE_STANDBY = "ACTIVE-STANDBY"
 LOG_PERIOD = 300.0          # a repeated problem is logged at most once per this many seconds
 MAX_UDP_PAYLOAD = 65507
+ALL = "all"
+ROUND_ROBIN = "round-robin"
 RESOLVE_RETRY_MIN = 5.0
 RESOLVE_RETRY_MAX = 300.0
 
@@ -166,6 +168,8 @@ class HeartbeatService(Service):
             2.0, max(0.25, self.interval / 2))
         self.resolve = resolve or default_resolver(reactor)
         self.offload = offload
+        self.fanout = getattr(self.settings, "fanout", ALL)
+        self._next = 0
         self.controllers = [Controller(host, port) for host, port in self.settings.controllers]
         self.state = msg.BeatState(config.agent.state_dir)
         self.last_pools: dict[str, dict] = {}
@@ -259,31 +263,44 @@ class HeartbeatService(Service):
         return port
 
     def _send(self, packet: bytes) -> int:
-        """Send to every resolved controller; returns how many took the datagram."""
+        """Send the beat; returns how many controllers took the datagram.
+
+        ``fanout = all``: every resolved controller gets every beat.
+        ``fanout = round-robin``: one controller per beat, in turn (Octavia's
+        own agent does this); if the chosen one cannot be sent to, the next
+        one is tried, so a local error never costs a beat.
+        """
         now = self.reactor.seconds()
-        delivered = 0
         for controller in self.controllers:
-            if controller.address is None:
-                if now >= controller.next_resolve:
-                    self._resolve(controller)
-                continue
-            family, ip, port = controller.address
-            key = ("send", controller.label)
-            try:
-                self._port_for(family).write(packet, (ip, port))
-            except Exception as e:
-                allowed, held = self.limiter.allow(key)
-                if allowed:
-                    log.warn("heartbeat: cannot send {size} bytes to {controller}: {error}"
-                             " ({held} similar errors suppressed)",
-                             size=len(packet), controller=controller.label,
-                             error=str(e) or e.__class__.__name__, held=held)
-                continue
-            if self.limiter.tripped(key):
-                log.info("heartbeat: sending to {controller} works again", controller=controller.label)
-                self.limiter.clear(key)
-            delivered += 1
-        return delivered
+            if controller.address is None and now >= controller.next_resolve:
+                self._resolve(controller)
+        resolved = [c for c in self.controllers if c.address is not None]
+        if self.fanout == ROUND_ROBIN and resolved:
+            start = self._next % len(resolved)
+            self._next = start + 1
+            for controller in resolved[start:] + resolved[:start]:
+                if self._send_one(controller, packet):
+                    return 1
+            return 0
+        return sum(self._send_one(controller, packet) for controller in resolved)
+
+    def _send_one(self, controller: Controller, packet: bytes) -> bool:
+        family, ip, port = controller.address
+        key = ("send", controller.label)
+        try:
+            self._port_for(family).write(packet, (ip, port))
+        except Exception as e:
+            allowed, held = self.limiter.allow(key)
+            if allowed:
+                log.warn("heartbeat: cannot send {size} bytes to {controller}: {error}"
+                         " ({held} similar errors suppressed)",
+                         size=len(packet), controller=controller.label,
+                         error=str(e) or e.__class__.__name__, held=held)
+            return False
+        if self.limiter.tripped(key):
+            log.info("heartbeat: sending to {controller} works again", controller=controller.label)
+            self.limiter.clear(key)
+        return True
 
     # -- one beat -------------------------------------------------------------
 

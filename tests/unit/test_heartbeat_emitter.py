@@ -18,12 +18,12 @@ CTRL = ("127.0.0.1", 5555)
 
 
 def make(tmp_path, listeners=None, controllers=(CTRL,), interval=10.0, limit=65000, resolve=None,
-         topology=None, keepalived=None, reactor=None, **agent_attrs):
+         topology=None, keepalived=None, reactor=None, fanout="all", **agent_attrs):
     reactor = reactor or FakeReactor()
     config = SimpleNamespace(
         agent=SimpleNamespace(amphora_id=AMP, state_dir=str(tmp_path)),
         heartbeat=HeartbeatSection(controllers=tuple(controllers), interval=interval, key=KEY,
-                                   max_packet_bytes=limit))
+                                   max_packet_bytes=limit, fanout=fanout))
     agent = SimpleNamespace(config=config, listeners=listeners, topology=topology, keepalived=keepalived,
                             **agent_attrs)
     service = HeartbeatService(agent, reactor, resolve=resolve)
@@ -331,3 +331,27 @@ def test_rows_that_cannot_be_read_count_as_no_answer(tmp_path):
     assert beats(reactor)[0]["listeners"][lid]["status"] == "UNKNOWN"
     assert any("unreadable statistics" in formatEvent(e) for e in events)
     service.stopService()
+
+
+def test_round_robin_sends_each_beat_to_one_controller_in_turn(tmp_path):
+    c2, c3 = ("127.0.0.2", 5555), ("::1", 5555)
+    reactor, _, service = make(tmp_path, controllers=(CTRL, c2, c3), fanout="round-robin")
+    service.startService()
+    reactor.pump([10] * 5)
+    seqs = {c: [b["seq"] for b in beats(reactor, c)] for c in (CTRL, c2, c3)}
+    assert seqs == {CTRL: [0, 3], c2: [1, 4], c3: [2, 5]}
+    # A controller that cannot be sent to is skipped for that beat: the next one gets it.
+    v4 = next(p for p in reactor.ports if p.interface == "0.0.0.0")
+    v4.fail[CTRL] = OSError(101, "Network is unreachable")
+    reactor.advance(10)
+    assert [b["seq"] for b in beats(reactor, c2)] == [1, 4, 6]
+    service.stopService()
+
+
+def test_fanout_option_is_validated():
+    from amphora.config import ConfigError, _parse_section
+
+    assert _parse_section("heartbeat", HeartbeatSection, {}).fanout == "all"
+    assert _parse_section("heartbeat", HeartbeatSection, {"fanout": "round-robin"}).fanout == "round-robin"
+    with pytest.raises(ConfigError, match="heartbeat.fanout"):
+        _parse_section("heartbeat", HeartbeatSection, {"fanout": "some"})
