@@ -137,6 +137,8 @@ def default_resolver(reactor):
 class _Sender(DatagramProtocol):
     """A UDP socket that only sends; anything sent to it is ignored."""
 
+    noisy = False
+
     def datagramReceived(self, data, addr):
         pass
 
@@ -347,6 +349,8 @@ class HeartbeatService(Service):
             return answer
 
         def failed(failure):
+            if not self.running:  # stopping: the beat is abandoned anyway
+                return None
             allowed, held = self.limiter.allow(("stats", lid))
             if allowed:
                 log.warn("heartbeat: no statistics from listener {listener}: {error};"
@@ -412,11 +416,15 @@ class HeartbeatService(Service):
         listeners = getattr(self.agent, "listeners", None)
         running = list(listeners.running_ids()) if listeners is not None else []
         answers = yield defer.gatherResults([self._stat(listeners, lid) for lid in running])
+        if not self.running:
+            return None
         # Building and compressing a big beat takes tens of milliseconds: off the reactor
         # thread when there is one (zlib releases the GIL). Inputs are snapshots.
         composed = yield self._offload(msg.compose, self.amphora_id, self.state.seq, dict(zip(running, answers)),
                                        dict(self.state.listeners), dict(self.last_pools), self._extra(),
                                        self._key, self.limit)
+        if not self.running:
+            return None
         for lid in composed.unreadable:
             allowed, _ = self.limiter.allow(("stats", lid))
             if allowed:
@@ -428,17 +436,31 @@ class HeartbeatService(Service):
         self.state.seq += 1
         self.state.listeners.update(composed.records)
         self._prune(listeners, running)
-        self.state.save()  # before sending: a crash after the send must not re-send these deltas
+        self._save()  # before sending: a crash after the send must not re-send these deltas
         for lid, sample in composed.samples.items():
             if sample is not None:
                 self.last_pools[lid] = sample.pools
         if self._send(composed.packet) == 0:
             self.state.listeners = previous
             self._prune(listeners, running)
-            self.state.save()
+            self._save()
             return None
         self.beats_sent += 1
         return composed.message
+
+    def _save(self) -> None:
+        """Persist seq and counters. A failure (disk full) is logged, and the beat is still
+        sent: silence would make the controllers fail this amphora over, while the cost
+        of a lost write is at most one beat counted twice after a restart."""
+        try:
+            self.state.save()
+        except OSError as e:
+            allowed, held = self.limiter.allow("save")
+            if allowed:
+                log.error("heartbeat: cannot persist {path}: {error}", path=self.state.path,
+                          error=e.strerror or str(e))
+        else:
+            self.limiter.clear("save")
 
     def _offload(self, fn, *args) -> Deferred:
         get_pool = getattr(self.reactor, "getThreadPool", None)

@@ -85,6 +85,8 @@ class Beat:
 class HeartbeatReceiver(DatagramProtocol):
     """Accepts authentic, fresh beats; see the module docstring for the rejection reasons."""
 
+    noisy = False
+
     def __init__(self, key: str | bytes, on_beat: Callable[[Beat], Any] | None = None,
                  on_reject: Callable[[Rejected, tuple], Any] | None = None, clock=None):
         self._key = envelope.key_bytes(key)

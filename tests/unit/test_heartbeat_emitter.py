@@ -355,3 +355,30 @@ def test_fanout_option_is_validated():
     assert _parse_section("heartbeat", HeartbeatSection, {"fanout": "round-robin"}).fanout == "round-robin"
     with pytest.raises(ConfigError, match="heartbeat.fanout"):
         _parse_section("heartbeat", HeartbeatSection, {"fanout": "some"})
+
+
+def test_a_state_write_failure_is_logged_and_the_beat_still_sent(tmp_path, monkeypatch):
+    reactor, _, service = make(tmp_path)
+
+    def broken():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(service.state, "save", broken)
+    with capturedLogs() as events:
+        service.startService()
+        reactor.advance(10)
+    assert [b["seq"] for b in beats(reactor)] == [0, 1]
+    assert sum("cannot persist" in formatEvent(e) for e in events) == 1
+    service.stopService()
+
+
+def test_stopping_mid_beat_sends_nothing_more(tmp_path):
+    lid = uuids(1)[0]
+    reactor, _, service = make(tmp_path, FakeListeners(None, {lid: "hang"}))
+    service.startService()           # the first beat waits for the hanging socket
+    with capturedLogs() as events:
+        service.stopService()
+        reactor.advance(30)
+    assert reactor.sent == [] and service.state.seq == 0
+    assert not [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("warn", "error",
+                                                                                                "critical")]
