@@ -81,6 +81,10 @@ class FakeListeners:
             return sorted(self.existing)
         return self.running_ids()
 
+    def restore(self):
+        """The agent's start-up step calls this on a real manager; nothing to adopt here."""
+        return defer.succeed(None)
+
     def show_stat(self, lid: str):
         self.calls.append(lid)
         if lid in self.sockets:

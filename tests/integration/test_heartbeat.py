@@ -221,7 +221,8 @@ async def test_two_real_listeners_deltas_replay_and_restart(agent_config, receiv
 
 @pytest_twisted.ensureDeferred
 async def test_agent_without_listeners_still_beats(agent, receiver):
-    assert agent.listeners is None
+    # No listener exists (agent.listeners is None until the listener manager is merged,
+    # then a manager without listeners): beats are still sent, with empty maps.
     await wait_for(lambda: len(receiver.beats) >= 2, what="two beats")
     assert receiver.beats[0].body["listeners"] == {} and receiver.beats[0].body["pools"] == {}
     assert agent.heartbeat.running
