@@ -314,6 +314,13 @@ class HeartbeatService(Service):
         keepalived = getattr(self.agent, "keepalived", None)
         if keepalived is None:
             return None
+        # Octavia's agent withholds beats only when a keepalived configuration exists;
+        # an object without ``configured`` counts as configured.
+        configured = getattr(keepalived, "configured", True)
+        if callable(configured):
+            configured = configured()
+        if configured is False:
+            return None
         running = getattr(keepalived, "running", None)
         if callable(running):
             running = running()

@@ -213,7 +213,7 @@ def test_names_resolve_asynchronously_and_failures_are_retried(tmp_path):
 
 def test_active_standby_without_keepalived_sends_nothing(tmp_path):
     topology = SimpleNamespace(topology="ACTIVE-STANDBY", role="BACKUP", status="OK")
-    keepalived = SimpleNamespace(running=False)
+    keepalived = SimpleNamespace(running=False, configured=True)
     reactor, _, service = make(tmp_path, topology=topology, keepalived=keepalived)
     with capturedLogs() as events:
         service.startService()
@@ -233,6 +233,7 @@ def test_active_standby_without_keepalived_sends_nothing(tmp_path):
     (SimpleNamespace(topology="SINGLE"), SimpleNamespace(running=False)),
     (SimpleNamespace(topology="ACTIVE-STANDBY"), None),
     (SimpleNamespace(topology="ACTIVE-STANDBY"), SimpleNamespace()),
+    (SimpleNamespace(topology="ACTIVE-STANDBY"), SimpleNamespace(running=False, configured=False)),
     (None, None),
 ])
 def test_gate_only_applies_to_active_standby_with_a_stopped_keepalived(tmp_path, topology, keepalived):
