@@ -11,7 +11,8 @@ A child of the agent's MultiService. Each beat:
 3. builds the Octavia v3 body, signs it, reduces it if it exceeds
    ``max_packet_bytes``;
 4. persists ``seq`` and the new absolute counters (atomically), then sends
-   the packet to every resolved controller. If no controller took it, the
+   the packet to every resolved controller (``fanout = all``) or to the next
+   one in turn (``fanout = round-robin``). If no controller took it, the
    counters are rolled back so the next beat carries the growth.
 
 Nothing a beat does can stop the loop: every failure is logged and the next
@@ -345,7 +346,7 @@ class HeartbeatService(Service):
 
     def _stat(self, listeners, lid: str) -> Deferred:
         """``show stat`` rows of one listener, or None when it cannot tell (logged, rate-limited)."""
-        d = self._bounded(defer.maybeDeferred(listeners.show_stat, lid), lid)
+        d = self._bounded(defer.maybeDeferred(listeners.show_stat, lid))
 
         def rows(answer):
             if isinstance(answer, (bytes, str)):  # a raw answer: parse it here
@@ -367,7 +368,7 @@ class HeartbeatService(Service):
 
         return d.addCallback(rows).addErrback(failed)
 
-    def _bounded(self, inner: Deferred, lid: str) -> Deferred:
+    def _bounded(self, inner: Deferred) -> Deferred:
         """``inner``'s result, or a TimeoutError after ``stats_timeout``.
 
         The listener manager's own Deferred is never cancelled (it may hold
@@ -419,6 +420,7 @@ class HeartbeatService(Service):
             if allowed:
                 log.warn("heartbeat: no controller address resolved yet; beat not sent")
             return None
+        self.limiter.clear("no-address")
 
         listeners = getattr(self.agent, "listeners", None)
         running = list(listeners.running_ids()) if listeners is not None else []
