@@ -67,7 +67,8 @@ class AmphoraAgent(MultiService):
         # slot: keepalived (ACTIVE-STANDBY)
         self.keepalived = None
         # slot: heartbeat
-        self.heartbeat = None
+        from amphora.heartbeat.emitter import make_heartbeat  # local: keeps merges inside the slot
+        self.heartbeat = make_heartbeat(self)
         # end of slots
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
