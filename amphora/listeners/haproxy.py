@@ -28,7 +28,7 @@ import sys
 import uuid as uuid_module
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import inlineCallbacks, returnValue
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.utils import getProcessOutputAndValue
 
@@ -473,25 +473,25 @@ class HAProxy:
         out, err, code = yield getProcessOutputAndValue(
             self.binary, ["-c", "-f", config, "-f", fragment], env=ENV, path=cwd, reactor=self.reactor)
         text = (err.decode("utf-8", "replace") + out.decode("utf-8", "replace")).strip()
-        returnValue((code == 0, text))
+        return (code == 0, text)
 
     @inlineCallbacks
     def show_proc(self, master_socket: str, timeout: float = 2.0):
         answer = yield stats.query(self.reactor, master_socket, "show proc;quit", timeout=timeout)
-        returnValue(parse_show_proc(answer))
+        return parse_show_proc(answer)
 
     @inlineCallbacks
     def bind_conflicts(self, binds: list[Bind], own_pids):
         """``find_bind_conflicts`` off the reactor thread, in the right namespace."""
         if not binds:
-            returnValue([])
+            return []
         own_pids = sorted(own_pids)
         if not self.namespace:
             if self.threadpool is None:
                 self.threadpool = self.reactor.getThreadPool()
             result = yield deferToThreadPool(self.reactor, self.threadpool,
                                              find_bind_conflicts, binds, own_pids)
-            returnValue(result)
+            return result
         request = json.dumps({"binds": [{"host": b.host, "port": b.port, "family": int(b.family),
                                          "freebind": b.freebind} for b in binds], "pids": own_pids})
         argv = exec_argv(self.namespace, [sys.executable, "-m", "amphora.listeners.haproxy",
@@ -499,9 +499,9 @@ class HAProxy:
         env = dict(ENV, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=env, reactor=self.reactor)
         if code != 0:
-            returnValue([f"bind check failed in namespace {self.namespace}: "
+            return ([f"bind check failed in namespace {self.namespace}: "
                          f"{err.decode('utf-8', 'replace').strip()}"])
-        returnValue(json.loads(out))
+        return json.loads(out)
 
 
 if __name__ == "__main__":

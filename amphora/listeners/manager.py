@@ -37,7 +37,7 @@ import os
 import re
 
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredList, DeferredLock, inlineCallbacks, returnValue
+from twisted.internet.defer import DeferredList, DeferredLock, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -212,20 +212,20 @@ class ListenerManager(Service):
         valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.state_dir(lid))
         if not valid:
             raise error(output or "haproxy -c failed without output", message=failure_message)
-        returnValue(output)
+        return output
 
     @inlineCallbacks
     def _own_pids(self, lid: str) -> set:
         proc = self._procs.get(lid)
         if proc is None or proc.pid is None:
-            returnValue(set())
+            return set()
         pids = {proc.pid}
         try:
             info = yield self.haproxy.show_proc(self.store.master_socket(lid), timeout=2.0)
             pids |= info.all_pids
         except Exception:
             pass
-        returnValue(pids)
+        return pids
 
     @inlineCallbacks
     def _check_binds(self, lid: str, config: bytes, failure_message: str):
@@ -251,7 +251,7 @@ class ListenerManager(Service):
         self.store.commit_upload(lid, candidate)
         self._known.add(lid)
         log.info("listener {lid}: configuration stored ({size} bytes)", lid=lid, size=len(data))
-        returnValue("Configuration file is valid")
+        return "Configuration file is valid"
 
     def get_config(self, lid: str) -> bytes:
         data = self.store.read_config(lid)
@@ -275,7 +275,7 @@ class ListenerManager(Service):
         self.store.set_desired(lid, STARTED)
         proc = self._process(lid)
         if proc.state == RUNNING:
-            returnValue(f"haproxy daemon for {lid} already running (pid {proc.pid})")
+            return f"haproxy daemon for {lid} already running (pid {proc.pid})"
         if proc.pid is not None or proc.state != PROC_STOPPED:
             yield proc.stop()  # a pending automatic restart: this explicit start replaces it
         source = source or self.store.config_path(lid)
@@ -297,7 +297,7 @@ class ListenerManager(Service):
             self._restore_running(lid, previous)
             raise OperationFailed(e.output or e.reason, message=message)
         log.info("listener {lid}: haproxy started (pid {pid})", lid=lid, pid=pid)
-        returnValue(f"{_first_line(output)}\nhaproxy daemon for {lid} started (pid {pid})")
+        return f"{_first_line(output)}\nhaproxy daemon for {lid} started (pid {pid})"
 
     def _restore_running(self, lid: str, previous: bytes | None) -> None:
         if previous is not None:
@@ -311,12 +311,12 @@ class ListenerManager(Service):
         if proc is None or proc.pid is None:
             if proc is not None:
                 yield proc.stop()  # cancels a pending restart
-            returnValue(f"haproxy daemon for {lid} is not running")
+            return f"haproxy daemon for {lid} is not running"
         pid = proc.pid
         yield proc.stop(self.config.haproxy.stop_timeout)
         self.store.clear_run_files(lid)
         log.info("listener {lid}: haproxy stopped (pid {pid})", lid=lid, pid=pid)
-        returnValue(f"haproxy daemon for {lid} stopped (pid {pid})")
+        return f"haproxy daemon for {lid} stopped (pid {pid})"
 
     @inlineCallbacks
     def _reload(self, lid: str):
@@ -330,7 +330,7 @@ class ListenerManager(Service):
         proc = self._process(lid)
         if proc.state != RUNNING:
             details = yield self._start(lid)
-            returnValue(details)
+            return details
         self.store.set_desired(lid, STARTED)
         config = self.store.read_config(lid)
         if config is None:
@@ -356,7 +356,7 @@ class ListenerManager(Service):
             raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
         log.info("listener {lid}: reloaded (master {pid}, new worker {worker})", lid=lid, pid=proc.pid,
                  worker=worker)
-        returnValue(f"{_first_line(output)}\nhaproxy daemon for {lid} reloaded "
+        return (f"{_first_line(output)}\nhaproxy daemon for {lid} reloaded "
                     f"(pid {proc.pid}, new worker {worker})")
 
     @inlineCallbacks
@@ -385,7 +385,7 @@ class ListenerManager(Service):
                 new = [pid for pid, reloads in after.workers
                        if reloads == 0 and pid not in before.worker_pids]
                 if new:
-                    returnValue(new[0])
+                    return new[0]
             if self.reactor.seconds() > deadline:
                 raise OperationFailed(f"no new worker within {self.reload_timeout}s of the reload signal")
 
@@ -416,7 +416,7 @@ class ListenerManager(Service):
         log.info("listener {lid}: deleted", lid=lid)
         if errors:
             raise OperationFailed("\n".join(errors), message="Error deleting listener")
-        returnValue(f"listener {lid} deleted")
+        return f"listener {lid} deleted"
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -439,7 +439,7 @@ class ListenerManager(Service):
                 doc["pools"] = pools_document(rows)
             except Exception as e:
                 log.warn("listener {lid}: no stats: {error}", lid=lid, error=e)
-        returnValue(doc)
+        return doc
 
     # -- restore at agent start -------------------------------------------------------------------
 
