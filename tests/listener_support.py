@@ -61,13 +61,22 @@ class _EchoHandler(socketserver.BaseRequestHandler):
             self.request.sendall(prefix + data)
 
 
+def _quiet_error(self, request, client_address):
+    """A peer that resets (haproxy closing idle server connections) is not worth a traceback."""
+    import sys
+    if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        socketserver.BaseServer.handle_error(self, request, client_address)
+
+
 class _TCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    handle_error = _quiet_error
 
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    handle_error = _quiet_error
 
 
 class Backend:
@@ -232,3 +241,41 @@ async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05, m
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout}s: {message or predicate} (last: {last!r})")
         await deferLater(reactor, interval, lambda: None)
+
+
+class BlockingAPI:
+    """A blocking mTLS client for an agent in another process (tests that are not reactor tests,
+    benchmarks). Keeps one connection alive; ``call`` returns (status, JSON or bytes)."""
+
+    def __init__(self, pki_paths: dict, port: int, timeout: float = 30.0):
+        import ssl
+        self.port = port
+        self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=pki_paths["ca"])
+        self.context.load_cert_chain(pki_paths["client_cert"], pki_paths["client_key"])
+        self.conn = None
+
+    def call(self, method: str, path: str, body: bytes | str | None = None):
+        import json
+        if isinstance(body, str):
+            body = body.encode()
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPSConnection("localhost", self.port, context=self.context,
+                                                        timeout=self.timeout)
+            try:
+                self.conn.request(method, "/v0.1" + path, body=body)
+                response = self.conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.HTTPException, ConnectionError):
+                self.close()
+                if attempt == 2:
+                    raise
+        ctype = response.getheader("content-type", "")
+        return response.status, (json.loads(data) if ctype.startswith("application/json") else data)
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

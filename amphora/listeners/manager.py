@@ -33,6 +33,7 @@ run (desired "started") but does not; STOPPED otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -86,7 +87,9 @@ class ListenerManager(Service):
         self._locks: dict[str, DeferredLock] = {}
         self._known: set[str] = set(self.store.ids())
         self._procs: dict[str, SupervisedProcess] = {}
-        self._types: dict[str, tuple] = {}  # lid -> (mtime_ns, size, type)
+        self._types: dict[str, str] = {}  # lid -> listener type of the stored configuration
+        self._wishes: dict[str, str | None] = {}  # lid -> desired state (cache of desired.json)
+        self._checked: dict[str, tuple] = {}  # lid -> (check key, haproxy output) of the last pass
 
     # -- the shared interface ----------------------------------------------------------------
 
@@ -149,19 +152,22 @@ class ListenerManager(Service):
             raise ListenerNotFound(lid)
 
     def _type(self, lid: str) -> str:
-        path = self.store.config_path(lid)
-        try:
-            st = os.stat(path)
-        except OSError:
-            data = self.store.read_running(lid)
-            return listener_type(data) if data else "TCP"
-        cached = self._types.get(lid)
-        if cached and cached[:2] == (st.st_mtime_ns, st.st_size):
-            return cached[2]
-        data = self.store.read_config(lid) or b""
-        kind = listener_type(data)
-        self._types[lid] = (st.st_mtime_ns, st.st_size, kind)
+        """TCP / HTTP / TERMINATED_HTTPS of the stored configuration (cached; we are its only writer)."""
+        kind = self._types.get(lid)
+        if kind is None:
+            data = self.store.read_config(lid) or self.store.read_running(lid)
+            kind = self._types[lid] = listener_type(data) if data else "TCP"
         return kind
+
+    def _desired(self, lid: str) -> str | None:
+        if lid not in self._wishes:
+            self._wishes[lid] = self.store.desired(lid)
+        return self._wishes[lid]
+
+    def _set_desired(self, lid: str, value: str) -> None:
+        if self._desired(lid) != value:
+            self.store.set_desired(lid, value)
+            self._wishes[lid] = value
 
     def _write_fragment(self, lid: str) -> str:
         socket_path = self.store.stats_socket(lid)
@@ -206,13 +212,46 @@ class ListenerManager(Service):
         return observer
 
     @inlineCallbacks
-    def _check(self, lid: str, config_path: str, failure_message: str, error=OperationFailed):
-        """``haproxy -c`` on ``config_path`` plus the agent's fragment; returns haproxy's words."""
+    def _check(self, lid: str, config_path: str, failure_message: str, error=OperationFailed,
+               reuse: bool = False):
+        """``haproxy -c`` on ``config_path`` plus the agent's fragment; returns haproxy's words.
+
+        With ``reuse``, a check that already passed for exactly these bytes
+        (configuration and fragment), with no certificate of the listener
+        changed since, is not run again: the upload that stored the file has
+        just checked it. (haproxy re-parses on reload anyway, and a reload that
+        fails to load is rolled back, so this only saves time.)
+        """
         fragment = self._write_fragment(lid)
+        key = self._check_key(lid, config_path, fragment)
+        cached = self._checked.get(lid)
+        if reuse and key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.state_dir(lid))
         if not valid:
             raise error(output or "haproxy -c failed without output", message=failure_message)
+        if key is not None:  # content-based: a checked candidate counts for the stored copy too
+            self._checked[lid] = (key, output)
         return output
+
+    def _check_key(self, lid: str, config_path: str, fragment: str):
+        """What a check result depends on: the bytes checked, and the certificates' state."""
+        try:
+            with open(config_path, "rb") as f:
+                config = f.read()
+            with open(fragment, "rb") as f:
+                frag = f.read()
+        except OSError:
+            return None
+        certs = []
+        directory = self.store.certs_dir(lid)
+        try:
+            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                st = entry.stat()
+                certs.append((entry.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            pass
+        return (hashlib.sha256(config).hexdigest(), hashlib.sha256(frag).hexdigest(), tuple(certs))
 
     @inlineCallbacks
     def _own_pids(self, lid: str) -> set:
@@ -250,6 +289,7 @@ class ListenerManager(Service):
             raise
         self.store.commit_upload(lid, candidate)
         self._known.add(lid)
+        self._types.pop(lid, None)
         log.info("listener {lid}: configuration stored ({size} bytes)", lid=lid, size=len(data))
         return "Configuration file is valid"
 
@@ -272,7 +312,7 @@ class ListenerManager(Service):
     def _start(self, lid: str, source: str | None = None, message: str = "Error starting haproxy"):
         """Check and bind-check ``source`` (default: the upload), make it the running file, run it."""
         self._require(lid)
-        self.store.set_desired(lid, STARTED)
+        self._set_desired(lid, STARTED)
         proc = self._process(lid)
         if proc.state == RUNNING:
             return f"haproxy daemon for {lid} already running (pid {proc.pid})"
@@ -306,7 +346,7 @@ class ListenerManager(Service):
     @inlineCallbacks
     def _stop(self, lid: str):
         self._require(lid)
-        self.store.set_desired(lid, STOPPED)
+        self._set_desired(lid, STOPPED)
         proc = self._procs.get(lid)
         if proc is None or proc.pid is None:
             if proc is not None:
@@ -331,17 +371,23 @@ class ListenerManager(Service):
         if proc.state != RUNNING:
             details = yield self._start(lid)
             return details
-        self.store.set_desired(lid, STARTED)
+        self._set_desired(lid, STARTED)
         config = self.store.read_config(lid)
         if config is None:
             raise OperationFailed(f"no configuration stored for listener {lid}", message=message)
-        output = yield self._check(lid, self.store.config_path(lid), message)
-        yield self._check_binds(lid, config, message)
+        output = yield self._check(lid, self.store.config_path(lid), message, reuse=True)
+        try:
+            before = yield self.haproxy.show_proc(self.store.master_socket(lid), timeout=2.0)
+        except Exception as e:
+            raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}", message=message)
+        problems = yield self.haproxy.bind_conflicts(bind_addresses(config), before.all_pids | {proc.pid})
+        if problems:
+            raise OperationFailed("\n".join(problems), message=message)
         previous = self.store.read_running(lid)
         self.store.write_running(lid, config)
         mark = proc.mark()
         try:
-            worker = yield self._signal_reload(lid, proc)
+            worker = yield self._signal_reload(lid, proc, before)
         except OperationFailed as failure:
             details = failure.details
             log.error("listener {lid}: reload failed; returning to the last good configuration", lid=lid)
@@ -360,19 +406,20 @@ class ListenerManager(Service):
                     f"(pid {proc.pid}, new worker {worker})")
 
     @inlineCallbacks
-    def _signal_reload(self, lid: str, proc: SupervisedProcess):
+    def _signal_reload(self, lid: str, proc: SupervisedProcess, before=None):
         """SIGUSR2 and wait until ``show proc`` shows the outcome; fires with the new worker pid."""
         master = self.store.master_socket(lid)
-        try:
-            before = yield self.haproxy.show_proc(master, timeout=2.0)
-        except Exception as e:
-            raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}")
+        if before is None:
+            try:
+                before = yield self.haproxy.show_proc(master, timeout=2.0)
+            except Exception as e:
+                raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}")
         proc.signal("USR2")
         deadline = self.reactor.seconds() + self.reload_timeout
-        delay = 0.02
         while True:
-            yield deferLater(self.reactor, delay, lambda: None)
-            delay = min(delay * 1.5, 0.1)
+            # Polling the master CLI is cheap (a UNIX socket round trip); a short period keeps
+            # the confirmation close to the moment the new worker is up.
+            yield deferLater(self.reactor, 0.01, lambda: None)
             if proc.state != RUNNING:
                 raise OperationFailed(f"haproxy pid exited during the reload ({proc.last_exit})")
             try:
@@ -412,6 +459,8 @@ class ListenerManager(Service):
         errors += self.store.remove(lid)
         self._procs.pop(lid, None)
         self._types.pop(lid, None)
+        self._wishes.pop(lid, None)
+        self._checked.pop(lid, None)
         self._known.discard(lid)
         log.info("listener {lid}: deleted", lid=lid)
         if errors:
@@ -422,7 +471,7 @@ class ListenerManager(Service):
 
     def _status_of(self, lid: str) -> str:
         proc = self._procs.get(lid)
-        return listener_status(self.store.desired(lid), proc.state if proc else None)
+        return listener_status(self._desired(lid), proc.state if proc else None)
 
     def status_list(self) -> list[dict]:
         """Every listener's status and type, from memory and small files (no process spawned)."""
@@ -446,12 +495,14 @@ class ListenerManager(Service):
     def restore(self):
         """Adopt still-running haproxy processes; start those that should run and do not."""
         self._known = set(self.store.ids())
+        self._wishes.clear()
+        self._types.clear()
         return DeferredList([self._lock(lid).run(self._restore_one, lid) for lid in self.listener_ids()],
                             consumeErrors=True)
 
     @inlineCallbacks
     def _restore_one(self, lid: str):
-        desired = self.store.desired(lid)
+        desired = self._desired(lid)
         pid = self.store.read_pid(lid)
         proc = self._process(lid)
         if pid is not None and self._is_our_haproxy(lid, pid):

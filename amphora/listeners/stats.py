@@ -14,9 +14,9 @@ import csv
 import io
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import TimeoutError
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 
 
 class _OneCommand(Protocol):
@@ -46,6 +46,18 @@ class _OneCommand(Protocol):
             self.done.callback(b"".join(self.chunks))
 
 
+class _QuietFactory(Factory):
+    """One connection, and no "Starting factory" log line for every query (they are frequent)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol):
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol_instance
+
+
 def query(reactor, socket_path: str, command: str | bytes, timeout: float = 2.0,
           limit: int = 16 * 1024 * 1024) -> Deferred:
     """Run one runtime API command on ``socket_path``; fires with the raw answer (bytes).
@@ -66,7 +78,7 @@ def query(reactor, socket_path: str, command: str | bytes, timeout: float = 2.0,
 
     timer = reactor.callLater(timeout, on_timeout)
     endpoint = UNIXClientEndpoint(reactor, socket_path, timeout=timeout)
-    connecting = connectProtocol(endpoint, _OneCommand(command, done, limit))
+    connecting = endpoint.connect(_QuietFactory(_OneCommand(command, done, limit)))
     connecting.addCallback(holder.append)
 
     def connect_failed(failure):

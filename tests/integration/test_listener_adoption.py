@@ -6,31 +6,23 @@ threads, so nothing here needs the reactor.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import signal
 import socket
-import ssl
 
 import psutil
 
 from tests.helpers import TwistdAgent, free_port, write_config
-from tests.listener_support import (Backend, kill_listeners, listener_pids, new_id, remove_dir, short_dir,
+from tests.listener_support import (Backend, BlockingAPI, kill_listeners, listener_pids, new_id, remove_dir, short_dir,
                                     tcp_config)
 
 
 def _call(pki, port, method, path, body=None):
-    context = ssl.create_default_context(cafile=pki.paths["ca"])
-    context.load_cert_chain(pki.paths["client_cert"], pki.paths["client_key"])
-    conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=20)
+    api = BlockingAPI(pki.paths, port)
     try:
-        conn.request(method, "/v0.1" + path, body=body)
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, (json.loads(data) if data[:1] in (b"{", b"[") else data)
+        return api.call(method, path, body)
     finally:
-        conn.close()
+        api.close()
 
 
 def _masters(run_dir):
