@@ -24,9 +24,24 @@ def enter(namespace: str) -> None:
     """Move the calling thread (process, if single-threaded) into ``namespace``."""
     fd = os.open(os.path.join(NETNS_RUN_DIR, namespace), os.O_RDONLY)
     try:
-        os.setns(fd, os.CLONE_NEWNET)
+        _setns(fd, CLONE_NEWNET)
     finally:
         os.close(fd)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int, nstype: int) -> None:
+    """os.setns appeared in Python 3.12; on 3.11 call libc's setns(2) directly."""
+    if hasattr(os, "setns"):
+        os.setns(fd, nstype)
+        return
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def main(args: list[str]) -> None:
