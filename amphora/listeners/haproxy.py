@@ -483,6 +483,9 @@ class HAProxy:
         self.binary = binary
         self.namespace = namespace
         self.threadpool = threadpool
+        # The namespace wrapper is ``python -m amphora.netns``: it must import this very package.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.env = dict(ENV, PYTHONPATH=package_root) if namespace else dict(ENV)
 
     def argv(self, config: str, fragment: str, pidfile: str, master_socket: str) -> list[str]:
         """Master-worker haproxy in the foreground, in its own session (so it outlives the agent)."""
@@ -521,8 +524,7 @@ class HAProxy:
                                          "freebind": b.freebind} for b in binds], "pids": own_pids})
         argv = exec_argv(self.namespace, [sys.executable, "-m", "amphora.listeners.haproxy",
                                           "bind-check", request])
-        env = dict(ENV, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=env, reactor=self.reactor)
+        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=self.env, reactor=self.reactor)
         if code != 0:
             return ([f"bind check failed in namespace {self.namespace}: "
                          f"{err.decode('utf-8', 'replace').strip()}"])

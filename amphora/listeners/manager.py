@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
 from amphora.listeners import stats
-from amphora.listeners.haproxy import (ENV, MAX_SOCKET_PATH, HAProxy, bind_addresses, fragment_text,
+from amphora.listeners.haproxy import (MAX_SOCKET_PATH, HAProxy, bind_addresses, fragment_text,
                                        listener_type, pools_document)
 from amphora.listeners.store import STARTED, STOPPED, ListenerStore, is_listener_id
 from amphora.process import RUNNING, ProcessFailed, SupervisedProcess, process_identity
@@ -198,7 +198,7 @@ class ListenerManager(Service):
                 return self.haproxy.show_proc(master, timeout=1.0).addCallback(same_master)
 
             proc = SupervisedProcess(
-                self.reactor, f"haproxy[{lid}]", argv, env=ENV, path=self.store.state_dir(lid),
+                self.reactor, f"haproxy[{lid}]", argv, env=self.haproxy.env, path=self.store.state_dir(lid),
                 ready=ready, start_timeout=self.config.haproxy.start_timeout, stop_signal="USR1",
                 stop_timeout=self.config.haproxy.stop_timeout, kill_grace=5.0, kill_group=True,
                 **self.supervision)

@@ -124,6 +124,13 @@ async def test_life_cycle_with_http_and_tcp_traffic(agent, api):
         assert not port_open(port)
         assert (await api.call("GET", f"/listeners/{lid}"))[1]["status"] == "STOPPED"
         assert not psutil.pid_exists(master) or psutil.Process(master).status() == psutil.STATUS_ZOMBIE
+        # reload of a stopped listener starts it; stop again
+        code, body = await api.action(lid, "reload")
+        assert code == 202 and "started" in body["details"], body
+        assert await deferToThread(http_get, port) == (200, "B")
+        assert (await api.action(lid, "stop"))[0] == 202
+        assert (await api.action(lid, "stop"))[0] == 202  # idempotent
+        assert not port_open(port)
 
         for x in (lid, tid):
             code, body = await api.call("DELETE", f"/listeners/{x}")
