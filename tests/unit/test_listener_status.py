@@ -171,3 +171,30 @@ def test_store_paths_refuse_anything_but_uuids(tmp_path):
     store.set_desired(L, "started")
     assert store.desired(L) == "started"
     assert store.remove(L) == [] and store.ids() == []
+
+
+def test_manager_interface_without_haproxy(pki, tmp_path):
+    """The shared interface on a manager with stored files only (no haproxy started)."""
+    from twisted.internet.task import Clock
+
+    from amphora.config import load_config
+    from amphora.listeners.manager import ListenerManager
+    from tests.helpers import write_config
+
+    config = load_config(write_config(pki, str(tmp_path / "a"), 0, {"agent": {"run_dir": str(tmp_path / "r")}}))
+    manager = ListenerManager(config, Clock())
+    store = manager.store
+    candidate, _ = store.stage_upload(L, b"frontend f\n    bind :443 ssl crt /certs/x/www.pem,/certs/x/b.pem\n"
+                                         b"    mode http\n")
+    store.commit_upload(L, candidate)
+    manager.restore()  # nothing to adopt, nothing desired: no process
+    assert manager.listener_ids() == [L] and manager.exists(L) and not manager.exists(P)
+    assert manager.running_ids() == [] and manager.running_count() == 0
+    assert manager.stats_socket(L) == os.path.join(str(tmp_path / "r"), "listeners", L, "stats.sock")
+    assert manager.uses_file(L, "/certs/x/www.pem") and manager.uses_file(L, "/certs/x/b.pem")
+    assert not manager.uses_file(L, "/certs/x/w") and not manager.uses_file(P, "/certs/x/www.pem")
+    assert manager.status_list() == [{"status": "STOPPED", "uuid": L, "type": "TERMINATED_HTTPS"}]
+    failures = []
+    manager.show_stat(L).addErrback(failures.append)
+    manager.runtime(P, "show info").addErrback(failures.append)
+    assert "not running" in str(failures[0].value) and "No listener" in str(failures[1].value)
