@@ -268,3 +268,73 @@ async def test_bad_ids_unknown_listeners_and_limits(agent, api):
         assert (await api.call("DELETE", f"/listeners/{unknown}"))[0] == 503
     finally:
         agent.topology.status = "OK"
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_that_fails_to_load_returns_to_the_last_good_config(agent, api):
+    """``haproxy -c`` passes, the real load fails (a socket in a missing directory): roll back."""
+    with Backend("A") as a, Backend("B") as b:
+        pool, member = new_id(), new_id()
+        lid, port, text = await _serving(api, a, pool=pool, member=member)
+        proc = agent.listeners._procs[lid]
+        master = proc.pid
+        broken = http_config(lid, port, pool, [(member, b.port)],
+                             extra_global=f"    stats socket /nonexistent-amp3-{lid}/x.sock mode 600")
+        assert (await api.upload(lid, broken))[0] == 201
+        loads = deferToThread(lambda: [http_get(port) for _ in range(30)])
+        code, body = await api.action(lid, "reload")
+        assert code == 500, body
+        assert body["message"] == "Error reloading haproxy"
+        assert "Loading failure" in body["details"] and "nonexistent-amp3" in body["details"]
+        assert all(r == (200, "A") for r in await loads)
+        assert proc.pid == master and proc.state == "RUNNING"
+        assert (await api.call("GET", f"/listeners/{lid}"))[1]["status"] == "ACTIVE"
+        assert agent.listeners.store.read_running(lid) == text.encode()  # the last good one runs
+        # the master is healthy: the next good configuration reloads fine
+        assert (await api.upload(lid, http_config(lid, port, pool, [(member, b.port)])))[0] == 201
+        code, body = await api.action(lid, "reload")
+        assert code == 202, body
+        assert await deferToThread(http_get, port) == (200, "B")
+        assert proc.pid == master
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_lets_open_requests_finish(agent, api):
+    with Backend("A") as a:
+        lid, port, _ = await _serving(api, a)
+        slow = deferToThread(http_get, port, "/slow?1.0", 5.0)
+        await deferLater(reactor, 0.3, lambda: None)
+        code, body = await api.action(lid, "stop")
+        assert code == 202, body
+        assert await slow == (200, "A")  # finished although the stop came during it
+        assert not port_open(port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_check_does_not_delay_other_requests(agent, api, client, url):
+    """An upload whose haproxy -c is held back does not hold /info, the listing or other listeners."""
+    from twisted.internet.defer import Deferred, ensureDeferred
+
+    gates = []
+    real_check = agent.listeners.haproxy.check
+
+    def held_check(*args, **kwargs):
+        gate = Deferred()
+        gates.append(gate)
+        return gate.addCallback(lambda _: real_check(*args, **kwargs))
+
+    agent.listeners.haproxy.check = held_check
+    try:
+        lid, other = new_id(), new_id()
+        upload = ensureDeferred(api.upload(lid, http_config(lid, free_port(), new_id(), [(new_id(), 1)])))
+        await eventually(lambda: gates, timeout=5)
+        assert (await client.get(url + "/info")).code == 200
+        assert (await api.call("GET", "/listeners"))[0] == 200
+        second = ensureDeferred(api.upload(other, http_config(other, free_port(), new_id(), [(new_id(), 1)])))
+        await eventually(lambda: len(gates) == 2, timeout=5)  # the other listener's check runs meanwhile
+        assert not upload.called and not second.called
+        for gate in gates:
+            gate.callback(None)
+        assert (await upload)[0] == 201 and (await second)[0] == 201
+    finally:
+        agent.listeners.haproxy.check = real_check

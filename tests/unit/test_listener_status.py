@@ -198,3 +198,50 @@ def test_manager_interface_without_haproxy(pki, tmp_path):
     manager.show_stat(L).addErrback(failures.append)
     manager.runtime(P, "show info").addErrback(failures.append)
     assert "not running" in str(failures[0].value) and "No listener" in str(failures[1].value)
+
+
+@pytest.fixture
+def _cleanup():
+    actions = []
+    yield actions
+    for action in actions:
+        action()
+
+
+def test_operations_serialise_per_listener_and_run_in_parallel_across(pki, tmp_path, _cleanup):
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from amphora.config import load_config
+    from amphora.errors import InvalidRequest
+    from amphora.listeners.manager import ListenerManager
+    from tests.helpers import write_config
+
+    from tests.listener_support import remove_dir, short_dir
+
+    run_dir = short_dir("amp3")  # the fragment names the stats socket: the path must be short
+    config = load_config(write_config(pki, str(tmp_path / "a"), 0, {"agent": {"run_dir": run_dir}}))
+    manager = ListenerManager(config, Clock())
+    pending = []
+    _cleanup.append(lambda: remove_dir(run_dir))
+
+    def check(config_path, fragment, cwd=None):
+        with open(config_path, "rb") as f:
+            pending.append((f.read(), d := Deferred()))
+        return d
+
+    manager.haproxy.check = check
+    r1, r2, r3 = [], [], []
+    manager.upload(L, b"one\n").addBoth(r1.append)
+    manager.upload(L, b"two\n").addBoth(r2.append)    # same listener: waits for the first
+    manager.upload(P, b"three\n").addBoth(r3.append)  # another listener: runs at once
+    assert [data for data, _ in pending] == [b"one\n", b"three\n"]
+    pending[1][1].callback((True, "Configuration file is valid"))
+    assert r3 == ["Configuration file is valid"] and r1 == []
+    pending[0][1].callback((True, "Configuration file is valid"))
+    assert r1 == ["Configuration file is valid"]
+    assert [data for data, _ in pending][2] == b"two\n"
+    pending[2][1].callback((False, "[ALERT] parsing [haproxy.cfg:1] : unknown keyword 'two'"))
+    assert isinstance(r2[0].value, InvalidRequest) and "unknown keyword" in r2[0].value.details
+    assert manager.store.read_config(L) == b"one\n"  # byte-identical after the refused upload
+    assert manager.listener_ids() == sorted([L, P])
