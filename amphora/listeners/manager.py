@@ -145,7 +145,16 @@ class ListenerManager(Service):
         return lock
 
     def _serialised(self, lid: str, fn, *args):
-        return self._lock(lid).run(fn, lid, *args)
+        lock = self._lock(lid)
+
+        def forget_lock(result):
+            # A listener that does not exist (deleted, or a refused first upload) keeps no lock.
+            if lid not in self._known and not lock.locked and not lock.waiting \
+                    and self._locks.get(lid) is lock:
+                del self._locks[lid]
+            return result
+
+        return lock.run(fn, lid, *args).addBoth(forget_lock)
 
     def _require(self, lid: str) -> None:
         if not self.exists(lid):
@@ -483,11 +492,16 @@ class ListenerManager(Service):
         self._require(lid)
         doc = {"status": self._status_of(lid), "uuid": lid, "type": self._type(lid), "pools": []}
         if doc["status"] == ACTIVE:
-            try:
-                rows = yield self.show_stat(lid)
-                doc["pools"] = pools_document(rows)
-            except Exception as e:
-                log.warn("listener {lid}: no stats: {error}", lid=lid, error=e)
+            for attempt in (1, 2):
+                try:
+                    rows = yield self.show_stat(lid)
+                    doc["pools"] = pools_document(rows)
+                    break
+                except Exception as e:
+                    if attempt == 2:
+                        log.warn("listener {lid}: no stats: {error}", lid=lid, error=e)
+                    else:  # e.g. a reload is handing the socket to the new worker
+                        yield deferLater(self.reactor, 0.05, lambda: None)
         return doc
 
     # -- restore at agent start -------------------------------------------------------------------

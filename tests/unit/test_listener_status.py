@@ -245,3 +245,11 @@ def test_operations_serialise_per_listener_and_run_in_parallel_across(pki, tmp_p
     assert isinstance(r2[0].value, InvalidRequest) and "unknown keyword" in r2[0].value.details
     assert manager.store.read_config(L) == b"one\n"  # byte-identical after the refused upload
     assert manager.listener_ids() == sorted([L, P])
+    # a refused first upload leaves neither files nor a lock behind
+    q = "5c1a2f7e-0000-4000-8000-000000000001"
+    r4 = []
+    manager.upload(q, b"bad\n").addBoth(r4.append)
+    pending[3][1].callback((False, "[ALERT] bad"))
+    assert isinstance(r4[0].value, InvalidRequest)
+    assert q not in manager._locks and not manager.exists(q)
+    assert not os.path.exists(manager.store.state_dir(q)) and not os.path.exists(manager.store.run_dir(q))
