@@ -112,7 +112,7 @@ class AgentAPI:
     def get_haproxy(self, request, lid):
         from amphora.api import params
         data = self.agent.listeners.get_config(params.listener_id(lid))
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"content-type", b"text/plain")
         return data
 
     @app.route(V + "/listeners/<path:rest>", methods=["GET", "PUT", "DELETE"])
