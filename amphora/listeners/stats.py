@@ -30,7 +30,11 @@ class _OneCommand(Protocol):
         self.size = 0
 
     def connectionMade(self):
-        self.transport.write(self.command.rstrip(b"\n") + b"\n")
+        command = self.command.rstrip(b"\n")
+        # A command with a payload ("set ssl cert <file> <<" + PEM) ends with an empty line;
+        # any other command with one newline.
+        end = b"\n\n" if b"<<" in command.split(b"\n", 1)[0] else b"\n"
+        self.transport.write(command + end)
 
     def dataReceived(self, data):
         self.size += len(data)
