@@ -8,9 +8,8 @@
   server = member UUID).
 - ``http_get``, ``tcp_echo``, ``port_open``: blocking clients (run them with
   ``deferToThread`` from a reactor test).
-- ``short_dir(prefix)``: a short directory under /tmp for ``agent.run_dir``;
-  haproxy's UNIX socket paths must stay under ~95 bytes, which pytest's
-  ``tmp_path`` exceeds.
+- ``short_dir(prefix)``: a short private directory under /tmp (a ``run_dir``
+  whose paths stay readable in ``ps``; any ``run_dir`` works).
 - ``kill_listeners(run_dir)``: SIGKILL every haproxy whose pid file lies under
   ``run_dir`` (test clean-up, by pid and process group only).
 - ``eventually(predicate)``: poll on the reactor until true.

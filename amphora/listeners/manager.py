@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
 from amphora.listeners import stats
-from amphora.listeners.haproxy import (MAX_SOCKET_PATH, HAProxy, bind_addresses, fragment_text,
+from amphora.listeners.haproxy import (HAProxy, bind_addresses, fragment_text,
                                        listener_type, pools_document)
 from amphora.listeners.store import STARTED, STOPPED, ListenerStore, is_listener_id
 from amphora.process import RUNNING, ProcessFailed, SupervisedProcess, process_identity
@@ -179,10 +179,6 @@ class ListenerManager(Service):
             self._wishes[lid] = value
 
     def _write_fragment(self, lid: str) -> str:
-        socket_path = self.store.stats_socket(lid)
-        if len(socket_path) > MAX_SOCKET_PATH or len(self.store.master_socket(lid)) > MAX_SOCKET_PATH:
-            raise OperationFailed(f"run_dir is too long for haproxy's UNIX sockets ({socket_path}); "
-                                  f"agent.run_dir must be at most {MAX_SOCKET_PATH - 58} characters")
         extra = []
         for hook in self.config_hooks:
             try:
@@ -190,14 +186,14 @@ class ListenerManager(Service):
             except Exception:
                 log.failure("config hook {hook} failed for listener {lid}", hook=hook, lid=lid)
                 raise OperationFailed(f"config hook {getattr(hook, '__name__', hook)} failed; see the agent log")
-        return self.store.write_fragment(lid, fragment_text(lid, socket_path, extra))
+        return self.store.write_fragment(lid, fragment_text(lid, extra=extra))
 
     def _process(self, lid: str) -> SupervisedProcess:
         proc = self._procs.get(lid)
         if proc is None:
             master = self.store.master_socket(lid)
             argv = self.haproxy.argv(self.store.running_path(lid), self.store.fragment_path(lid),
-                                     self.store.pid_path(lid), master)
+                                     self.store.pid_path(lid))
 
             def ready(pid):
                 def same_master(info):
@@ -207,7 +203,7 @@ class ListenerManager(Service):
                 return self.haproxy.show_proc(master, timeout=1.0).addCallback(same_master)
 
             proc = SupervisedProcess(
-                self.reactor, f"haproxy[{lid}]", argv, env=self.haproxy.env, path=self.store.state_dir(lid),
+                self.reactor, f"haproxy[{lid}]", argv, env=self.haproxy.env, path=self.store.run_dir(lid),
                 ready=ready, start_timeout=self.config.haproxy.start_timeout, stop_signal="USR1",
                 stop_timeout=self.config.haproxy.stop_timeout, kill_grace=5.0, kill_group=True,
                 **self.supervision)
@@ -236,7 +232,7 @@ class ListenerManager(Service):
         cached = self._checked.get(lid)
         if reuse and key is not None and cached is not None and cached[0] == key:
             return cached[1]
-        valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.state_dir(lid))
+        valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.run_dir(lid))
         if not valid:
             raise error(output or "haproxy -c failed without output", message=failure_message)
         if key is not None:  # content-based: a checked candidate counts for the stored copy too
@@ -535,7 +531,8 @@ class ListenerManager(Service):
             log.error("listener {lid}: could not start at agent start: {error}", lid=lid, error=e)
 
     def _is_our_haproxy(self, lid: str, pid: int) -> bool:
-        """The pid is alive and is the haproxy master of this listener (not a recycled pid)."""
+        """The pid is alive and is the haproxy master of this listener (not a recycled pid):
+        its command line names this listener's pid file."""
         if process_identity(pid) is None:
             return False
         try:
@@ -543,8 +540,7 @@ class ListenerManager(Service):
                 cmdline = f.read().split(b"\0")
         except OSError:
             return False
-        master = self.store.master_socket(lid).encode()
-        return any(arg == master or arg.startswith(master + b",") for arg in cmdline)
+        return self.store.pid_path(lid).encode() in cmdline
 
 
 def _first_line(text: str) -> str:

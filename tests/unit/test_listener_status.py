@@ -126,7 +126,7 @@ def test_parse_show_proc():
 
 def test_fragment_text():
     text = fragment_text(L, "/run/x/stats.sock", ["global\n    log 127.0.0.1 local0\n", ""])
-    assert "stats socket /run/x/stats.sock mode 600 level admin expose-fd listeners" in text
+    assert "stats socket unix@/run/x/stats.sock mode 600 level admin expose-fd listeners" in text
     assert text.endswith("global\n    log 127.0.0.1 local0\n")
 
 
