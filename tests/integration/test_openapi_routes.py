@@ -1,0 +1,90 @@
+"""Every route's real answers, success and error, validated against docs/openapi.yaml.
+
+One agent, real haproxy; each request goes through ``tests.openapi_support.call``,
+which fails when the status code is not documented for that operation, the
+Content-Type is not one the document names, or the body does not match the
+schema.
+"""
+
+import signal
+import uuid
+
+import psutil
+import pytest
+import pytest_twisted
+
+from tests.helpers import free_port
+from tests.openapi_support import call
+
+V = "/v0.1"
+
+
+def kill_haproxy_of(root: str) -> None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(root in part for part in proc.info["cmdline"] or ()):
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+
+
+@pytest.fixture
+def agent_config_extra():
+    return {"haproxy": {"max_config_bytes": "4096"}}
+
+
+def config(lid: str) -> bytes:
+    pool, member = uuid.uuid4(), uuid.uuid4()
+    return f"""global
+    maxconn 100
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+frontend {lid}
+    bind 127.0.0.1:{free_port()}
+    default_backend {pool}
+backend {pool}
+    server {member} 127.0.0.1:{free_port()}
+""".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_listener_routes_match_the_contract(agent, client, url, tmp_path):
+    lid = str(uuid.uuid4())
+    base = f"{url}{V}/listeners/{lid}"
+    try:
+        code, listed = await call(client, "GET", url + V + "/listeners")
+        assert code == 200 and listed == []
+        assert (await call(client, "GET", base))[0] == 404
+        assert (await call(client, "GET", f"{url}{V}/listeners/not-a-uuid"))[0] == 400
+        assert (await call(client, "GET", base + "/haproxy"))[0] == 404
+        assert (await call(client, "DELETE", base))[0] == 404
+        assert (await call(client, "PUT", base + "/start"))[0] == 404
+
+        assert (await call(client, "PUT", base + "/haproxy", data=b"global\n  bogus_amp9\n"))[0] == 400
+        assert (await call(client, "PUT", base + "/haproxy", data=b"#" * 5000))[0] == 413
+        code, body = await call(client, "PUT", base + "/haproxy", data=config(lid))
+        assert code == 201, body
+        code, text = await call(client, "GET", base + "/haproxy")
+        assert code == 200 and text.startswith("global")
+        assert (await call(client, "PUT", base + "/BAD_TEST_DATA"))[0] == 400
+        for action in ("start", "reload"):
+            code, body = await call(client, "PUT", f"{base}/{action}")
+            assert code == 202, body
+        code, doc = await call(client, "GET", base)
+        assert code == 200 and doc["status"] == "ACTIVE" and doc["type"] == "TCP"
+        code, listed = await call(client, "GET", url + V + "/listeners")
+        assert code == 200 and [item["uuid"] for item in listed] == [lid]
+        code, details = await call(client, "GET", url + V + "/details")
+        assert code == 200 and details["haproxy_count"] == 1
+        code, body = await call(client, "PUT", f"{base}/stop")
+        assert code == 202, body
+        assert (await call(client, "GET", base))[1]["status"] == "STOPPED"
+        assert (await call(client, "DELETE", base))[0] == 200
+    finally:
+        try:
+            await client.delete(base)
+        finally:
+            kill_haproxy_of(str(tmp_path))
