@@ -53,7 +53,8 @@ class AmphoraAgent(MultiService):
         self.topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
         # Domain objects, one slot each (keep the slot markers: they keep merges apart).
         # slot: network (plug VIP / network)
-        self.network = None
+        from amphora.network import NetworkPlugger  # imported here: keeps the slots' merges apart
+        self.network = NetworkPlugger(config, reactor)
         # slot: listeners (haproxy per listener)
         self.listeners = None
         # slot: certificates
@@ -107,7 +108,7 @@ class AmphoraAgent(MultiService):
         """Restore state in dependency order: interfaces before the listeners that bind them."""
         yield self.facts.load()
         # step: network restore
-        pass
+        yield self.network.restore()
         # step: topology / keepalived restore
         pass
         # step: listeners adoption and restart

@@ -84,3 +84,34 @@ class AgentAPI:
     # -- certificates ---------------------------------------------------------
 
     # -- plug (network) -------------------------------------------------------
+
+    # Both with and without the trailing slash (the spec writes /plug/network/),
+    # answered directly: a redirect would make clients re-POST. Imports stay in
+    # this section so that domains do not collide at the top of the module.
+    plug_body_limit = 64 * 1024  # plug bodies are a few hundred bytes
+
+    @app.route(V + "/plug/vip/<ip>", methods=["POST"], endpoint="plug_vip")
+    @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
+    def plug_vip(self, request, ip):
+        from amphora.api.params import json_body
+        from amphora.network import parse_vip, parse_vip_body
+
+        self.agent.topology.check_gate()
+        vip = parse_vip(ip)
+        spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
+        return self._plugged(request, self.agent.network.plug_vip(vip, spec))
+
+    @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
+    @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
+    def plug_network(self, request):
+        from amphora.api.params import json_body
+        from amphora.network import parse_network_body
+
+        self.agent.topology.check_gate()
+        spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
+        return self._plugged(request, self.agent.network.plug_network(spec))
+
+    @staticmethod
+    def _plugged(request, deferred):
+        return deferred.addCallback(
+            lambda details: render_json(request, {"message": "OK", "details": details}, 202))
