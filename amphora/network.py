@@ -151,9 +151,12 @@ class PlugSpec:
 def parse_vip(raw: str) -> str:
     """The VIP from the URL, normalised; 400 "Invalid VIP" unless IPv4 or IPv6."""
     try:
-        return str(ipaddress.ip_address(raw))
+        address = ipaddress.ip_address(raw)
     except (ValueError, TypeError):
-        raise InvalidRequest(f"{raw!r} is not an IPv4 or IPv6 address", message="Invalid VIP") from None
+        address = None
+    if address is None or getattr(address, "scope_id", None):  # fe80::1%eth0 is no VIP
+        raise InvalidRequest(f"{raw!r} is not an IPv4 or IPv6 address", message="Invalid VIP")
+    return str(address)
 
 
 def parse_mac(raw, name: str = "mac_address") -> str:
@@ -681,7 +684,10 @@ class NetworkPlugger:
         plugged_macs = set(self._entries)
         try:
             if existing is not None:
-                target = existing.spec.merged(spec)
+                # A bare replug (no body) re-applies what is recorded; a body is
+                # authoritative and merged in.
+                bare = vip is not None and spec == parse_vip_body(vip, None)
+                target = existing.spec if already and bare else existing.spec.merged(spec)
                 link = yield self._run(self._apply_existing, target)
             else:
                 link, target = yield self._run(self._apply_new, spec, plugged_macs)

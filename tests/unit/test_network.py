@@ -31,7 +31,8 @@ def test_parse_vip_normalises(raw, expected):
 
 
 @pytest.mark.parametrize("raw", ["", "300.1.1.1", "10.0.0", "10.0.0.1/24", "abc", "2001:db8::g", " 10.0.0.1",
-                                 "10.0.0.1%eth0"])
+                                 "10.0.0.1%eth0",
+                                 "fe80::1%eth0"])
 def test_parse_vip_rejects(raw):
     with pytest.raises(InvalidRequest) as e:
         parse_vip(raw)
@@ -339,3 +340,13 @@ def test_unusable_state_entries_are_skipped(tmp_path):
 def test_bad_namespace_name_is_refused(tmp_path):
     with pytest.raises(ValueError):
         make(tmp_path, [], namespace="../etc")
+
+
+def test_bare_replug_keeps_the_recorded_prefix(tmp_path):
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1)])
+    body = {"mac_address": MAC1, "subnet_cidr": "203.0.113.0/24"}
+    result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", body)))
+    assert result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", None))) == \
+        "VIP 203.0.113.2 already plugged on interface eth1"
+    assert fake.applied[-1][1].addresses == ("203.0.113.2/24",)
+    assert plugger.plugged()["interfaces"][0]["addresses"] == ["203.0.113.2/24"]
