@@ -273,6 +273,24 @@ async def test_no_candidate_is_404(netlab, agent, agent_ns, home, peer, client, 
     assert agent.network.plugged()["interfaces"] == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_netlink_failure_is_500_and_rolled_back(netlab, agent, agent_ns, peer, client, url):
+    cidr, gateway, vip, routed = subnet(4)
+    port, _ = netlab.veth(agent_ns, peer)
+    mac = netlab.mac(agent_ns, port)
+    # the next hop is valid but not reachable from the VIP's subnet: the kernel refuses the route
+    body = {"mac_address": mac, "subnet_cidr": cidr, "host_routes": [{"destination": routed,
+                                                                      "nexthop": "172.31.77.1"}]}
+    code, answer = await post(client, url, f"/v0.1/plug/vip/{vip}", body)
+    assert (code, answer["message"]) == (500, "Error plugging VIP")
+    assert "172.31.77.1" in answer["details"] and "unreachable" in answer["details"], answer
+    assert netlab.addresses(agent_ns, port) == [] and not netlab.link(agent_ns, port)["up"], "rolled back"
+    assert agent.network.plugged()["interfaces"] == []
+    # still the new port: a corrected request plugs it
+    code, answer = await post(client, url, f"/v0.1/plug/vip/{vip}")
+    assert (code, answer["details"]) == (202, f"VIP {vip} plugged on interface {port}")
+
+
 # -- restart -------------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred

@@ -350,3 +350,30 @@ def test_bare_replug_keeps_the_recorded_prefix(tmp_path):
         "VIP 203.0.113.2 already plugged on interface eth1"
     assert fake.applied[-1][1].addresses == ("203.0.113.2/24",)
     assert plugger.plugged()["interfaces"][0]["addresses"] == ["203.0.113.2/24"]
+
+
+def test_plugs_are_serialised(tmp_path):
+    """A second plug does not start its netlink work before the first has finished."""
+    from twisted.internet.defer import Deferred
+
+    config = SimpleNamespace(network=SimpleNamespace(namespace=""), agent=SimpleNamespace(state_dir=str(tmp_path)))
+    fake = FakeNetlink([down(3, "eth1", MAC1), down(4, "eth2", MAC2)])
+    pending = []
+
+    def run_later(fn, *args):
+        d = Deferred()
+        pending.append((d, fn, args))
+        return d
+
+    plugger = NetworkPlugger(config, reactor=None, netlink=fake, run_blocking=run_later)
+    first = plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", {"mac_address": MAC1}))
+    second = plugger.plug_network(parse_network_body(None))
+    assert len(pending) == 1, "the second plug waits for the lock"
+    d, fn, args = pending.pop()
+    d.callback(fn(*args))
+    assert result(first) == "VIP 203.0.113.2 plugged on interface eth1"
+    assert len(pending) == 1
+    d, fn, args = pending.pop()
+    d.callback(fn(*args))
+    # it saw the first plug's record: eth1 is no candidate any more
+    assert result(second) == "Plugged interface eth2"
