@@ -613,7 +613,9 @@ class NetworkPlugger:
     def __init__(self, config, reactor, netlink=None, run_blocking=None):
         self.namespace = config.network.namespace
         if self.namespace and not _NAMESPACE.fullmatch(self.namespace):
-            raise ValueError(f"network.namespace: not a usable namespace name: {self.namespace!r}")
+            from amphora.config import ConfigError
+
+            raise ConfigError(f"network.namespace: not a usable namespace name: {self.namespace!r}")
         self.reactor = reactor
         self.path = os.path.join(config.agent.state_dir, STATE_FILE)
         self.netlink = netlink if netlink is not None else Netlink(self.namespace)

@@ -338,7 +338,9 @@ def test_unusable_state_entries_are_skipped(tmp_path):
 
 
 def test_bad_namespace_name_is_refused(tmp_path):
-    with pytest.raises(ValueError):
+    from amphora.config import ConfigError
+
+    with pytest.raises(ConfigError, match="network.namespace"):
         make(tmp_path, [], namespace="../etc")
 
 
