@@ -16,7 +16,9 @@ import json
 import os
 import secrets
 import textwrap
+import threading
 
+import psutil
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -352,6 +354,10 @@ async def test_namespace_is_created_and_ports_moved_into_it(netlab, pki, tmp_pat
         # a program started through exec_argv (as haproxy and keepalived are) sees it
         seen = netlab.run(namespace, [PYTHON, "-c", "import socket; print([n for _, n in socket.if_nameindex()])"])
         assert port in seen.stdout.decode() and "lo" in seen.stdout.decode()
+        # no helper process or namespace thread is left behind by the agent
+        me = psutil.Process()
+        assert [c for c in me.children() if c.cmdline() == me.cmdline()] == []  # forks of this process
+        assert not [t for t in threading.enumerate() if t.name == "amphora-netns"]
     finally:
         await client.pool.closeCachedConnections()
         await service.stopService()
