@@ -235,9 +235,12 @@ def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
     """The optional plug-VIP body -> what to apply; 400 naming the field when malformed.
 
     Without a body the VIP is a host address (/32 or /128) and the interface is
-    the one newly attached link.
+    the one newly attached link. With ``vrrp_ip`` (ACTIVE-STANDBY, as Octavia
+    sends it) the interface carries that address instead and the VIP is only
+    recorded: keepalived adds it on the MASTER alone -- a VIP configured
+    statically on both amphorae would answer ARP/ND from both.
     """
-    b = _body(body, ("mac_address", "subnet_cidr", "gateway", "mtu", "host_routes"))
+    b = _body(body, ("mac_address", "subnet_cidr", "gateway", "mtu", "host_routes", "vrrp_ip"))
     address = ipaddress.ip_address(vip)
     prefixlen = address.max_prefixlen
     mac = parse_mac(b["mac_address"]) if "mac_address" in b else None
@@ -261,7 +264,16 @@ def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
         gateway = str(gw)
     mtu = _mtu(b["mtu"], "mtu", address.version == 6) if "mtu" in b else None
     routes = _routes(b.get("host_routes", []), "host_routes", address.version)
-    return PlugSpec(mac=mac, addresses=(f"{vip}/{prefixlen}",), vips=(vip,), mtu=mtu, gateway=gateway,
+    on_link = address
+    if "vrrp_ip" in b:
+        on_link = _ip(b["vrrp_ip"], "vrrp_ip")
+        if on_link.version != address.version:
+            raise InvalidRequest(f"vrrp_ip: IPv{on_link.version} address for an IPv{address.version} VIP")
+        if subnet is not None and on_link not in subnet:
+            raise InvalidRequest(f"vrrp_ip: {on_link} is not in subnet_cidr {subnet}")
+        if on_link == address:
+            raise InvalidRequest("vrrp_ip: must differ from the VIP")
+    return PlugSpec(mac=mac, addresses=(f"{on_link}/{prefixlen}",), vips=(vip,), mtu=mtu, gateway=gateway,
                     routes=tuple(routes))
 
 

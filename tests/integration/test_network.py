@@ -192,6 +192,19 @@ async def test_plug_vip_without_body(version, path_suffix, netlab, agent, agent_
     assert agent.network.vip_interface(vip) == port
 
 
+@pytest_twisted.ensureDeferred
+async def test_plug_vip_with_vrrp_ip_leaves_the_vip_to_keepalived(netlab, agent, agent_ns, peer, client, url):
+    cidr, gateway, vip, _ = subnet(4)
+    vrrp_ip = vip.rsplit(".", 1)[0] + ".11"
+    port, _ = netlab.veth(agent_ns, peer)
+    body = {"mac_address": netlab.mac(agent_ns, port), "subnet_cidr": cidr, "gateway": gateway,
+            "vrrp_ip": vrrp_ip}
+    code, answer = await post(client, url, f"/v0.1/plug/vip/{vip}", body)
+    assert (code, answer["details"]) == (202, f"VIP {vip} plugged on interface {port}")
+    assert netlab.addresses(agent_ns, port) == [f"{vrrp_ip}/24"]
+    assert agent.network.vip_interface(vip) == port
+
+
 # -- plug network ---------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred

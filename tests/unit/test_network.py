@@ -49,10 +49,15 @@ def test_vip_body_complete():
     spec = parse_vip_body("203.0.113.2", {
         "mac_address": "FA:16:3E:00:00:01", "subnet_cidr": "203.0.113.0/24", "gateway": "203.0.113.1",
         "mtu": 1450, "host_routes": [{"destination": "198.51.100.0/24", "nexthop": "203.0.113.254"}],
-        "vrrp_ip": "203.0.113.9",  # unknown keys are ignored (newer controllers send more)
+        "additional_vips": [], "is_sriov": False,  # unknown keys are ignored (newer controllers send more)
     })
     assert spec == PlugSpec(mac=MAC1, addresses=("203.0.113.2/24",), vips=("203.0.113.2",), mtu=1450,
                             gateway="203.0.113.1", routes=(Route("198.51.100.0/24", "203.0.113.254"),))
+
+
+def test_vip_body_with_vrrp_ip_leaves_the_vip_to_keepalived():
+    spec = parse_vip_body("203.0.113.2", {"subnet_cidr": "203.0.113.0/24", "vrrp_ip": "203.0.113.9"})
+    assert spec.addresses == ("203.0.113.9/24",) and spec.vips == ("203.0.113.2",)
 
 
 def test_vip_body_nulls_are_absent():
@@ -77,6 +82,10 @@ def test_vip_body_nulls_are_absent():
     ("203.0.113.2", {"mtu": 70000}, "mtu"),
     ("2001:db8::5", {"mtu": 1000}, "mtu"),
     ("203.0.113.2", {"host_routes": {}}, "host_routes"),
+    ("203.0.113.2", {"vrrp_ip": "x"}, "vrrp_ip"),
+    ("203.0.113.2", {"vrrp_ip": "2001:db8::9"}, "vrrp_ip"),
+    ("203.0.113.2", {"vrrp_ip": "203.0.113.2"}, "vrrp_ip"),
+    ("203.0.113.2", {"subnet_cidr": "203.0.113.0/24", "vrrp_ip": "198.51.100.9"}, "vrrp_ip"),
     ("203.0.113.2", {"host_routes": ["x"]}, "host_routes[0]"),
     ("203.0.113.2", {"host_routes": [{"destination": "10.0.0.0/8"}]}, "host_routes[0].nexthop"),
     ("203.0.113.2", {"host_routes": [{"destination": "10.0.0.0", "nexthop": "10.0.0.1"}]},
