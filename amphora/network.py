@@ -71,6 +71,8 @@ IFA_F_NODAD = 0x02
 # even when they are down.
 PORT_KINDS = (None, "veth")
 
+IFNAMSIZ = 16  # with the terminating NUL: names have at most 15 characters
+
 MIN_MTU = 68
 MIN_MTU_IPV6 = 1280
 MAX_MTU = 65535
@@ -365,7 +367,12 @@ class NetlinkFailure(Exception):
 
     def __init__(self, step: str, error: BaseException):
         code = getattr(error, "code", None) or getattr(error, "errno", None)
-        reason = os.strerror(code) if isinstance(code, int) and code > 0 else str(error)
+        if isinstance(error, OSError) and error.strerror:
+            reason = error.strerror
+        elif isinstance(code, int) and code > 0:
+            reason = os.strerror(code)
+        else:
+            reason = str(error)
         super().__init__(f"{step}: {reason}" + (f" (errno {code})" if isinstance(code, int) else ""))
         self.step = step
         self.code = code
@@ -470,6 +477,17 @@ def link_from_msg(msg, namespace: str) -> Link:
         master=msg.get("master"),
         namespace=namespace,
     )
+
+
+def free_name(name: str, taken) -> str:
+    """A name like ``name`` not in ``taken``: eth1 -> eth2 (the lowest free ethN, from 1)."""
+    match = re.fullmatch(r"(.*?)(\d+)", name)
+    prefix = match.group(1) if match and match.group(1) else name
+    for n in range(1, 100000):
+        candidate = prefix[:IFNAMSIZ - 1 - len(str(n))] + str(n)
+        if candidate not in taken:
+            return candidate
+    raise ValueError(f"no free interface name like {name}")  # pragma: no cover - 100000 interfaces
 
 
 class Netlink:
@@ -583,18 +601,24 @@ class Netlink:
                 log.warn("could not put {name} back down: {error}", name=link.name, error=e)
 
     def _move(self, link: Link) -> Link:
-        """Move ``link`` from the agent's namespace into the target one; the moved Link."""
+        """Move ``link`` from the agent's namespace into the target one; the moved Link.
+
+        The kernel names a hot-plugged NIC with the lowest free ``ethN`` of the
+        namespace it appears in, so the second port is often ``eth1`` again
+        while the first ``eth1`` already sits in the target namespace: such a
+        port is renamed to the next free name there as it moves (as Octavia does).
+        """
         target = self.namespace
         with iproute(self._ns(self.namespace)) as ipr:
-            if ipr.link_lookup(ifname=link.name):
-                raise NetlinkFailure(f"moving {link.name} into {target}",
-                                     OSError(errno.EEXIST, "an interface with that name exists there"))
+            taken = {m.get("ifname") for m in self._step("listing links", ipr.get_links)}
+        name = link.name if link.name not in taken else free_name(link.name, taken)
         fd = self._step(f"opening namespace {self.namespace}", os.open, namespace_path(self.namespace),
                         os.O_RDONLY)
         try:
             with iproute(self._ns(link.namespace)) as ipr:
+                rename = {"ifname": name} if name != link.name else {}
                 self._step(f"moving {link.name} into namespace {target}", ipr.link, "set",
-                           index=link.index, net_ns_fd=fd)
+                           index=link.index, net_ns_fd=fd, **rename)
         finally:
             os.close(fd)
         with iproute(self._ns(self.namespace)) as ipr:

@@ -377,6 +377,22 @@ async def test_namespace_is_created_and_ports_moved_into_it(netlab, pki, tmp_pat
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_port_whose_name_is_taken_inside_is_renamed_as_it_moves(netlab, agent, agent_ns, home, peer,
+                                                                         client, url):
+    port, _ = netlab.veth(home, peer)
+    mac = netlab.mac(home, port)
+    with netlab.ipr(agent_ns) as ipr:
+        # "eth1" plugged earlier, and the new port is called "eth1" again
+        ipr.link("add", ifname=port, kind="veth", peer=port + "x")
+    _, _, vip, _ = subnet(4)
+    code, answer = await post(client, url, f"/v0.1/plug/vip/{vip}", {"mac_address": mac})
+    assert (code, answer["details"]) == (202, f"VIP {vip} plugged on interface {port}1")
+    assert netlab.where(mac) == (agent_ns, f"{port}1")
+    assert netlab.addresses(agent_ns, f"{port}1") == [f"{vip}/32"]
+    assert agent.network.vip_interface(vip) == f"{port}1"
+
+
+@pytest_twisted.ensureDeferred
 async def test_without_namespace_everything_stays_home(netlab, pki, tmp_path, home, peer, client):
     config = load_config(write_config(pki, str(tmp_path / "own"), 0, {}))
     port, _ = netlab.veth(home, peer)

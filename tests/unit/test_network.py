@@ -12,7 +12,7 @@ from twisted.internet.defer import maybeDeferred
 
 from amphora.errors import InvalidRequest, NotFound, OperationFailed
 from amphora.network import (Link, NetlinkFailure, NetworkPlugger, PlugSpec, Route, choose_interface,
-                             is_candidate, parse_network_body, parse_vip, parse_vip_body)
+                             free_name, is_candidate, parse_network_body, parse_vip, parse_vip_body)
 
 MAC1 = "fa:16:3e:00:00:01"
 MAC2 = "fa:16:3e:00:00:02"
@@ -388,3 +388,26 @@ def test_plugs_are_serialised(tmp_path):
     d.callback(fn(*args))
     # it saw the first plug's record: eth1 is no candidate any more
     assert result(second) == "Plugged interface eth2"
+
+
+def test_netlink_failure_text():
+    from pyroute2 import NetlinkError
+
+    assert str(NetlinkFailure("adding route x", NetlinkError(101, "Network is unreachable"))) == \
+        "adding route x: Network is unreachable (errno 101)"
+    assert str(NetlinkFailure("moving eth1", OSError(17, "an interface with that name exists there"))) == \
+        "moving eth1: an interface with that name exists there (errno 17)"
+
+
+@pytest.mark.parametrize("name, taken, expected", [
+    ("eth1", {"lo", "eth1"}, "eth2"),
+    ("eth1", {"lo", "eth1", "eth2", "eth4"}, "eth3"),
+    ("eth3", {"eth3"}, "eth1"),
+    ("ens3", {"ens3", "ens1"}, "ens2"),
+    ("veth", {"veth"}, "veth1"),
+    ("abcdefghijklmn7", {"abcdefghijklmn7", "abcdefghijklmn1"}, "abcdefghijklmn2"),
+    ("abcdefghijklmn9", {"abcdefghijklmn9"} | {f"abcdefghijklmn{i}" for i in range(1, 10)}, "abcdefghijklm10"),
+])
+def test_free_name(name, taken, expected):
+    assert free_name(name, taken) == expected
+    assert len(expected) <= 15
