@@ -62,7 +62,9 @@ class AmphoraAgent(MultiService):
         # slot: listener logs
         self.logs = None
         # slot: host details sampler
-        self.sampler = None
+        from amphora.host import HostSampler  # here, not at the top: slot edits only
+        self.sampler = HostSampler.for_agent(self)
+        self.sampler.setServiceParent(self)
         # slot: keepalived (ACTIVE-STANDBY)
         self.keepalived = None
         # slot: heartbeat
