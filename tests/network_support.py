@@ -120,6 +120,10 @@ class NetLab:
                             "up": bool(msg["flags"] & IFF_UP), "mtu": msg.get("mtu")}
         return None
 
+    def inode(self, namespace: str) -> int:
+        """The namespace's identity (compare with ``os.stat(f"/proc/{pid}/ns/net").st_ino``)."""
+        return os.stat(os.path.join("/var/run/netns", namespace)).st_ino
+
     def mac(self, namespace: str, ifname: str) -> str:
         return self.link(namespace, ifname)["mac"]
 

@@ -22,14 +22,15 @@ import psutil
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 
 from amphora.agent import build_agent
 from amphora.config import load_config
 from amphora.network import Netlink
 from tests.helpers import write_config
+from tests.listener_support import http_config, kill_listeners, new_id
 from tests.network_support import PYTHON, netlab  # noqa: F401 - the fixture
 
-HAPROXY = "/usr/sbin/haproxy"
 PORT = 8080  # inside namespaces of our own: no clash possible
 
 
@@ -111,30 +112,11 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def serve_vip(lab, namespace, vip, directory):
-    """A tiny backend (http.server on 127.0.0.1) and a real haproxy bound to the VIP, in ``namespace``."""
-    backend_port = 8081
-    lab.spawn(namespace, [PYTHON, "-m", "http.server", str(backend_port), "--bind", "127.0.0.1",
-                          "--directory", directory], stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
-    bind = f"[{vip}]:{PORT}" if ":" in vip else f"{vip}:{PORT}"
-    cfg = os.path.join(directory, "haproxy.cfg")
-    with open(cfg, "w") as f:
-        f.write(textwrap.dedent(f"""\
-            global
-                maxconn 100
-            defaults
-                mode http
-                timeout connect 2s
-                timeout client 5s
-                timeout server 5s
-            frontend vip
-                bind {bind}
-                default_backend tiny
-            backend tiny
-                server s1 127.0.0.1:{backend_port}
-            """))
-    proc = lab.spawn(namespace, [HAPROXY, "-db", "-f", cfg], stderr=open(os.path.join(directory, "haproxy.log"), "wb"))
-    return proc
+def serve_backend(lab, namespace, directory, port=8081):
+    """A tiny backend inside ``namespace``: http.server on 127.0.0.1 serving ``directory``."""
+    lab.spawn(namespace, [PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", directory],
+              stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
+    return port
 
 
 def fetch(lab, namespace, vip, path):
@@ -168,12 +150,28 @@ async def test_plug_vip_with_body_serves_traffic(version, netlab, agent, agent_n
     assert (routed, gateway, link["index"]) in routes
     assert netlab.link(agent_ns, "lo")["up"], "the agent brings up lo in its namespace"
 
+    # a real listener through the listener API: its haproxy runs inside the namespace
     token = secrets.token_hex(8)
     (tmp_path / "hello.txt").write_text(token)
-    haproxy = serve_vip(netlab, agent_ns, vip, str(tmp_path))
-    code, text = fetch(netlab, peer, vip, "hello.txt")
-    assert haproxy.poll() is None, (tmp_path / "haproxy.log").read_text()
-    assert (code, text) == (0, token)
+    backend = serve_backend(netlab, agent_ns, str(tmp_path))
+    lid, pool, member = new_id(), new_id(), new_id()
+    config = http_config(lid, PORT, pool, [(member, backend)], bind_ip=f"[{vip}]" if version == 6 else vip)
+    try:
+        response = await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=config.encode())
+        assert response.code == 201, await response.content()
+        response = await client.put(f"{url}/v0.1/listeners/{lid}/start")
+        assert response.code == 202, await response.content()
+        code, text = await deferToThread(fetch, netlab, peer, vip, "hello.txt")
+        assert (code, text) == (0, token)
+        (pid,) = [p.pid for p in agent.listeners._procs.values() if p.pid]
+        assert netlab.inode(agent_ns) == os.stat(f"/proc/{pid}/ns/net").st_ino, "haproxy runs in the namespace"
+        response = await client.put(f"{url}/v0.1/listeners/{lid}/stop")
+        assert response.code == 202, await response.content()
+    finally:
+        pids = [p.pid for p in agent.listeners._procs.values() if p.pid]
+        for proc in agent.listeners._procs.values():
+            proc.detach()
+        kill_listeners(agent.config.agent.run_dir, pids)
 
 
 @pytest.mark.parametrize("version, path_suffix", [(4, ""), (6, "/")])
