@@ -28,7 +28,7 @@ from amphora.agent import build_agent
 from amphora.config import load_config
 from amphora.network import Netlink
 from tests.helpers import write_config
-from tests.listener_support import http_config, kill_listeners, new_id
+from tests.listener_support import eventually, http_config, kill_listeners, new_id
 from tests.network_support import PYTHON, netlab  # noqa: F401 - the fixture
 
 PORT = 8080  # inside namespaces of our own: no clash possible
@@ -163,15 +163,12 @@ async def test_plug_vip_with_body_serves_traffic(version, netlab, agent, agent_n
         assert response.code == 202, await response.content()
         code, text = await deferToThread(fetch, netlab, peer, vip, "hello.txt")
         assert (code, text) == (0, token)
-        (pid,) = [p.pid for p in agent.listeners._procs.values() if p.pid]
+        (pid,) = listener_pids(agent)
         assert netlab.inode(agent_ns) == os.stat(f"/proc/{pid}/ns/net").st_ino, "haproxy runs in the namespace"
         response = await client.put(f"{url}/v0.1/listeners/{lid}/stop")
         assert response.code == 202, await response.content()
     finally:
-        pids = [p.pid for p in agent.listeners._procs.values() if p.pid]
-        for proc in agent.listeners._procs.values():
-            proc.detach()
-        kill_listeners(agent.config.agent.run_dir, pids)
+        drop_listeners(agent)
 
 
 @pytest.mark.parametrize("version, path_suffix", [(4, ""), (6, "/")])
@@ -341,6 +338,60 @@ async def test_fresh_agent_restores_a_flushed_link(netlab, agent_config, agent_n
         assert netlab.link(agent_ns, net_port)["up"]
         assert netlab.addresses(agent_ns, net_port) == ["10.98.0.5/16"]
     finally:
+        await second.stopService()
+
+
+def listener_pids(service):
+    return [p.pid for p in service.listeners._procs.values() if p.pid]
+
+
+def drop_listeners(service):
+    """Test clean-up: forget and SIGKILL the agent's haproxy processes (they outlive the agent on purpose)."""
+    pids = listener_pids(service)
+    for proc in service.listeners._procs.values():
+        proc.detach()
+    kill_listeners(service.config.agent.run_dir, pids)
+    return pids
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_reboot_the_vip_is_back_before_the_listener_binds_it(netlab, agent_config, agent_ns, home,
+                                                                          peer, client, tmp_path):
+    cidr, gateway, vip, _ = subnet(4)
+    port, outside = netlab.veth(agent_ns, peer)
+    netlab.add_address(peer, outside, f"{gateway}/24")
+    token = secrets.token_hex(8)
+    (tmp_path / "hello.txt").write_text(token)
+    backend = serve_backend(netlab, agent_ns, str(tmp_path))
+    lid = new_id()
+    config = http_config(lid, PORT, new_id(), [(new_id(), backend)], bind_ip=vip)
+
+    first = await start_agent(agent_config, home)
+    pids = []
+    try:
+        url = f"https://127.0.0.1:{first.api_port}"
+        body = {"mac_address": netlab.mac(agent_ns, port), "subnet_cidr": cidr, "gateway": gateway}
+        assert (await post(client, url, f"/v0.1/plug/vip/{vip}", body))[0] == 202
+        assert (await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=config.encode())).code == 201
+        assert (await client.put(f"{url}/v0.1/listeners/{lid}/start")).code == 202
+        assert await deferToThread(fetch, netlab, peer, vip, "hello.txt") == (0, token)
+    finally:
+        await client.pool.closeCachedConnections()
+        pids = drop_listeners(first)
+        await first.stopService()
+    # the reboot: haproxy gone, the port flushed
+    await eventually(lambda: not any(psutil.pid_exists(p) for p in pids), message="haproxy still alive")
+    netlab.flush(agent_ns, port)
+    assert netlab.addresses(agent_ns, port) == []
+
+    second = await start_agent(agent_config, home)
+    try:
+        # start-up restored the VIP, then started the listener, whose haproxy could bind it
+        assert netlab.addresses(agent_ns, port) == [f"{vip}/24"]
+        assert listener_pids(second) and not set(listener_pids(second)) & set(pids)
+        assert await deferToThread(fetch, netlab, peer, vip, "hello.txt") == (0, token)
+    finally:
+        drop_listeners(second)
         await second.stopService()
 
 
