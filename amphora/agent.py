@@ -59,7 +59,10 @@ class AmphoraAgent(MultiService):
         # slot: certificates
         self.certificates = None
         # slot: listener logs
-        self.logs = None
+        from amphora.listeners.logs import ListenerLogs
+        self.logs = ListenerLogs(config, reactor)
+        self.logs.setServiceParent(self)
+        self.logs.attach(self.listeners)  # hooks into listeners.config_hooks / delete_hooks
         # slot: host details sampler
         self.sampler = None
         # slot: keepalived (ACTIVE-STANDBY)

@@ -81,6 +81,26 @@ class AgentAPI:
 
     # -- listeners ------------------------------------------------------------
 
+    # -- listener logs --
+
+    @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
+    def get_listener_logs(self, request, lid):
+        """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
+        from amphora.api.params import listener_id
+        from amphora.errors import InvalidRequest, ListenerNotFound
+
+        lid = listener_id(lid)
+        values = request.args.get(b"lines") or [b"100"]
+        raw = values[-1].decode("ascii", "replace")
+        if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
+            raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
+        listeners, logs = self.agent.listeners, self.agent.logs
+        known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
+        if not known:
+            raise ListenerNotFound(lid)
+        request.setHeader(b"content-type", b"text/plain")
+        return logs.tail(lid, int(raw)) if logs is not None else b""
+
     # -- certificates ---------------------------------------------------------
 
     # -- plug (network) -------------------------------------------------------
