@@ -75,6 +75,10 @@ DELETE_FLUSH_TIMEOUT = 5.0
 #: TCP reconnect backoff (seconds).
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 30.0
+#: A UDP forward socket closed by an ICMP error is reopened after this delay.
+UDP_REOPEN_DELAY = 0.2
+#: A UDP target is called up again after this many seconds without a refusal.
+UDP_QUIET_UP = 5.0
 #: UNIX socket paths are limited by sun_path (108 bytes including the NUL).
 SUN_PATH_MAX = 107
 #: The structured-data id tagging forwarded lines (32473 is the documentation PEN, RFC 5612).
@@ -551,13 +555,21 @@ class _UDPSender(DatagramProtocol):
         # the kernel reports an ICMP port unreachable for (at least) one datagram
         self.owner._refused()
 
+    def doStop(self):
+        # The port went away under us: with epoll, a pending ICMP error on a
+        # connected UDP socket arrives as EPOLLERR without EPOLLIN, which Twisted
+        # treats as a lost connection. Open a new socket rather than go silent.
+        super().doStop()
+        self.owner._port_closed(self)
+
 
 class UDPForwarder(Forwarder):
     """One datagram per line from a connected UDP socket (IPv4 or IPv6).
 
     UDP cannot tell whether a line arrived: a down target is noticed only when
-    the kernel reports ICMP "port unreachable" (counted as one lost line each).
-    Lines queue only while the host name is being resolved.
+    the kernel reports ICMP "port unreachable" (counted as one lost line each;
+    the socket is then reopened). Lines queue (bounded) only while there is no
+    socket: resolving the host name, or reopening.
     """
 
     def __init__(self, reactor, target: str, host: str, port: int):
@@ -566,6 +578,7 @@ class UDPForwarder(Forwarder):
         self._port = None
         self._resolving = None
         self._stopped = False
+        self._last_refused = 0.0
 
     def start(self) -> None:
         self._stopped = False
@@ -625,12 +638,24 @@ class UDPForwarder(Forwarder):
             self._count_lost(1)
             return True
         self.sent += 1
-        if self._down_logged and not len(self.queue):
+        # UDP has no "connected" event: call the target back up once it has
+        # refused nothing for a while (and log at most once per outage)
+        if (self._down_logged and not len(self.queue)
+                and self.reactor.seconds() - self._last_refused > UDP_QUIET_UP):
             self._mark_up()
         return True
 
     def _refused(self) -> None:
+        self._last_refused = self.reactor.seconds()
         self._count_lost(1)
+
+    def _port_closed(self, sender: "_UDPSender") -> None:
+        if self._port is None or self._port.protocol is not sender:
+            return  # stopped on purpose, or an older socket
+        self._port = None
+        self._refused()
+        if not self._stopped:
+            self.reactor.callLater(UDP_REOPEN_DELAY, self._retry)
 
     def _idle(self) -> bool:
         return not len(self.queue)
