@@ -837,29 +837,33 @@ class ListenerLogs(Service):
         super().startService()
         if self.forwarder is not None:
             self.forwarder.start()
-        # haproxy keeps running across agent restarts: listen again for every
-        # listener that exists (and every socket a previous agent left behind)
-        for lid in sorted(set(self._known_listener_ids()) | set(self._socket_ids())):
+        # haproxy keeps running across agent restarts and keeps sending to the
+        # same path: listen again for every listener that exists. Without a
+        # listener manager, the sockets a previous agent left say which.
+        left = set(self._socket_ids())
+        known = self._known_listener_ids() if self.listeners is not None else None
+        wanted = left if known is None else set(known)
+        for lid in sorted(wanted):
             self.ensure(lid)
+        for lid in left - wanted:
+            _unlink(self.socket_path(lid))
 
     def stopService(self):
         super().stopService()
         for lid in list(self._collectors):
-            self._close(lid)
+            self._close(lid, unlink=False)  # the next agent binds the same paths again
         if self.forwarder is None:
             return None
         d = self.forwarder.flushed(1.0)
         d.addCallback(lambda _: self.forwarder.stop())
         return d
 
-    def _known_listener_ids(self) -> list[str]:
-        if self.listeners is None:
-            return []
+    def _known_listener_ids(self) -> list[str] | None:
         try:
             return list(self.listeners.listener_ids())
         except Exception as e:
             log.warn("cannot list listeners for log collection: {error}", error=e)
-            return []
+            return None
 
     def _socket_ids(self) -> list[str]:
         try:
@@ -944,14 +948,15 @@ class ListenerLogs(Service):
         self._collectors[lid] = collector
         return True
 
-    def _close(self, lid: str) -> None:
+    def _close(self, lid: str, unlink: bool = True) -> None:
         collector = self._collectors.pop(lid, None)
         if collector is None:
             return
         collector.file.close()
         if collector.port is not None:
             collector.port.stopListening()
-        _unlink(self.socket_path(lid))
+        if unlink:
+            _unlink(self.socket_path(lid))
 
     def collecting(self, lid: str) -> bool:
         return lid in self._collectors

@@ -382,3 +382,117 @@ def test_check_id_refuses_paths():
     with pytest.raises(ValueError):
         L._check_id(LID.upper())
     assert L._check_id(LID) == LID
+
+
+# -- ListenerLogs wiring (fake reactor, fake listener manager) -----------------------
+
+class _FakePort:
+    def __init__(self, path, proto):
+        self.path, self.protocol, self.stopped = path, proto, False
+
+    def stopListening(self):
+        self.stopped = True
+
+
+class _FakeReactor(Clock):
+    def __init__(self):
+        super().__init__()
+        self.unix = []
+
+    def listenUNIXDatagram(self, path, proto, maxPacketSize, mode):
+        assert mode == 0o666 and maxPacketSize >= L.LINE_MAX
+        open(path, "w").close()  # stands for the socket file
+        port = _FakePort(path, proto)
+        self.unix.append(port)
+        return port
+
+
+class _FakeListeners:
+    def __init__(self, ids):
+        self.ids = ids
+        self.config_hooks, self.delete_hooks = [], []
+
+    def listener_ids(self):
+        return list(self.ids)
+
+
+@pytest.fixture
+def short(tmp_path):
+    from tests.logs_support import remove_dir, short_dir
+
+    path = short_dir()  # socket paths must fit in sun_path
+    yield path
+    remove_dir(path)
+
+
+def _logs(pki, tmp_path, run, forward=""):
+    from amphora.config import load_config
+    from tests.helpers import write_config
+
+    config = load_config(write_config(pki, str(tmp_path / "a"), 0, {
+        "agent": {"run_dir": run}, "logs": {"forward": forward, "max_bytes": "100", "backups": "1"}}))
+    reactor = _FakeReactor()
+    return L.ListenerLogs(config, reactor, hostname="amp"), reactor
+
+
+def test_attach_tolerates_none_and_registers_hooks_once(pki, tmp_path, short):
+    logs, _ = _logs(pki, tmp_path, short)
+    logs.attach(None)
+    listeners = _FakeListeners([])
+    logs.attach(listeners)
+    logs.attach(listeners)
+    assert listeners.config_hooks == [logs.config_hook]
+    assert listeners.delete_hooks == [logs.delete_hook]
+
+
+def test_config_hook_binds_and_returns_a_global_log_line(pki, tmp_path, short):
+    logs, reactor = _logs(pki, tmp_path, short)
+    text = logs.config_hook(LID)
+    assert text.startswith("global\n")
+    assert f"    log unix@{logs.socket_path(LID)} len 8192 format rfc5424 local0\n" in text
+    assert logs.config_hook(LID) == text and len(reactor.unix) == 1  # idempotent
+    assert logs.socket_path(LID) == os.path.join(short, "logs", f"{LID}.sock")
+    # a datagram becomes a file line (flushed by the clock) and nothing is forwarded (no target)
+    reactor.unix[0].protocol.datagramReceived(HAPROXY_5424, None)
+    reactor.advance(L.FLUSH_DELAY)
+    assert logs.tail(LID, 5).endswith(b'"GET /x?y=1 HTTP/1.1"\n')
+    with pytest.raises(ValueError):
+        logs.config_hook("../x")
+
+
+def test_socket_path_too_long_means_no_log_target(pki, tmp_path, short):
+    logs, reactor = _logs(pki, tmp_path, short)
+    logs.socket_dir = "/tmp/" + "d" * 80
+    assert logs.config_hook(LID) == ""
+    assert reactor.unix == []
+
+
+def test_delete_hook_removes_files_without_forwarder(pki, tmp_path, short):
+    logs, reactor = _logs(pki, tmp_path, short)
+    logs.config_hook(LID)
+    proto = reactor.unix[0].protocol
+    for _ in range(5):
+        proto.datagramReceived(HAPROXY_5424, None)  # ~200 bytes each: rotates at 100
+    logs.tail(LID, 1)
+    assert os.path.exists(logs.log_path(LID) + ".1")
+    results = []
+    logs.delete_hook(LID).addCallback(results.append)
+    assert results == [None]
+    assert reactor.unix[0].stopped
+    assert not os.path.exists(logs.socket_path(LID))
+    assert not os.path.exists(logs.log_path(LID)) and not os.path.exists(logs.log_path(LID) + ".1")
+    assert not logs.knows(LID)
+
+
+def test_start_rebinds_existing_listeners_and_drops_stale_sockets(pki, tmp_path, short):
+    other = "11111111-2222-4333-8444-555555555555"
+    logs, reactor = _logs(pki, tmp_path, short)
+    for lid in (LID, other):
+        open(logs.socket_path(lid), "w").close()
+    logs.attach(_FakeListeners([LID]))
+    logs.startService()
+    assert [p.path for p in reactor.unix] == [logs.socket_path(LID)]
+    assert not os.path.exists(logs.socket_path(other))
+    logs.stopService()
+    assert reactor.unix[0].stopped
+    assert os.path.exists(logs.socket_path(LID))  # kept: haproxy still sends there; the next agent rebinds
