@@ -172,6 +172,7 @@ defaults
     log global
     mode http
     option httplog
+    option dontlognull
     timeout connect 5s
     timeout client 5s
     timeout server 5s
