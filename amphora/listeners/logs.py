@@ -135,9 +135,12 @@ def parse_datagram(data: bytes) -> Record:
     return Record(pri, "-", "-", data)
 
 
+_PRINTUSASCII = re.compile(rb"[!-~]+")
+
+
 def _text(value: bytes) -> str:
-    text = value.decode("ascii", "replace")
-    return text if text and all(33 <= ord(c) <= 126 for c in text) else "-"
+    """An RFC 5424 header field: printable US-ASCII without spaces, else the NILVALUE."""
+    return value.decode("ascii") if _PRINTUSASCII.fullmatch(value) else "-"
 
 
 def _skip_structured_data(tail: bytes) -> bytes | None:
@@ -183,10 +186,21 @@ def format_rfc5424(record: Record, hostname: str, amphora_id: str, listener_id: 
     PRI, timestamp and pid are haproxy's; MSG is haproxy's message unchanged
     (no BOM: it is MSG-ANY, since haproxy's lines are not guaranteed UTF-8).
     """
-    host = _text(hostname.encode("ascii", "replace")[:255]) if hostname else "-"
-    sd = f'[{SD_ID} amphora_id="{_sd_escape(amphora_id)}" listener_id="{_sd_escape(listener_id)}"]'
-    header = f"<{record.pri}>1 {record.timestamp} {host} haproxy {record.procid[:128]} - {sd}"
-    return header.encode("ascii") + b" " + record.msg
+    return Tagger(hostname, amphora_id, listener_id).format(record)
+
+
+class Tagger:
+    """``format_rfc5424`` with the per-listener parts encoded once (it runs for every line)."""
+
+    def __init__(self, hostname: str, amphora_id: str, listener_id: str):
+        host = _text(hostname.encode("ascii", "replace")[:255]) if hostname else "-"
+        sd = f'[{SD_ID} amphora_id="{_sd_escape(amphora_id)}" listener_id="{_sd_escape(listener_id)}"]'
+        self._host = f" {host} haproxy ".encode("ascii")
+        self._sd = f" - {sd} ".encode("ascii")
+
+    def format(self, record: Record) -> bytes:
+        return b"".join((b"<%d>1 " % record.pri, record.timestamp.encode("ascii"), self._host,
+                         record.procid[:128].encode("ascii"), self._sd, record.msg))
 
 
 def frame_octet_counting(message: bytes) -> bytes:
@@ -775,6 +789,7 @@ class _Collector(DatagramProtocol):
         self.file = file
         self.port = None
         self.received = 0
+        self.tagger = Tagger(logs.hostname, logs.amphora_id, lid)
 
     def datagramReceived(self, data, addr):
         self.received += 1
@@ -782,7 +797,7 @@ class _Collector(DatagramProtocol):
         self.file.append(file_line(record))
         forwarder = self.logs.forwarder
         if forwarder is not None:
-            forwarder.send(format_rfc5424(record, self.logs.hostname, self.logs.amphora_id, self.lid))
+            forwarder.send(self.tagger.format(record))
 
     def read_pending(self) -> int:
         """Read, now, every datagram already queued on the socket (haproxy's final lines)."""
