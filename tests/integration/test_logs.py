@@ -99,18 +99,21 @@ async def test_file_and_tcp_forward_and_delete(agent, listener, receiver):
     await wait_for(lambda: len(_request_lines(_file_lines(agent, lid), marker)) == 5,
                    what="5 request lines in the log file")
     lines = _request_lines(_file_lines(agent, lid), marker)
-    for i, line in enumerate(lines):  # one line per request, carrying the request line, in order
-        assert f'"GET /{marker}/{i}?q={i} HTTP/1.1"'.encode() in line
-        assert line.split(b" ", 2)[1].startswith(b"haproxy[")
+    # one line per request, carrying the request line (haproxy logs when a stream
+    # ends, so two quick requests may be logged in either order)
+    for i in range(5):
+        mine = [line for line in lines if f'"GET /{marker}/{i}?q={i} HTTP/1.1"'.encode() in line]
+        assert len(mine) == 1, (i, lines)
+        assert mine[0].split(b" ", 2)[1].startswith(b"haproxy[")
 
     await wait_for(lambda: len(_request_lines(receiver.messages, marker)) == 5, what="5 forwarded lines")
     forwarded = _request_lines(receiver.messages, marker)
     sd = f'[amphora@32473 amphora_id="{agent.config.agent.amphora_id}" listener_id="{lid}"]'.encode()
-    for i, message in enumerate(forwarded):
+    for message, line in zip(forwarded, lines):  # the same order as the file
         assert message.startswith(b"<134>1 ")
         assert sd in message
         # the same line as in the file: haproxy's message unchanged
-        assert message.split(sd + b" ", 1)[1] == lines[i].split(b": ", 1)[1]
+        assert message.split(sd + b" ", 1)[1] == line.split(b": ", 1)[1]
     assert receiver.errors == []
 
     # delete: the very last request's line reaches the target before the files go
@@ -136,14 +139,18 @@ async def test_rotation_keeps_backups(agent, listener):
     assert names == [f"{lid}.log", f"{lid}.log.1", f"{lid}.log.2"]
     for name in names:
         assert 0 < os.path.getsize(os.path.join(os.path.dirname(path), name)) <= MAX_BYTES
-    # the newest lines are in the current file, the older ones in .1 then .2, none lost between them
+    # the newest lines are in the current file, the older ones in .1 then .2
     kept = []
     for name in reversed(names):
         with open(os.path.join(os.path.dirname(path), name), "rb") as f:
             kept += _request_lines(f.read().splitlines(), "rot/")
     numbers = [int(line.split(b"GET /rot/")[1].split(b" ")[0]) for line in kept]
-    assert numbers == list(range(numbers[0], 80))
-    assert numbers[0] > 0  # the oldest were rotated away
+    # no duplicates, the newest all there, the oldest rotated away (haproxy may log two
+    # quick requests in either order, so only near-order is checked)
+    assert len(set(numbers)) == len(numbers)
+    assert sorted(numbers)[-20:] == list(range(60, 80))
+    assert min(numbers) > 0
+    assert len(numbers) >= 3 * MAX_BYTES // 200 - 3
 
 
 @pytest_twisted.ensureDeferred
@@ -167,9 +174,12 @@ async def test_forward_target_down_then_up(agent, listener, receiver):
     await wait_for(lambda: forwarder.proto is not None, timeout=10, what="forwarder reconnected")
     await _get(listener.port, "/up/after")
     await wait_for(lambda: _request_lines(receiver.messages, "up/after"), what="forwarding resumed")
-    # what the bounded queue kept arrived too, oldest first, before the new line
+    # what the bounded queue kept (the newest 3, in arrival order = file order)
+    # arrived too, oldest first, before the new line
+    kept = [line.split(b": ", 1)[1] for line in _request_lines(_file_lines(agent, listener.lid), "down/")[-3:]]
     got = [m for m in receiver.messages if b"GET /down/" in m or b"GET /up/" in m]
-    assert [b"/down/5" in got[0], b"/down/6" in got[1], b"/down/7" in got[2], b"/up/after" in got[3]] == [True] * 4
+    assert len(got) == 4 and all(g.endswith(k) for g, k in zip(got, kept)), (got, kept)
+    assert b"GET /up/after" in got[3]
     assert forwarder.lost == down_lines - 3
 
 
