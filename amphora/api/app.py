@@ -99,7 +99,11 @@ class AgentAPI:
         if not known:
             raise ListenerNotFound(lid)
         request.setHeader(b"content-type", b"text/plain")
-        return logs.tail(lid, int(raw)) if logs is not None else b""
+        if logs is None:
+            return b""
+        for name, value in logs.counters(lid).items():  # what was lost, for operators
+            request.setHeader(name.encode(), str(value).encode())
+        return logs.tail(lid, int(raw))
 
     # -- certificates ---------------------------------------------------------
 

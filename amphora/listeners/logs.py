@@ -833,8 +833,12 @@ class ListenerLogs(Service):
         self.forwarder = make_forwarder(reactor, config.logs.forward)
         self.listeners = None
         self._collectors: dict[str, _Collector] = {}
-        ensure_dir(self.log_dir, 0o755)
-        ensure_dir(self.socket_dir, 0o755)
+        for path in (self.log_dir, self.socket_dir):
+            try:
+                ensure_dir(path, 0o755)
+            except OSError as e:  # logging never stops the agent: files/sockets fail later, logged
+                log.error("cannot create {path}: {error}; listener logs will be missing", path=path,
+                          error=e.strerror or str(e))
 
     # -- wiring ------------------------------------------------------------------
 
@@ -989,6 +993,15 @@ class ListenerLogs(Service):
             collector.file.flush()
         files = RotatingFile(self.log_path(lid), self.max_bytes, self.backups, self.reactor).files()
         return tail_lines(files, lines)
+
+    def counters(self, lid: str) -> dict[str, int]:
+        """Loss counters shown as headers by GET .../logs: lines the file dropped, lines the
+        forwarder lost (all listeners: one queue) since the agent started."""
+        collector = self._collectors.get(lid)
+        result = {"x-log-file-dropped": collector.file.dropped if collector is not None else 0}
+        if self.forwarder is not None:
+            result["x-log-forward-lost"] = self.forwarder.lost
+        return result
 
     def stats(self) -> dict:
         files = {lid: {"received": c.received, "written": c.file.written, "dropped": c.file.dropped}

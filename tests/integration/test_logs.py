@@ -192,6 +192,8 @@ async def test_logs_endpoint(agent, listener, client, url):
     response = await client.get(f"{url}/v0.1/listeners/{lid}/logs?lines=2")
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [b"text/plain"]
+    assert response.headers.getRawHeaders(b"x-log-file-dropped") == [b"0"]
+    assert response.headers.getRawHeaders(b"x-log-forward-lost") == [b"0"]
     body = await response.content()
     lines = body.splitlines()
     assert len(lines) == 2

@@ -496,3 +496,20 @@ def test_start_rebinds_existing_listeners_and_drops_stale_sockets(pki, tmp_path,
     logs.stopService()
     assert reactor.unix[0].stopped
     assert os.path.exists(logs.socket_path(LID))  # kept: haproxy still sends there; the next agent rebinds
+
+
+def test_unusable_log_dir_never_stops_the_agent(pki, tmp_path, short):
+    from amphora.config import load_config
+    from tests.helpers import write_config
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = load_config(write_config(pki, str(tmp_path / "a"), 0, {
+        "agent": {"run_dir": short, "log_dir": str(blocker / "logs")}}))
+    reactor = _FakeReactor()
+    logs = L.ListenerLogs(config, reactor, hostname="amp")  # does not raise
+    assert logs.config_hook(LID)  # haproxy still gets its target; lines are dropped (and counted)
+    reactor.unix[0].protocol.datagramReceived(HAPROXY_5424, None)
+    reactor.advance(L.FLUSH_DELAY)
+    assert logs.stats()["listeners"][LID]["dropped"] == 1
+    assert logs.tail(LID, 10) == b""
