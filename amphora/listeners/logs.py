@@ -425,6 +425,11 @@ class BoundedQueue:
             dropped += 1
         return dropped
 
+    def push_front(self, item: bytes) -> None:
+        """Put back the item just popped (it fitted a moment ago, so no bound is checked)."""
+        self._items.appendleft(item)
+        self._bytes += len(item)
+
     def pop(self) -> bytes:
         item = self._items.popleft()
         self._bytes -= len(item)
@@ -486,9 +491,7 @@ class Forwarder:
         while len(self.queue):
             message = self.queue.pop()
             if not self._try_send(message):
-                # put it back in front (it was the oldest)
-                self.queue._items.appendleft(message)
-                self.queue._bytes += len(message)
+                self.queue.push_front(message)  # still the oldest
                 break
         self._check_waiters()
 
