@@ -64,7 +64,9 @@ class AmphoraAgent(MultiService):
         self.logs.setServiceParent(self)
         self.logs.attach(self.listeners)  # hooks into listeners.config_hooks / delete_hooks
         # slot: host details sampler
-        self.sampler = None
+        from amphora.host import HostSampler  # here, not at the top: slot edits only
+        self.sampler = HostSampler.for_agent(self)
+        self.sampler.setServiceParent(self)
         # slot: keepalived (ACTIVE-STANDBY)
         self.keepalived = None
         # slot: heartbeat
