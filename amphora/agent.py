@@ -55,7 +55,9 @@ class AmphoraAgent(MultiService):
         # slot: network (plug VIP / network)
         self.network = None
         # slot: listeners (haproxy per listener)
-        self.listeners = None
+        from amphora.listeners.manager import ListenerManager
+        self.listeners = ListenerManager(config, reactor)
+        self.listeners.setServiceParent(self)
         # slot: certificates
         self.certificates = None
         # slot: listener logs
@@ -70,7 +72,8 @@ class AmphoraAgent(MultiService):
         # slot: keepalived (ACTIVE-STANDBY)
         self.keepalived = None
         # slot: heartbeat
-        self.heartbeat = None
+        from amphora.heartbeat.emitter import make_heartbeat  # local: keeps merges inside the slot
+        self.heartbeat = make_heartbeat(self)
         # end of slots
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
@@ -116,7 +119,7 @@ class AmphoraAgent(MultiService):
         # step: topology / keepalived restore
         pass
         # step: listeners adoption and restart
-        pass
+        yield self.listeners.restore()
         # end of steps
 
     def _accept(self):
