@@ -904,11 +904,28 @@ class ListenerLogs(Service):
 
     # -- hooks -----------------------------------------------------------------------
 
+    def haproxy_cwd(self, lid: str) -> str:
+        """haproxy's working directory: the listener's run directory (listener manager convention)."""
+        return os.path.join(self.config.agent.run_dir, "listeners", _check_id(lid))
+
+    def log_target(self, lid: str) -> str | None:
+        """The socket path as haproxy must write it, or None if none fits in sun_path.
+
+        The absolute path when it fits (always, with the default run_dir);
+        otherwise the path relative to haproxy's working directory
+        (``../../logs/<uuid>.sock``), as the listener manager does for its own sockets.
+        """
+        path = self.socket_path(lid)
+        if len(os.fsencode(path)) <= SUN_PATH_MAX:
+            return path
+        relative = os.path.relpath(path, self.haproxy_cwd(lid))
+        return relative if len(os.fsencode(relative)) <= SUN_PATH_MAX else None
+
     def config_fragment(self, lid: str) -> str:
         """The haproxy configuration text giving ``lid`` the agent's log target."""
         return (f"global\n"
                 f"    # amphora-agent: listener logs (collected, rotated, forwarded by the agent)\n"
-                f"    log unix@{self.socket_path(lid)} len {LINE_MAX} format rfc5424 {FACILITY}\n")
+                f"    log unix@{self.log_target(lid)} len {LINE_MAX} format rfc5424 {FACILITY}\n")
 
     def config_hook(self, lid: str) -> str:
         """``listeners.config_hooks`` entry: bind the socket now, return the ``global`` text.
@@ -953,20 +970,29 @@ class ListenerLogs(Service):
         if lid in self._collectors:
             return True
         path = self.socket_path(lid)
-        if len(os.fsencode(path)) > SUN_PATH_MAX:
-            log.error("listener {lid}: log socket path {path} is longer than {max} bytes; "
-                      "no agent log collection for it", lid=lid, path=path, max=SUN_PATH_MAX)
+        if self.log_target(lid) is None:
+            log.error("listener {lid}: log socket path {path} does not fit in a UNIX socket address; "
+                      "no agent log collection for it", lid=lid, path=path)
             return False
+        dirfd = -1
         try:
             _unlink(path)  # a previous agent's socket: nobody reads it any more
+            bind_path = path
+            if len(os.fsencode(path)) > SUN_PATH_MAX:
+                # too long to bind by name: bind through the directory's descriptor
+                dirfd = os.open(self.socket_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                bind_path = f"/proc/self/fd/{dirfd}/{os.path.basename(path)}"
             collector = _Collector(self, lid, RotatingFile(self.log_path(lid), self.max_bytes, self.backups,
                                                            self.reactor))
-            collector.port = self.reactor.listenUNIXDatagram(path, collector, maxPacketSize=DATAGRAM_MAX,
+            collector.port = self.reactor.listenUNIXDatagram(bind_path, collector, maxPacketSize=DATAGRAM_MAX,
                                                              mode=0o666)
         except (OSError, CannotListenError) as e:
             log.error("listener {lid}: cannot listen on log socket {path}: {error}", lid=lid, path=path,
                       error=e)
             return False
+        finally:
+            if dirfd >= 0:
+                os.close(dirfd)
         self._collectors[lid] = collector
         return True
 

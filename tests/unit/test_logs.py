@@ -513,3 +513,13 @@ def test_unusable_log_dir_never_stops_the_agent(pki, tmp_path, short):
     reactor.advance(L.FLUSH_DELAY)
     assert logs.stats()["listeners"][LID]["dropped"] == 1
     assert logs.tail(LID, 10) == b""
+
+
+def test_long_run_dir_binds_through_the_directory_and_targets_relative(pki, tmp_path):
+    run = str(tmp_path / ("r" * 60))
+    logs, reactor = _logs(pki, tmp_path, run)
+    assert len(logs.socket_path(LID)) > 107
+    text = logs.config_hook(LID)
+    assert f"    log unix@../../logs/{LID}.sock len 8192" in text  # from haproxy's cwd <run>/listeners/<id>
+    assert re.fullmatch(rf"/proc/self/fd/\d+/{LID}\.sock", reactor.unix[0].path)
+    assert os.path.exists(logs.socket_path(LID))  # the socket lives in the real directory
