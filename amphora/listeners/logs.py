@@ -79,8 +79,11 @@ RECONNECT_MAX = 30.0
 UDP_REOPEN_DELAY = 0.2
 #: A UDP target is called up again after this many seconds without a refusal.
 UDP_QUIET_UP = 5.0
-#: UNIX socket paths are limited by sun_path (108 bytes including the NUL).
+#: UNIX socket paths are limited by sun_path (108 bytes including the NUL)...
 SUN_PATH_MAX = 107
+#: ...and haproxy refuses "unix@" paths longer than sun_path minus room for its
+#: ".<pid>.tmp" suffix (2.6 says "max 97"; kept at the listener manager's 95).
+HAPROXY_PATH_MAX = 95
 #: The structured-data id tagging forwarded lines (32473 is the documentation PEN, RFC 5612).
 SD_ID = "amphora@32473"
 #: haproxy's log facility on the agent's target (the priority it sends keeps its severity).
@@ -916,10 +919,10 @@ class ListenerLogs(Service):
         (``../../logs/<uuid>.sock``), as the listener manager does for its own sockets.
         """
         path = self.socket_path(lid)
-        if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        if len(os.fsencode(path)) <= HAPROXY_PATH_MAX:
             return path
         relative = os.path.relpath(path, self.haproxy_cwd(lid))
-        return relative if len(os.fsencode(relative)) <= SUN_PATH_MAX else None
+        return relative if len(os.fsencode(relative)) <= HAPROXY_PATH_MAX else None
 
     def config_fragment(self, lid: str) -> str:
         """The haproxy configuration text giving ``lid`` the agent's log target."""

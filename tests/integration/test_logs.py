@@ -1,5 +1,5 @@
-"""Listener logs end to end: real haproxy -> agent socket -> file + TCP syslog receiver; rotation;
-target down then up; delete; the logs endpoint.
+"""Listener logs with a directly started haproxy: real haproxy -> agent socket -> file + TCP syslog
+receiver; rotation; target down then up; delete (test_logs_api.py goes through the API).
 
 haproxy is started here directly with the agent's configuration fragment as
 the first -f file (the uploaded file second), exactly as the listener manager
@@ -181,30 +181,3 @@ async def test_forward_target_down_then_up(agent, listener, receiver):
     assert len(got) == 4 and all(g.endswith(k) for g, k in zip(got, kept)), (got, kept)
     assert b"GET /up/after" in got[3]
     assert forwarder.lost == down_lines - 3
-
-
-@pytest_twisted.ensureDeferred
-async def test_logs_endpoint(agent, listener, client, url):
-    lid = listener.lid
-    for i in range(6):
-        await _get(listener.port, f"/tail/{i}")
-    await wait_for(lambda: len(_request_lines(_file_lines(agent, lid), "tail/")) == 6, what="6 lines")
-    response = await client.get(f"{url}/v0.1/listeners/{lid}/logs?lines=2")
-    assert response.code == 200
-    assert response.headers.getRawHeaders(b"content-type") == [b"text/plain"]
-    assert response.headers.getRawHeaders(b"x-log-file-dropped") == [b"0"]
-    assert response.headers.getRawHeaders(b"x-log-forward-lost") == [b"0"]
-    body = await response.content()
-    lines = body.splitlines()
-    assert len(lines) == 2
-    assert b"GET /tail/4 " in lines[0] and b"GET /tail/5 " in lines[1]
-    response = await client.get(f"{url}/v0.1/listeners/{lid}/logs")
-    assert len((await response.content()).splitlines()) >= 6  # default 100
-    for bad in ("0", "1001", "abc", "-1", "1e3", ""):
-        response = await client.get(f"{url}/v0.1/listeners/{lid}/logs?lines={bad}")
-        assert response.code == 400, bad
-        assert "lines" in (await response.json())["details"]
-    response = await client.get(f"{url}/v0.1/listeners/{uuid.uuid4()}/logs")
-    assert response.code == 404
-    response = await client.get(f"{url}/v0.1/listeners/not-a-uuid/logs")
-    assert response.code == 400

@@ -515,11 +515,17 @@ def test_unusable_log_dir_never_stops_the_agent(pki, tmp_path, short):
     assert logs.tail(LID, 10) == b""
 
 
-def test_long_run_dir_binds_through_the_directory_and_targets_relative(pki, tmp_path):
-    run = str(tmp_path / ("r" * 60))
+@pytest.mark.parametrize("socket_len", [100, 150])
+def test_long_run_dir_targets_relative_and_binds_through_the_directory(pki, tmp_path, short, socket_len):
+    filler = socket_len - len(short) - len(f"//logs/{LID}.sock")
+    run = os.path.join(short, "r" * filler)
     logs, reactor = _logs(pki, tmp_path, run)
-    assert len(logs.socket_path(LID)) > 107
+    assert len(logs.socket_path(LID)) == socket_len
     text = logs.config_hook(LID)
-    assert f"    log unix@../../logs/{LID}.sock len 8192" in text  # from haproxy's cwd <run>/listeners/<id>
-    assert re.fullmatch(rf"/proc/self/fd/\d+/{LID}\.sock", reactor.unix[0].path)
+    # haproxy refuses unix@ paths beyond 95-97 bytes: relative to its cwd <run>/listeners/<id>
+    assert f"    log unix@../../logs/{LID}.sock len 8192" in text
+    if socket_len > 107:  # beyond sun_path: bound through the directory's descriptor
+        assert re.fullmatch(rf"/proc/self/fd/\d+/{LID}\.sock", reactor.unix[0].path)
+    else:
+        assert reactor.unix[0].path == logs.socket_path(LID)
     assert os.path.exists(logs.socket_path(LID))  # the socket lives in the real directory
