@@ -113,3 +113,50 @@ async def test_logs_through_the_api(agent, listeners, receiver, client, url):
     assert not os.path.exists(agent.logs.log_path(lid))
     code, _ = await _call(client, "GET", base + "/logs")
     assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_continue_across_an_agent_restart(agent_config, receiver, client, run_dir):
+    """haproxy outlives the agent; the next agent binds the same socket and the lines keep coming."""
+    from twisted.internet import reactor
+
+    from amphora.agent import build_agent
+
+    agents = []
+    port = free_port()
+    lid = str(uuid.uuid4())
+    try:
+        first = build_agent(agent_config, reactor)
+        agents.append(first)
+        first.privilegedStartService()
+        first.startService()
+        await first.when_ready()
+        base = f"https://127.0.0.1:{first.api_port}/v0.1/listeners/{lid}"
+        assert (await _call(client, "PUT", base + "/haproxy", http_config(port).encode()))[0] == 201
+        assert (await _call(client, "PUT", base + "/start"))[0] == 202
+        await _get(port, "/first")
+        await wait_for(lambda: b"GET /first" in first.logs.tail(lid, 10), what="first agent's line")
+        await first.stopService()
+
+        second = build_agent(agent_config, reactor)
+        agents.append(second)
+        second.privilegedStartService()
+        second.startService()
+        await second.when_ready()
+        assert second.logs.collecting(lid)
+        await _get(port, "/second")
+        await wait_for(lambda: b"GET /second" in second.logs.tail(lid, 10), what="second agent's line")
+        assert b"GET /first" in second.logs.tail(lid, 10)  # same file, appended
+        sd = f'listener_id="{lid}"'.encode()
+        await wait_for(lambda: [m for m in receiver.messages if sd in m and b"GET /second" in m],
+                       what="forwarded by the second agent")
+        base = f"https://127.0.0.1:{second.api_port}/v0.1/listeners/{lid}"
+        assert (await _call(client, "DELETE", base))[0] == 200
+    finally:
+        pids = [p.pid for a in agents for p in a.listeners._procs.values() if p.pid]
+        for a in agents:
+            for proc in a.listeners._procs.values():
+                proc.detach()
+            if a.running:
+                await a.stopService()
+        kill_listeners(run_dir, pids)
