@@ -945,8 +945,9 @@ class ListenerLogs(Service):
 
         haproxy has stopped when this runs; what it logged last is read from the
         socket at once. The forwarder gets ``DELETE_FLUSH_TIMEOUT`` seconds to
-        hand everything to the kernel; after that the lines still queued are
-        counted lost and the files are removed anyway.
+        hand everything to the kernel; after that the files are removed anyway
+        and the lines still queued stay queued (sent if the target comes back,
+        dropped and counted if the queue overflows first).
         """
         _check_id(lid)
         collector = self._collectors.get(lid)

@@ -181,3 +181,24 @@ async def test_forward_target_down_then_up(agent, listener, receiver):
     assert len(got) == 4 and all(g.endswith(k) for g, k in zip(got, kept)), (got, kept)
     assert b"GET /up/after" in got[3]
     assert forwarder.lost == down_lines - 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_with_the_target_down_is_bounded(agent, listener, receiver, monkeypatch):
+    forwarder = agent.logs.forwarder
+    await wait_for(lambda: forwarder.proto is not None, what="forwarder connected")
+    await receiver.down()
+    await wait_for(lambda: forwarder.proto is None, what="forwarder notices the target is down")
+    await _get(listener.port, "/orphan")
+    listener.stop()
+    monkeypatch.setattr(L, "DELETE_FLUSH_TIMEOUT", 0.5)
+    from twisted.internet import reactor
+    started = reactor.seconds()
+    await agent.logs.delete_hook(listener.lid)
+    assert 0.4 < reactor.seconds() - started < 3  # waited for the target, but not for ever
+    assert not os.path.exists(agent.logs.log_path(listener.lid))
+    assert not os.path.exists(agent.logs.socket_path(listener.lid))
+    assert any(b"GET /orphan" in m for m in forwarder.queue._items)  # still queued for later
+    receiver.up()
+    await wait_for(lambda: [m for m in receiver.messages if b"GET /orphan" in m], timeout=10,
+                   what="queued line delivered once the target is back")
