@@ -25,8 +25,9 @@ def run_dir():
     remove_dir(path)
 
 
-@pytest.fixture(params=[("udp", "::1"), ("udp", "127.0.0.1"), ("tcp", "::1")],
-                ids=["udp6", "udp4", "tcp6"])
+@pytest.fixture(params=[("udp", "::1"), ("udp", "127.0.0.1"), ("tcp", "::1"), ("udp", "localhost"),
+                        ("tcp", "localhost")],
+                ids=["udp6", "udp4", "tcp6", "udp-name", "tcp-name"])
 def target(request):
     return request.param
 
@@ -34,6 +35,9 @@ def target(request):
 @pytest_twisted.async_yield_fixture
 async def receiver(target):
     scheme, host = target
+    if host == "localhost":  # listen where the agent's resolver will send first
+        import socket
+        host = socket.getaddrinfo("localhost", 0, 0, socket.SOCK_DGRAM)[0][4][0]
     r = UDPReceiver() if scheme == "udp" else TCPReceiver()
     r.number = r.listen(host)
     try:
