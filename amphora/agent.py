@@ -62,7 +62,10 @@ class AmphoraAgent(MultiService):
         # slot: certificates
         self.certificates = None
         # slot: listener logs
-        self.logs = None
+        from amphora.listeners.logs import ListenerLogs
+        self.logs = ListenerLogs(config, reactor)
+        self.logs.setServiceParent(self)
+        self.logs.attach(self.listeners)  # hooks into listeners.config_hooks / delete_hooks
         # slot: host details sampler
         from amphora.host import HostSampler  # here, not at the top: slot edits only
         self.sampler = HostSampler.for_agent(self)

@@ -135,6 +135,30 @@ class AgentAPI:
         details = await self.agent.listeners.action(params.listener_id(lid), action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
+    # -- listener logs --
+
+    @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
+    def get_listener_logs(self, request, lid):
+        """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
+        from amphora.api.params import listener_id
+        from amphora.errors import InvalidRequest, ListenerNotFound
+
+        lid = listener_id(lid)
+        values = request.args.get(b"lines") or [b"100"]
+        raw = values[-1].decode("ascii", "replace")
+        if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
+            raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
+        listeners, logs = self.agent.listeners, self.agent.logs
+        known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
+        if not known:
+            raise ListenerNotFound(lid)
+        request.setHeader(b"content-type", b"text/plain")
+        if logs is None:
+            return b""
+        for name, value in logs.counters(lid).items():  # what was lost, for operators
+            request.setHeader(name.encode(), str(value).encode())
+        return logs.tail(lid, int(raw))
+
     # -- certificates ---------------------------------------------------------
 
     # -- plug (network) -------------------------------------------------------
