@@ -30,7 +30,11 @@ class _OneCommand(Protocol):
         self.size = 0
 
     def connectionMade(self):
-        self.transport.write(self.command.rstrip(b"\n") + b"\n")
+        command = self.command.rstrip(b"\n")
+        # A payload command ("set ssl cert <path> <<" followed by lines) ends at an
+        # empty line; without it haproxy waits for more and never runs the command.
+        payload = command.split(b"\n", 1)[0].rstrip().endswith(b"<<")
+        self.transport.write(command + (b"\n\n" if payload else b"\n"))
 
     def dataReceived(self, data):
         self.size += len(data)
