@@ -57,7 +57,11 @@ class AmphoraAgent(MultiService):
         # slot: listeners (haproxy per listener)
         self.listeners = None
         # slot: certificates
-        self.certificates = None
+        from amphora.certificates import CertificateStore
+        self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
+        self.certificates.check_storage()
+        if self.listeners is not None:  # deleting a listener deletes its certificates
+            self.listeners.delete_hooks.append(self.certificates.delete_all)
         # slot: listener logs
         self.logs = None
         # slot: host details sampler
