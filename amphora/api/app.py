@@ -29,6 +29,9 @@ class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
     app = Klein()
+    # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
+    # an unknown path is a 404 like any other.
+    app.url_map.merge_slashes = False
 
     def __init__(self, agent):
         self.agent = agent
