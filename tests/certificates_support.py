@@ -208,14 +208,17 @@ class HAProxy:
             return ""
 
 
-def served_certificate(port: int, server_name: str | None = None) -> x509.Certificate:
+def served_certificate(port: int, server_name: str | None = None, cafile: str | None = None) -> x509.Certificate:
     """Open a NEW TLS connection to 127.0.0.1:port and return the leaf it was served.
 
-    Blocking: call it through deferToThread from the reactor thread.
+    With ``cafile`` the client verifies the chain (so the server must send its
+    intermediate) and ``server_name`` against the certificate. Blocking: call it
+    through deferToThread from the reactor thread.
     """
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = ssl.create_default_context(cafile=cafile)
+    if cafile is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=server_name) as tls:
             tls.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
