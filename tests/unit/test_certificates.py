@@ -631,3 +631,17 @@ def test_runtime_payload_framing():
     assert written(b"show stat\n") == b"show stat\n"
     assert written(b"set ssl cert /x.pem <<\nA\nB") == b"set ssl cert /x.pem <<\nA\nB\n\n"
     assert written(b"set ssl cert /x.pem <<\nA\nB\n\n") == b"set ssl cert /x.pem <<\nA\nB\n\n"
+
+
+def test_inconsistent_rsa_key_is_refused(rsa_bundle):
+    """The cheap arithmetic check replaces cryptography's slow primality-based one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = rsa_bundle.issued.key.private_numbers()
+    bad = rsa.RSAPrivateNumbers(p=good.p, q=good.q, d=good.d + 2, dmp1=good.dmp1, dmq1=good.dmq1,
+                                iqmp=good.iqmp, public_numbers=good.public_numbers)
+    pem = bad.private_key(unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    details = _invalid(pem + rsa_bundle.cert, "Invalid certificate data")
+    assert "not a consistent RSA private key" in details
