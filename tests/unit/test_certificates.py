@@ -303,8 +303,16 @@ def test_no_storage_warning_on_tmpfs(tmp_path, captured_log):
     assert captured_log == []
 
 
-def test_real_mountinfo_is_read(tmp_path):
-    assert CertificateStore(str(tmp_path), Clock()).check_storage()
+@pytest.mark.parametrize("where", ["tmp_path", "/dev/shm", "/proc", "/"])
+def test_real_mountinfo_agrees_with_psutil(tmp_path, where):
+    """/proc/self/mountinfo as we read it, against psutil's independent view of the mounts."""
+    import psutil
+
+    path = os.path.realpath(str(tmp_path) if where == "tmp_path" else where)
+    best = max((p for p in psutil.disk_partitions(all=True)
+                if path == p.mountpoint or path.startswith(p.mountpoint.rstrip("/") + "/")),
+               key=lambda p: len(p.mountpoint))
+    assert CertificateStore(path, Clock()).check_storage() == best.fstype
 
 
 # -- the store ------------------------------------------------------------------------
