@@ -208,8 +208,8 @@ class HAProxy:
             return ""
 
 
-def served_certificate(port: int, server_name: str | None = None, cafile: str | None = None) -> x509.Certificate:
-    """Open a NEW TLS connection to 127.0.0.1:port and return the leaf it was served.
+def tls_get(port: int, server_name: str | None = None, cafile: str | None = None) -> tuple[x509.Certificate, bytes]:
+    """``GET /`` over a NEW TLS connection to 127.0.0.1:port: (the leaf served, the HTTP answer).
 
     With ``cafile`` the client verifies the chain (so the server must send its
     intermediate) and ``server_name`` against the certificate. Blocking: call it
@@ -222,9 +222,19 @@ def served_certificate(port: int, server_name: str | None = None, cafile: str | 
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname=server_name) as tls:
             tls.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-            answer = tls.recv(4096)
+            answer = b""
+            while True:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
             assert answer.startswith(b"HTTP/1."), answer
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)), answer
+
+
+def served_certificate(port: int, server_name: str | None = None, cafile: str | None = None) -> x509.Certificate:
+    """The leaf a NEW TLS connection to 127.0.0.1:port is served (see ``tls_get``)."""
+    return tls_get(port, server_name, cafile)[0]
 
 
 def cn_of(cert: x509.Certificate) -> str:
