@@ -653,3 +653,15 @@ def test_inconsistent_rsa_key_is_refused(rsa_bundle):
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     details = _invalid(pem + rsa_bundle.cert, "Invalid certificate data")
     assert "not a consistent RSA private key" in details
+
+
+@pytest.mark.parametrize("data,words", [
+    (b"-----BEGIN CERTIFICATE-----\nMIIB\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+     "no matching END line"),
+    (b"-----END CERTIFICATE-----\n", "boundary line outside a block"),
+    (b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END PRIVATE KEY-----\n", "no matching END line"),
+    (b"-----BEGIN A-----\n" * 3600, "no matching END line"),  # was quadratic with a regex
+    (b"-----BEGIN " * 5900, "boundary line outside a block"),
+])
+def test_malformed_pem_structure(data, words):
+    assert words in _invalid(data, "Invalid certificate data")
