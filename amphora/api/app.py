@@ -82,6 +82,11 @@ class AgentAPI:
 
     # -- details (host) -------------------------------------------------------
 
+    @app.route(V + "/details", methods=["GET"])
+    def details(self, request):
+        # Only published samples are read here: nothing waits, forks or walks /proc.
+        return render_json(request, self.agent.sampler.document(self.agent))
+
     # -- listeners ------------------------------------------------------------
 
     # -- certificates ---------------------------------------------------------
