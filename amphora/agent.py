@@ -55,7 +55,9 @@ class AmphoraAgent(MultiService):
         # slot: network (plug VIP / network)
         self.network = None
         # slot: listeners (haproxy per listener)
-        self.listeners = None
+        from amphora.listeners.manager import ListenerManager
+        self.listeners = ListenerManager(config, reactor)
+        self.listeners.setServiceParent(self)
         # slot: certificates
         from amphora.certificates import CertificateStore
         self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
@@ -63,7 +65,10 @@ class AmphoraAgent(MultiService):
         if self.listeners is not None:  # deleting a listener deletes its certificates
             self.listeners.delete_hooks.append(self.certificates.delete_all)
         # slot: listener logs
-        self.logs = None
+        from amphora.listeners.logs import ListenerLogs
+        self.logs = ListenerLogs(config, reactor)
+        self.logs.setServiceParent(self)
+        self.logs.attach(self.listeners)  # hooks into listeners.config_hooks / delete_hooks
         # slot: host details sampler
         from amphora.host import HostSampler  # here, not at the top: slot edits only
         self.sampler = HostSampler.for_agent(self)
@@ -118,7 +123,7 @@ class AmphoraAgent(MultiService):
         # step: topology / keepalived restore
         pass
         # step: listeners adoption and restart
-        pass
+        yield self.listeners.restore()
         # end of steps
 
     def _accept(self):

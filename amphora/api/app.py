@@ -88,6 +88,79 @@ class AgentAPI:
         return render_json(request, self.agent.sampler.document(self.agent))
 
     # -- listeners ------------------------------------------------------------
+    # (params is imported inside each route: this section then merges without touching the imports)
+
+    @app.route(V + "/listeners", methods=["GET"])
+    def list_listeners(self, request):
+        return render_json(request, self.agent.listeners.status_list())
+
+    @app.route(V + "/listeners/<lid>", methods=["GET"])
+    async def get_listener(self, request, lid):
+        from amphora.api import params
+        doc = await self.agent.listeners.status(params.listener_id(lid))
+        return render_json(request, doc)
+
+    @app.route(V + "/listeners/<lid>", methods=["DELETE"])
+    async def delete_listener(self, request, lid):
+        from amphora.api import params
+        self.agent.topology.check_gate()
+        details = await self.agent.listeners.delete(params.listener_id(lid))
+        return render_json(request, {"message": "OK", "details": details})
+
+    @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
+    async def put_haproxy(self, request, lid):
+        from amphora.api import params
+        self.agent.topology.check_gate()
+        lid = params.listener_id(lid)
+        body = params.read_body(request, self.agent.config.haproxy.max_config_bytes)
+        details = await self.agent.listeners.upload(lid, body)
+        return render_json(request, {"message": "OK", "details": details}, 201)
+
+    @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
+    def get_haproxy(self, request, lid):
+        from amphora.api import params
+        data = self.agent.listeners.get_config(params.listener_id(lid))
+        request.setHeader(b"content-type", b"text/plain")
+        return data
+
+    @app.route(V + "/listeners/<path:rest>", methods=["GET", "PUT", "DELETE"])
+    def listener_fallback(self, request, rest):
+        """Paths no listener route matched, e.g. an id with an encoded slash (``..%2F..``):
+        a malformed id is 400, anything else 404. Never a file path."""
+        from amphora.api import params
+        params.listener_id(rest.split("/", 1)[0])
+        raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
+
+    @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
+    async def listener_action(self, request, lid, action):
+        from amphora.api import params
+        self.agent.topology.check_gate()
+        details = await self.agent.listeners.action(params.listener_id(lid), action)
+        return render_json(request, {"message": "OK", "details": details}, 202)
+
+    # -- listener logs --
+
+    @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
+    def get_listener_logs(self, request, lid):
+        """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
+        from amphora.api.params import listener_id
+        from amphora.errors import InvalidRequest, ListenerNotFound
+
+        lid = listener_id(lid)
+        values = request.args.get(b"lines") or [b"100"]
+        raw = values[-1].decode("ascii", "replace")
+        if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
+            raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
+        listeners, logs = self.agent.listeners, self.agent.logs
+        known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
+        if not known:
+            raise ListenerNotFound(lid)
+        request.setHeader(b"content-type", b"text/plain")
+        if logs is None:
+            return b""
+        for name, value in logs.counters(lid).items():  # what was lost, for operators
+            request.setHeader(name.encode(), str(value).encode())
+        return logs.tail(lid, int(raw))
 
     # -- certificates ---------------------------------------------------------
 
