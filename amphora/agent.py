@@ -60,7 +60,11 @@ class AmphoraAgent(MultiService):
         self.listeners = ListenerManager(config, reactor)
         self.listeners.setServiceParent(self)
         # slot: certificates
-        self.certificates = None
+        from amphora.certificates import CertificateStore
+        self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
+        self.certificates.check_storage()
+        if self.listeners is not None:  # deleting a listener deletes its certificates
+            self.listeners.delete_hooks.append(self.certificates.delete_all)
         # slot: listener logs
         from amphora.listeners.logs import ListenerLogs
         self.logs = ListenerLogs(config, reactor)

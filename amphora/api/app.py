@@ -29,6 +29,9 @@ class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
     app = Klein()
+    # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
+    # an unknown path is a 404 like any other.
+    app.url_map.merge_slashes = False
 
     def __init__(self, agent):
         self.agent = agent
@@ -160,6 +163,58 @@ class AgentAPI:
         return logs.tail(lid, int(raw))
 
     # -- certificates ---------------------------------------------------------
+
+    # Imports stay inside this section (one block per domain keeps merges apart).
+    from werkzeug.routing import PathConverter as _PathConverter
+
+    class _CertificateName(_PathConverter):
+        """Everything after ``certificates/``, slashes and newlines too, so every bad
+        name reaches ``check_name`` and gets its 400 instead of a routing 404."""
+
+        regex = "(?s:.*)"
+        part_isolating = False
+
+    app.url_map.converters["certname"] = _CertificateName
+    _CERTIFICATE = V + "/listeners/<lid>/certificates/<certname:filename>"
+    del _PathConverter, _CertificateName
+
+    @app.route(_CERTIFICATE, methods=["PUT"])
+    async def put_certificate(self, request, lid, filename):
+        from amphora.api.params import listener_id, read_body
+        from amphora.certificates import check_name
+        from amphora.errors import PayloadTooLarge
+
+        self.agent.topology.check_gate()
+        lid, filename = listener_id(lid), check_name(filename)
+        store = self.agent.certificates
+        try:
+            data = read_body(request, store.max_bytes)
+        except PayloadTooLarge:
+            raise PayloadTooLarge(f"certificate body exceeds {store.max_bytes} bytes "
+                                  "([agent] max_certificate_bytes)") from None
+        result = await store.put(lid, filename, data)
+        request.setHeader(b"etag", result.md5sum.encode())
+        return render_json(request, {"message": "OK", "details": result.details}, 201)
+
+    @app.route(_CERTIFICATE, methods=["GET"])
+    def get_certificate(self, request, lid, filename):
+        from amphora.api.params import listener_id
+        from amphora.certificates import check_name
+
+        lid, filename = listener_id(lid), check_name(filename)
+        md5sum = self.agent.certificates.md5sum(lid, filename)
+        request.setHeader(b"etag", md5sum.encode())
+        return render_json(request, {"md5sum": md5sum})
+
+    @app.route(_CERTIFICATE, methods=["DELETE"])
+    async def delete_certificate(self, request, lid, filename):
+        from amphora.api.params import listener_id
+        from amphora.certificates import check_name
+
+        self.agent.topology.check_gate()
+        lid, filename = listener_id(lid), check_name(filename)
+        details = await self.agent.certificates.delete(lid, filename)
+        return render_json(request, {"message": "OK", "details": details})
 
     # -- plug (network) -------------------------------------------------------
 
