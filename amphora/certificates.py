@@ -382,7 +382,7 @@ class CertificateStore:
             raise PayloadTooLarge(f"certificate body exceeds {self.max_bytes} bytes "
                                   "([agent] max_certificate_bytes)")
         info = validate_pem(data, self._now())
-        return self._serialised(lid, self._put, lid, name, path, data, info)
+        return self._with_listener(lid, self._put, lid, name, path, data, info)
 
     @inlineCallbacks
     def _put(self, lid, name, path, data, info):
@@ -410,7 +410,7 @@ class CertificateStore:
     def delete(self, lid: str, name: str):
         """Remove one certificate (and the listener's directory once empty); Deferred[str details]."""
         path = self.path(lid, name)
-        return self._serialised(lid, self._delete, lid, name, path)
+        return self._with_listener(lid, self._delete, lid, name, path)
 
     def _delete(self, lid, name, path):
         try:
@@ -566,6 +566,14 @@ class CertificateStore:
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
+
+    def _with_listener(self, lid, fn, *args):
+        """Serialise with the listener's own operations (upload, reload, delete) when there is a
+        listener manager, so a live swap never lands on a worker that a reload is replacing."""
+        serialised = getattr(self.listeners, "serialised", None)
+        if serialised is None:
+            return self._serialised(lid, fn, *args)
+        return serialised(lid, self._serialised, lid, fn, *args)
 
     def _serialised(self, lid, fn, *args):
         lock = self._locks.get(lid)

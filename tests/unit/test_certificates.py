@@ -665,3 +665,20 @@ def test_inconsistent_rsa_key_is_refused(rsa_bundle):
 ])
 def test_malformed_pem_structure(data, words):
     assert words in _invalid(data, "Invalid certificate data")
+
+
+def test_upload_waits_for_the_listener_managers_lock(certs_dir, rsa_bundle):
+    """A certificate swap never interleaves with the listener's own operations (reload, delete)."""
+    from twisted.internet.defer import DeferredLock, maybeDeferred
+
+    listeners = cs.FakeListeners()
+    lock = DeferredLock()
+    listeners.serialised = lambda lid, fn, *args: lock.run(maybeDeferred, fn, *args)
+    store = CertificateStore(certs_dir, Clock(), listeners=listeners)
+    lock.acquire()  # a reload of this listener is in progress
+    d = store.put(LID, "a.pem", rsa_bundle.pem())
+    assert not d.called
+    assert not os.path.exists(os.path.join(certs_dir, LID, "a.pem"))
+    lock.release()
+    assert result_of(d).md5sum
+    assert os.path.exists(os.path.join(certs_dir, LID, "a.pem"))
