@@ -5,6 +5,7 @@ Each invocation is the real console script's ``main`` in a child process; every
 ``--json`` output is validated against docs/openapi.yaml.
 """
 
+import hashlib
 import signal
 import uuid
 
@@ -12,6 +13,7 @@ import psutil
 import pytest_twisted
 
 from amphora import ctl as ctl_module
+from amphora import devpki
 from tests.ctl_support import ctl, ctl_env
 from tests.helpers import free_port
 from tests.openapi_support import contract
@@ -65,9 +67,25 @@ async def test_listener_life_cycle_through_ctl(agent, url, pki, tmp_path, client
     cfg.write_text(haproxy_config(lid, free_port(), pool, member, free_port()))
     bad = tmp_path / "bad.cfg"
     bad.write_text("global\n    no_such_keyword_amp9\n")
+    leaf = devpki.issue(pki.ca, "www.example.com", server=True, dns=("www.example.com",))
+    pem = tmp_path / "www.example.com.pem"
+    pem.write_bytes(leaf.key_pem + leaf.cert_pem)
     try:
         assert ok(await ctl(env, "listeners")).out.strip() == "no listeners"
         assert ok(await ctl(env, "--json", "listeners")).json() == []
+
+        # certificates (before the configuration, as controllers do): put, md5, a refused PEM
+        assert ok(await ctl(env, "cert", "put", lid, str(pem))).out.startswith("OK")
+        md5 = hashlib.md5(pem.read_bytes()).hexdigest()
+        assert ok(await ctl(env, "cert", "md5", lid, pem.name)).out.strip() == md5
+        doc = ok(await ctl(env, "--json", "cert", "md5", lid, pem.name)).json()
+        schema_check("Md5sum", doc)
+        assert doc["md5sum"] == md5
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_bytes(b"not a pem\n")
+        result = await ctl(env, "--json", "cert", "put", lid, str(garbage))
+        assert result.code == ctl_module.EXIT_CLIENT_ERROR
+        schema_check("Error", result.json())
 
         # configuration: invalid refused with haproxy's words, valid stored byte for byte
         result = await ctl(env, "listener", "upload", lid, str(bad))
@@ -90,6 +108,11 @@ async def test_listener_life_cycle_through_ctl(agent, url, pki, tmp_path, client
         human = ok(await ctl(env, "listener", "show", lid)).out
         assert pool in human and member in human
         assert ok(await ctl(env, "listener", "reload", lid)).out.startswith("OK")
+        logs = ok(await ctl(env, "--json", "listener", "logs", lid, "--lines", "5")).json()
+        assert isinstance(logs["text"], str)
+        result = await ctl(env, "--json", "listener", "logs", lid, "--lines", "0")
+        assert result.code == ctl_module.EXIT_CLIENT_ERROR
+        schema_check("Error", result.json())
         result = await ctl(env, "--json", "listener", "dance", lid)
         assert result.code == ctl_module.EXIT_USAGE  # argparse knows the actions
         result = await ctl(env, "--json", "listener", "show", str(uuid.uuid4()))
@@ -107,8 +130,29 @@ async def test_listener_life_cycle_through_ctl(agent, url, pki, tmp_path, client
         assert result.code == ctl_module.EXIT_CLIENT_ERROR and "Listener Not Found" in result.err
         result = await ctl(env, "listener", "delete", lid)
         assert result.code == ctl_module.EXIT_CLIENT_ERROR
+        # the listener's certificates went with it
+        result = await ctl(env, "cert", "md5", lid, pem.name)
+        assert result.code == ctl_module.EXIT_CLIENT_ERROR and "Not Found" in result.err
     finally:
         try:
             await client.delete(f"{url}/v0.1/listeners/{lid}")
         finally:
             kill_haproxy_of(str(tmp_path))
+
+
+@pytest_twisted.ensureDeferred
+async def test_cert_put_from_stdin_and_delete(agent, url, pki):
+    env = ctl_env(pki, url)
+    lid = str(uuid.uuid4())
+    leaf = devpki.issue(pki.ca, "*.example.com", server=True, dns=("*.example.com",))
+    result = await ctl(env, "cert", "put", lid, "-", stdin=leaf.key_pem + leaf.cert_pem)
+    assert result.code == ctl_module.EXIT_USAGE and "--name" in result.err
+    assert ok(await ctl(env, "cert", "put", lid, "-", "--name", "WILDCARD.example.com.pem",
+                        stdin=leaf.key_pem + leaf.cert_pem)).out.startswith("OK")
+    assert ok(await ctl(env, "cert", "delete", lid, "WILDCARD.example.com.pem")).out.startswith("OK")
+    result = await ctl(env, "--json", "cert", "md5", lid, "WILDCARD.example.com.pem")
+    assert result.code == ctl_module.EXIT_CLIENT_ERROR
+    # the listener's certificate directory went with its last certificate: either 404 is right
+    assert result.json()["message"] in ("Certificate Not Found", "Listener Not Found")
+    result = await ctl(env, "cert", "md5", lid, "../../etc/passwd")
+    assert result.code == ctl_module.EXIT_CLIENT_ERROR and "Invalid certificate file name" in result.err

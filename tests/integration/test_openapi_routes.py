@@ -6,6 +6,7 @@ Content-Type is not one the document names, or the body does not match the
 schema.
 """
 
+import hashlib
 import signal
 import uuid
 
@@ -13,6 +14,7 @@ import psutil
 import pytest
 import pytest_twisted
 
+from amphora import devpki
 from tests.helpers import free_port
 from tests.openapi_support import call
 
@@ -79,12 +81,48 @@ async def test_listener_routes_match_the_contract(agent, client, url, tmp_path):
         assert code == 200 and [item["uuid"] for item in listed] == [lid]
         code, details = await call(client, "GET", url + V + "/details")
         assert code == 200 and details["haproxy_count"] == 1
+        assert (await call(client, "GET", base + "/logs", params={"lines": "5"}))[0] == 200
+        assert (await call(client, "GET", base + "/logs", params={"lines": "1001"}))[0] == 400
         code, body = await call(client, "PUT", f"{base}/stop")
         assert code == 202, body
         assert (await call(client, "GET", base))[1]["status"] == "STOPPED"
         assert (await call(client, "DELETE", base))[0] == 200
+        assert (await call(client, "GET", base + "/logs"))[0] == 404
     finally:
         try:
             await client.delete(base)
         finally:
             kill_haproxy_of(str(tmp_path))
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_routes_match_the_contract(agent, client, url, pki):
+    lid = str(uuid.uuid4())
+    base = f"{url}{V}/listeners/{lid}/certificates"
+    leaf = devpki.issue(pki.ca, "www.example.com", server=True, dns=("www.example.com",))
+    pem = leaf.key_pem + leaf.cert_pem
+    cert = f"{base}/www.example.com.pem"
+    assert (await call(client, "GET", cert))[0] == 404
+    code, _ = await call(client, "PUT", cert, data=pem)
+    assert code == 201
+    code, doc = await call(client, "GET", cert)
+    assert code == 200 and doc["md5sum"] == hashlib.md5(pem).hexdigest()
+    assert (await call(client, "PUT", cert, data=leaf.cert_pem))[0] == 400      # no key
+    assert (await call(client, "PUT", cert, data=b"x" * 70000))[0] == 413
+    assert (await call(client, "PUT", f"{base}/bad%2Fname.pem", data=pem))[0] == 400
+    assert (await call(client, "PUT", f"{url}{V}/listeners/nope/certificates/a.pem", data=pem))[0] == 400
+    assert (await call(client, "GET", f"{base}/other.pem"))[0] == 404
+    assert (await call(client, "DELETE", cert))[0] == 200
+    assert (await call(client, "DELETE", cert))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_plug_routes_refusals_match_the_contract(agent, client, url):
+    """Refusals that come before any netlink change (the happy paths are in test_ctl_plug)."""
+    assert (await call(client, "POST", url + V + "/plug/vip/not-an-ip"))[0] == 400
+    assert (await call(client, "POST", url + V + "/plug/vip/not-an-ip/"))[0] == 400
+    assert (await call(client, "POST", url + V + "/plug/network", json={"mtu": 0}))[0] == 400
+    assert (await call(client, "POST", url + V + "/plug/network/", json={"mtu": 0}))[0] == 400
+    code, _ = await call(client, "POST", url + V + "/plug/vip/203.0.113.2",
+                         json={"mac_address": "fa:16:3e:00:79:99"})
+    assert code == 404
