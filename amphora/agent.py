@@ -63,7 +63,10 @@ class AmphoraAgent(MultiService):
         # slot: host details sampler
         self.sampler = None
         # slot: keepalived (ACTIVE-STANDBY)
-        self.keepalived = None
+        from amphora.keepalived import Keepalived, KeepalivedService
+        self.keepalived = Keepalived(config, reactor)
+        KeepalivedService(self.keepalived).setServiceParent(self)  # stops with the agent
+        self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
         # slot: heartbeat
         self.heartbeat = None
         # end of slots
@@ -109,7 +112,7 @@ class AmphoraAgent(MultiService):
         # step: network restore
         pass
         # step: topology / keepalived restore
-        pass
+        yield self.topology.restore()
         # step: listeners adoption and restart
         pass
         # end of steps
