@@ -55,7 +55,9 @@ class AmphoraAgent(MultiService):
         # slot: network (plug VIP / network)
         self.network = None
         # slot: listeners (haproxy per listener)
-        self.listeners = None
+        from amphora.listeners.manager import ListenerManager
+        self.listeners = ListenerManager(config, reactor)
+        self.listeners.setServiceParent(self)
         # slot: certificates
         self.certificates = None
         # slot: listener logs
@@ -114,7 +116,7 @@ class AmphoraAgent(MultiService):
         # step: topology / keepalived restore
         yield self.topology.restore()
         # step: listeners adoption and restart
-        pass
+        yield self.listeners.restore()
         # end of steps
 
     def _accept(self):

@@ -91,6 +91,47 @@ class AgentAPI:
     # -- details (host) -------------------------------------------------------
 
     # -- listeners ------------------------------------------------------------
+    # (params is imported inside each route: this section then merges without touching the imports)
+
+    @app.route(V + "/listeners", methods=["GET"])
+    def list_listeners(self, request):
+        return render_json(request, self.agent.listeners.status_list())
+
+    @app.route(V + "/listeners/<lid>", methods=["GET"])
+    async def get_listener(self, request, lid):
+        from amphora.api import params
+        doc = await self.agent.listeners.status(params.listener_id(lid))
+        return render_json(request, doc)
+
+    @app.route(V + "/listeners/<lid>", methods=["DELETE"])
+    async def delete_listener(self, request, lid):
+        from amphora.api import params
+        self.agent.topology.check_gate()
+        details = await self.agent.listeners.delete(params.listener_id(lid))
+        return render_json(request, {"message": "OK", "details": details})
+
+    @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
+    async def put_haproxy(self, request, lid):
+        from amphora.api import params
+        self.agent.topology.check_gate()
+        lid = params.listener_id(lid)
+        body = params.read_body(request, self.agent.config.haproxy.max_config_bytes)
+        details = await self.agent.listeners.upload(lid, body)
+        return render_json(request, {"message": "OK", "details": details}, 201)
+
+    @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
+    def get_haproxy(self, request, lid):
+        from amphora.api import params
+        data = self.agent.listeners.get_config(params.listener_id(lid))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return data
+
+    @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
+    async def listener_action(self, request, lid, action):
+        from amphora.api import params
+        self.agent.topology.check_gate()
+        details = await self.agent.listeners.action(params.listener_id(lid), action)
+        return render_json(request, {"message": "OK", "details": details}, 202)
 
     # -- certificates ---------------------------------------------------------
 
