@@ -8,10 +8,23 @@ which enters ``/var/run/netns/NAMESPACE`` with setns(2) and execs the program
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
 NETNS_RUN_DIR = "/var/run/netns"
+CLONE_NEWNET = 0x40000000
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """setns(2) for the calling thread; os.setns only exists from Python 3.12 on."""
+    if hasattr(os, "setns"):
+        os.setns(fd, nstype)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, nstype) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def exec_argv(namespace: str, argv: list[str]) -> list[str]:
@@ -24,7 +37,7 @@ def enter(namespace: str) -> None:
     """Move the calling thread (process, if single-threaded) into ``namespace``."""
     fd = os.open(os.path.join(NETNS_RUN_DIR, namespace), os.O_RDONLY)
     try:
-        os.setns(fd, os.CLONE_NEWNET)
+        setns(fd, CLONE_NEWNET)
     finally:
         os.close(fd)
 
