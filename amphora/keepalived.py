@@ -223,6 +223,7 @@ exit 1
 
 # -- the notify FIFO ----------------------------------------------------------
 
+_STAMP = re.compile(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ [\d:]+ \d{4}: ")
 _NOTIFY = re.compile(r'(INSTANCE|GROUP) "([^"]*)" ([A-Z_]+)(?: (\d+))?')
 VRRP_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
 
@@ -463,6 +464,8 @@ class Keepalived:
         if self.process is None:
             self.process = self._process_factory(self.reactor, "keepalived", self._argv(), dict(ENV))
             self.process.observers.append(self._process_changed)
+            if hasattr(self.process, "output_observers"):
+                self.process.output_observers.append(self._output)
         self._remove_pid_files()
         log.info("keepalived: starting (role {role}, priority {priority}, interface {interface})",
                  role=settings.role, priority=settings.effective_priority, interface=interface)
@@ -597,8 +600,16 @@ class Keepalived:
         # Died unasked: a SIGKILLed keepalived leaves the VIP behind, and its VRRP child may
         # outlive it for a moment. Both would keep this node answering for ha_ip.
         self._terminate_orphan()
+        # A pid file naming a dying (or zombie) VRRP child makes the restarted keepalived
+        # believe it is already running, and exit.
+        self._remove_pid_files()
         if self.settings is not None and self.interface:
             self._remove_vip_later(self.settings.ha_ip, self.interface)
+
+    def _output(self, process, line: str):
+        # keepalived's own log (-l -D) into ours; the per-packet ARP lines would drown it.
+        if line and "gratuitous ARP on" not in line and "unsolicited neighbour advert" not in line:
+            log.info("keepalived: {line}", line=_STAMP.sub("", line))
 
     def _terminate_orphan(self):
         try:

@@ -193,9 +193,11 @@ def netns():
     name = f"{PREFIX}{secrets.token_hex(3)}g"
     sh("ip", "netns", "add", name)
     try:
-        sh("ip", "-n", name, "link", "add", "eth1", "type", "dummy")
+        # No dummy driver here: a veth pair with both ends inside the namespace.
+        sh("ip", "-n", name, "link", "add", "eth1", "type", "veth", "peer", "name", "eth2")
         sh("ip", "-n", name, "addr", "add", "10.89.0.1/24", "dev", "eth1")
         sh("ip", "-n", name, "link", "set", "eth1", "up")
+        sh("ip", "-n", name, "link", "set", "eth2", "up")
         yield name
     finally:
         sh("ip", "netns", "del", name, check=False)
