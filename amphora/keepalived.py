@@ -362,8 +362,9 @@ def _default_process_factory(reactor, name, argv, env):
 
 
 class KeepalivedService(Service):
-    """Ties keepalived to the agent's life: stopping the agent stops keepalived, which sends
-    priority 0 so the peer takes the VIP over at once (the next agent re-applies the topology)."""
+    """Ties keepalived to the agent's life the way haproxy is: stopping the agent detaches
+    from keepalived without stopping it (VRRP and the VIP stay put, no failover); the next
+    agent adopts the running keepalived from its pid file when it re-applies the topology."""
 
     name = "keepalived"
 
@@ -372,7 +373,7 @@ class KeepalivedService(Service):
 
     def stopService(self):
         super().stopService()
-        return self.keepalived.stop().addErrback(lambda f: log.failure("stopping keepalived", f))
+        self.keepalived.detach()
 
 
 class Keepalived:
@@ -431,6 +432,13 @@ class Keepalived:
         """Stop keepalived (if running) and remove ha_ip; Deferred fires when both are done."""
         return self._lock.run(self._stop)
 
+    def detach(self):
+        """Forget keepalived without stopping it (agent shutdown); see KeepalivedService."""
+        if self.process is not None:
+            self.process.detach()
+        if self._fifo is not None:
+            self._fifo.close()
+
     def wait_state(self):
         """Fires with the next VRRP state keepalived reports (or the current one if known)."""
         d = defer.Deferred(lambda d: self._state_waiters.remove(d) if d in self._state_waiters else None)
@@ -466,6 +474,15 @@ class Keepalived:
             self.process.observers.append(self._process_changed)
             if hasattr(self.process, "output_observers"):
                 self.process.output_observers.append(self._output)
+        orphan = self._running_pid()
+        if orphan is not None and self.process.adopt(orphan):
+            # Left running by a previous agent: keep VRRP (and the VIP) where they are, load the
+            # checked configuration by signal, and learn the state it missed from the VIP itself.
+            log.info("keepalived: adopted running pid {pid}; reloading", pid=orphan)
+            self.process.signal("HUP")
+            holds = yield self.holds_vip(settings.ha_ip, interface)
+            self._set_state("MASTER" if holds else "BACKUP")
+            return
         self._remove_pid_files()
         log.info("keepalived: starting (role {role}, priority {priority}, interface {interface})",
                  role=settings.role, priority=settings.effective_priority, interface=interface)
@@ -493,6 +510,33 @@ class Keepalived:
         return exec_argv(self.namespace, [
             self.binary, "-n", "-l", "-D", "-P", "-f", self.paths.config,
             "-p", self.paths.pid, "-r", self.paths.vrrp_pid])
+
+    def _running_pid(self):
+        """The pid of a live keepalived started on our configuration file, from our pid file."""
+        try:
+            with open(self.paths.pid) as f:
+                pid = int(f.read().strip() or 0)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if pid <= 1 or self.paths.config.encode() not in argv:
+            return None
+        if not any(os.path.basename(arg) == b"keepalived" for arg in argv[:1]):
+            return None
+        return pid
+
+    @defer.inlineCallbacks
+    def holds_vip(self, ha_ip: str, interface: str):
+        out, err, code = yield self._run(self.reactor, self.namespace,
+                                         [IP_BINARY, "-j", "addr", "show", "dev", interface])
+        if code != 0:
+            return False
+        for link in json.loads(out or b"[]"):
+            for info in link.get("addr_info", ()):
+                if info.get("local") == ha_ip:
+                    return True
+        return False
 
     def _remove_pid_files(self):
         for path in (self.paths.pid, self.paths.vrrp_pid):

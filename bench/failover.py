@@ -119,6 +119,12 @@ def measure(advert: float, runs: int, graceful: bool, workdir: str) -> list[floa
         finally:
             for amp in amps.values():
                 amp.stop()
+                # Agents leave keepalived running on purpose (the next agent adopts it).
+                for pid in keepalived_pids(amp.run_dir):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             for h in haproxies:
                 h.kill()
     return times

@@ -143,20 +143,30 @@ def test_active_standby_failover_and_restart(pki, tmp_path):
             assert b.api.topology()["role"] == "STANDBY"
             assert wait_for(lambda: lab.get(port), 5, what="traffic via ha_ip") == "amphora-a"
 
-            # 3. restart: B's haproxy back, A's agent stopped (keepalived with it: B takes over),
-            # A started again re-applies ACTIVE-STANDBY from its stored state.
+            # 3. restart: the agent detaches from keepalived (no failover) and adopts it again.
             haproxies[1].start()
             wait_for(lambda: b.api.topology()["role"] == "STANDBY", 10, what="B out of FAULT")
+            pids = keepalived_pids(a.run_dir)
             a.stop()
-            assert keepalived_pids(a.run_dir) == [] or not any(
-                os.path.exists(f"/proc/{p}") for p in keepalived_pids(a.run_dir))
-            wait_for(lambda: lab.holders() == ["b"], 15, what="B holds ha_ip while A's agent is down")
+            assert all(os.path.exists(f"/proc/{p}") for p in pids), "keepalived stopped with the agent"
+            assert lab.holders() == ["a"] and lab.get(port) == "amphora-a"
+            a.start()
+            doc_a = a.api.wait_ok()
+            assert doc_a["topology"] == "ACTIVE-STANDBY" and doc_a["role"] == "ACTIVE", doc_a
+            assert "last_error" not in doc_a, doc_a
+            assert keepalived_pids(a.run_dir) == pids  # adopted, not restarted
+            # ... and a keepalived that died while the agent was down is started afresh.
+            a.stop()
+            kill_keepalived(a.run_dir)
+            wait_for(lambda: b.api.topology()["role"] == "ACTIVE", 15, what="B takes over")
             a.start()
             doc_a = a.api.wait_ok()
             assert doc_a["topology"] == "ACTIVE-STANDBY" and doc_a["ha_ip"] == lab.ha_ip
             assert "last_error" not in doc_a, doc_a
             wait_for(lambda: a.api.topology()["role"] == "STANDBY", 10, what="A restored as STANDBY")
-            assert lab.holders() == ["b"] and lab.get(port) == "amphora-b"
+            assert keepalived_pids(a.run_dir) != pids
+            wait_for(lambda: lab.holders() == ["b"], 10, what="the stale VIP gone from A")
+            assert lab.get(port) == "amphora-b"
 
             # 4. back to SINGLE: keepalived stops and ha_ip goes away.
             code, _ = b.api.set({"topology": "SINGLE"})

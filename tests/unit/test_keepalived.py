@@ -210,6 +210,14 @@ class FakeProcess:
     def signal(self, sig):
         self.signals.append(sig)
 
+    def adopt(self, pid):
+        self._set("RUNNING")
+        self.adopted = pid
+        return True
+
+    def detach(self):
+        self.detached = True
+
 
 class FakeRunner:
     def __init__(self):
@@ -323,3 +331,29 @@ def test_stop_removes_the_vip(kad):
     assert d.called
     assert kad.processes[0].state == "STOPPED" and kad.vrrp_state is None and kad.settings is None
     assert kad.runner.calls[-1][1][1:] == ["addr", "del", "203.0.113.2/32", "dev", "eth1"]
+
+
+def test_detach_leaves_keepalived_running(kad):
+    kad.apply(settings())
+    kad.detach()
+    assert kad.processes[0].detached and kad.processes[0].state == "RUNNING"
+    assert kad._fifo.fd == -1
+
+
+def test_adopts_a_keepalived_left_running(kad, monkeypatch):
+    monkeypatch.setattr(kad, "_running_pid", lambda: 4321)
+    kad.runner.ip_json = (b'[{"ifname":"eth1","addr_info":[{"local":"203.0.113.10","prefixlen":24},'
+                          b'{"local":"203.0.113.2","prefixlen":32}]}]')
+    d = kad.apply(settings(interface="eth1"))
+    assert d.called
+    (proc,) = kad.processes
+    assert proc.adopted == 4321 and proc.signals == ["HUP"]
+    assert kad.vrrp_state == "MASTER"  # it holds the VIP
+
+
+def test_running_pid_needs_our_config(kad, tmp_path):
+    import os as _os
+    _os.makedirs(kad.paths.directory, exist_ok=True)
+    with open(kad.paths.pid, "w") as f:
+        f.write(f"{_os.getpid()}\n")  # alive, but not keepalived on our config
+    assert kad._running_pid() is None
