@@ -76,6 +76,14 @@ def probe(lab, want: str) -> subprocess.Popen:
     return proc
 
 
+def restarted(run_dir: str, killed) -> bool:
+    """keepalived runs again: both pid files name live processes other than the killed ones."""
+    pids = keepalived_pids(run_dir)
+    return len(pids) == 2 and not set(pids) & set(killed) and all(
+        os.path.exists(f"/proc/{pid}/comm") and open(f"/proc/{pid}/comm").read().strip() == "keepalived"
+        for pid in pids)
+
+
 def measure(advert: float, runs: int, graceful: bool, workdir: str) -> list[float]:
     pki = make_pki(os.path.join(workdir, "pki"))
     times = []
@@ -98,14 +106,15 @@ def measure(advert: float, runs: int, graceful: bool, workdir: str) -> list[floa
                                      what="one holder")
                 other = "b" if master == "a" else "a"
                 # The other side must be a settled BACKUP with its keepalived up before we kill.
-                wait_for(lambda: len(keepalived_pids(amps[other].run_dir)) == 2
+                wait_for(lambda: restarted(amps[other].run_dir, ())
                          and amps[other].api.topology()["role"] == "STANDBY", 20, what="a ready BACKUP")
                 assert lab.get(PORT) == f"amp-{master}"
                 prober = probe(lab, f"amp-{other}")
                 prober.stdin.write("go\n")
                 prober.stdin.flush()
+                killed = keepalived_pids(amps[master].run_dir)
                 if graceful:
-                    os.kill(keepalived_pids(amps[master].run_dir)[0], signal.SIGTERM)
+                    os.kill(killed[0], signal.SIGTERM)
                 else:
                     kill_keepalived(amps[master].run_dir)
                 answer = prober.stdout.readline().strip()
@@ -114,8 +123,8 @@ def measure(advert: float, runs: int, graceful: bool, workdir: str) -> list[floa
                     raise SystemExit(f"no failover to {other} within 60 s")
                 times.append(float(answer))
                 # Let the killed side come back (restarted by its agent) before the next run.
-                wait_for(lambda: amps[master].api.topology()["role"] == "STANDBY"
-                         and len(keepalived_pids(amps[master].run_dir)) == 2, 30, what="restart")
+                wait_for(lambda: restarted(amps[master].run_dir, killed)
+                         and amps[master].api.topology()["role"] == "STANDBY", 30, what="restart")
         finally:
             for amp in amps.values():
                 amp.stop()
