@@ -279,8 +279,7 @@ class Topology:
                  role=settings.role if settings else "-")
         self.status = STATUS_CHANGE
         self.topology, self.settings = topology, settings
-        if settings is not None:
-            self.configured_role = settings.role
+        self.configured_role = settings.role if settings is not None else "ACTIVE"
         self.transition = self._transition(previous, topology, settings)
         return 202
 

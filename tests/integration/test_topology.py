@@ -280,11 +280,17 @@ async def test_validation_table(agent, client, url):
     assert agent.topology.active is True
 
 
+@pytest.mark.parametrize("case", ["invalid config", "bad binary"])
 @pytest_twisted.ensureDeferred
-async def test_invalid_keepalived_config_rolls_back(agent, client, url):
-    # The interface does not exist in the namespace: `keepalived -t` (run inside it) refuses.
-    body = {"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": "10.89.0.100", "secret": SECRET,
-            "interface": "nosuch0"}
+async def test_failing_transition_rolls_back(agent, client, url, case):
+    body = {"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": "10.89.0.100", "secret": SECRET}
+    if case == "invalid config":
+        # The interface does not exist in the namespace: `keepalived -t` (run inside it) refuses.
+        body["interface"] = "nosuch0"
+        expected = ["configuration check failed", "nosuch0"]
+    else:
+        agent.keepalived.binary = "/nonexistent/keepalived"
+        expected = ["configuration check failed", "cannot run /nonexistent/keepalived"]
     code, _ = await _post(client, url, body)
     assert code == 202
     for _ in range(100):
@@ -293,7 +299,8 @@ async def test_invalid_keepalived_config_rolls_back(agent, client, url):
             break
         await _sleep(0.05)
     assert doc["topology"] == "SINGLE" and doc["topology_status"] == "OK" and doc["ha_ip"] == ""
-    assert "configuration check failed" in doc["last_error"] and "nosuch0" in doc["last_error"]
+    for text in expected:
+        assert text in doc["last_error"], doc
     assert not agent.keepalived.running
 
 

@@ -186,9 +186,13 @@ def test_role_change_reloads_and_settles(topo, clock, fake):
 
 
 def test_back_to_single_stops_keepalived(topo, clock, fake, tmp_path):
-    to_active_standby(topo, clock, fake)
+    to_active_standby(topo, clock, fake, AS_STANDBY)
+    pending = defer.Deferred()
+    fake.stop = lambda: (fake.calls.append(("stop",)), pending)[1]  # keepalived takes its time
     assert topo.request({"topology": "SINGLE"}) == 202
-    clock.advance(0)
+    doc = topo.document()
+    assert doc["topology"] == "SINGLE" and doc["role"] == "ACTIVE" and doc["topology_status"] == STATUS_CHANGE
+    pending.callback(None)
     assert topo.status == STATUS_OK and topo.topology == "SINGLE" and topo.ha_ip == ""
     assert fake.calls[-1] == ("stop",)
     assert json.load(open(tmp_path / "topology.json"))["topology"] == "SINGLE"
