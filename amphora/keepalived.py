@@ -381,8 +381,8 @@ class Keepalived:
 
     Public surface (the topology and the heartbeat use it):
 
-    - ``running``: keepalived is up (the heartbeat is withheld in
-      ACTIVE-STANDBY while it is not);
+    - ``running``: keepalived is up; ``configured``: it is wanted (the
+      heartbeat is withheld in ACTIVE-STANDBY while configured and not running);
     - ``vrrp_state``: the last state keepalived reported (MASTER, BACKUP,
       FAULT, STOP) or None when unknown / not running;
     - ``state_observers``: ``callable(state)`` on every reported change and
@@ -410,6 +410,7 @@ class Keepalived:
         self._state_waiters: list[defer.Deferred] = []
         self._fifo: NotifyFifo | None = None
         self._lock = defer.DeferredLock()
+        self._wanted = False
 
     # -- queries ------------------------------------------------------------------
 
@@ -419,7 +420,9 @@ class Keepalived:
 
     @property
     def configured(self) -> bool:
-        return self.settings is not None
+        """keepalived is wanted (applied and not stopped since), even if it failed to start:
+        the heartbeat is withheld while ``configured and not running``."""
+        return self._wanted
 
     # -- operations ---------------------------------------------------------------
 
@@ -440,13 +443,14 @@ class Keepalived:
             self._fifo.close()
 
     def wait_state(self):
-        """Fires with the next VRRP state keepalived reports (or the current one if known)."""
+        """Fires with the next VRRP state keepalived reports (cancel it to stop waiting)."""
         d = defer.Deferred(lambda d: self._state_waiters.remove(d) if d in self._state_waiters else None)
         self._state_waiters.append(d)
         return d
 
     @defer.inlineCallbacks
     def _apply(self, settings: VRRPSettings):
+        self._wanted = True
         ensure_dir(self.paths.directory, 0o700)
         interface = settings.interface or (yield self.find_interface(settings.ha_ip))
         text = render_config(settings, interface=interface, advert_int=self.advert_int,
@@ -496,6 +500,7 @@ class Keepalived:
 
     @defer.inlineCallbacks
     def _stop(self):
+        self._wanted = False
         settings, interface = self.settings, self.interface
         if self.process is not None:
             yield self.process.stop()

@@ -186,10 +186,12 @@ def test_active_standby_failover_and_restart(pki, tmp_path):
 
 
 def _kill_if_keepalived(pid):
+    """SIGKILL pid if it is a keepalived (or the fake one: `sleep 600`), never a recycled pid."""
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() == "keepalived":
-                os.kill(pid, 9)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if os.path.basename(argv[0]) == b"keepalived" or argv[:2] == [b"sleep", b"600"]:
+            os.kill(pid, 9)
     except (OSError, ProcessLookupError):
         pass
 
@@ -217,9 +219,19 @@ def netns():
 def slow_keepalived(tmp_path):
     """A 'keepalived' that passes the configuration check and then never reports a state."""
     path = tmp_path / "fake-keepalived"
-    path.write_text('#!/bin/sh\nfor a; do [ "$a" = -t ] && exit 0; done\nexec sleep 600\n')
+    path.write_text('#!/bin/sh\nprev=\nfor a; do\n  [ "$a" = -t ] && exit 0\n'
+                    '  [ "$prev" = -p ] && echo $$ > "$a"\n  prev=$a\ndone\nexec sleep 600\n')
     path.chmod(0o755)
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def no_keepalived_left(tmp_path):
+    """Whatever happens in a test, no keepalived (real or fake) of its agent outlives it."""
+    yield
+    run_dir = os.path.join(str(tmp_path), "agent", "run")
+    for pid in keepalived_pids(run_dir):
+        _kill_if_keepalived(pid)
 
 
 @pytest.fixture

@@ -292,6 +292,16 @@ def test_failed_check_keeps_the_live_config_and_does_not_start(kad):
     assert kad.settings.ha_ip == "203.0.113.2"
 
 
+def test_configured_until_stopped_even_if_start_fails(kad):
+    assert not kad.configured and not kad.running
+    kad.apply(settings())
+    assert kad.configured and kad.running
+    kad.processes[0]._set("BACKOFF")
+    assert kad.configured and not kad.running  # the heartbeat withholds beats now
+    kad.stop()
+    assert not kad.configured
+
+
 def test_failed_start_is_an_operation_failure(kad):
     class Boom(Exception):
         reason = "pid 1 exited with code 1 before it was ready"
@@ -302,6 +312,7 @@ def test_failed_start_is_an_operation_failure(kad):
     failure = []
     kad.apply(settings()).addErrback(failure.append)
     assert failure and "Non-existent interface" in failure[0].value.details
+    assert kad.configured and not kad.running
 
 
 def test_interface_falls_back_to_the_default_route(kad):
