@@ -63,14 +63,17 @@ class AmphoraAgent(MultiService):
         # slot: listener logs
         self.logs = None
         # slot: host details sampler
-        self.sampler = None
+        from amphora.host import HostSampler  # here, not at the top: slot edits only
+        self.sampler = HostSampler.for_agent(self)
+        self.sampler.setServiceParent(self)
         # slot: keepalived (ACTIVE-STANDBY)
         from amphora.keepalived import Keepalived, KeepalivedService
         self.keepalived = Keepalived(config, reactor)
         KeepalivedService(self.keepalived).setServiceParent(self)  # stops with the agent
         self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
         # slot: heartbeat
-        self.heartbeat = None
+        from amphora.heartbeat.emitter import make_heartbeat  # local: keeps merges inside the slot
+        self.heartbeat = make_heartbeat(self)
         # end of slots
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK

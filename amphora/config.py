@@ -121,6 +121,15 @@ def parse_controllers(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(result)
 
 
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    return parse
+
+
 def parse_forward(raw: str) -> str:
     raw = raw.strip()
     if not raw:
@@ -177,6 +186,8 @@ class HeartbeatSection:
     interval: float = opt(positive_float, 10.0)
     key: str = opt(str, "")
     max_packet_bytes: int = opt(positive_int, 65000)
+    # all: every controller gets every beat; round-robin: one per beat (Octavia's agent).
+    fanout: str = opt(choice("all", "round-robin"), "all")
 
 
 @dataclass(frozen=True)

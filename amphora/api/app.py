@@ -90,6 +90,11 @@ class AgentAPI:
 
     # -- details (host) -------------------------------------------------------
 
+    @app.route(V + "/details", methods=["GET"])
+    def details(self, request):
+        # Only published samples are read here: nothing waits, forks or walks /proc.
+        return render_json(request, self.agent.sampler.document(self.agent))
+
     # -- listeners ------------------------------------------------------------
     # (params is imported inside each route: this section then merges without touching the imports)
 

@@ -87,6 +87,9 @@ class AgentRequest(Request):
         super().handleContentChunk(data)
 
 
+_UNSET = object()
+
+
 class AgentSite(Site):
     requestFactory = AgentRequest
     displayTracebacks = False
@@ -98,8 +101,13 @@ class AgentSite(Site):
         self.max_body_bytes = max_body_bytes
 
     def getResourceFor(self, request):
-        request.client_subject = peer_subject(request.transport)
-        if request.client_subject is None:
+        # The certificate cannot change on a connection: read it once per connection.
+        channel = request.channel
+        subject = getattr(channel, "amphora_client_subject", _UNSET)
+        if subject is _UNSET:
+            subject = channel.amphora_client_subject = peer_subject(request.transport)
+        request.client_subject = subject
+        if subject is None:
             return ErrorResource(Unauthorized("a client certificate signed by the controller CA is required"))
         if request.body_too_large:
             return ErrorResource(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))

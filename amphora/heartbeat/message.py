@@ -1,0 +1,329 @@
+"""Building the heartbeat body (Octavia message version 3) and fitting it in one packet.
+
+Pure functions and one small state object; no I/O except :class:`BeatState`'s
+atomic file. The emitter gathers ``show stat`` rows per running listener and
+calls :func:`summarize` then :func:`build`; :func:`fit` signs the result and,
+when it is too big, reduces it.
+
+Body::
+
+    {"id": <amphora uuid>, "seq": <int>, "ver": 3,
+     "listeners": {<listener>: {"status": "OPEN" | "FULL" | "STOP" | ...,
+                                "stats": {"tx", "rx", "conns", "totconns", "ereq"}}},
+     "pools": {"<pool>:<listener>": {"status": "UP" | "DOWN",
+                                     "members": {<member>: "UP" | "DOWN" | "DRAIN" | "MAINT" | "no check" | ...}}},
+     "topology": ..., "role": ..., "topology_status": ...}
+
+``tx`` (bytes out), ``rx`` (bytes in), ``totconns`` (sessions) and ``ereq``
+(request errors) are deltas since the last beat sent; ``conns`` is the
+current session count. These follow Octavia's health daemon, including its
+two status rules: a server that haproxy reports ``UP`` with weight 0 is
+``DRAIN`` (Octavia drains members by setting their weight to 0, and haproxy
+still says UP), and the pool status is the BACKEND row's status.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from amphora.fsutil import atomic_write_json, read_json
+from amphora.heartbeat import envelope
+
+MSG_VER = 3
+UNKNOWN = "UNKNOWN"
+# Published stats key -> haproxy "show stat" column, for the delta counters.
+DELTA_METRICS = (("rx", "bin"), ("tx", "bout"), ("totconns", "stot"), ("ereq", "ereq"))
+COUNTER_COLUMNS = tuple(column for _, column in DELTA_METRICS)
+
+
+def _int(value: Any) -> int:
+    """haproxy leaves columns empty where they do not apply; those count as 0."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return 0
+    return number if number >= 0 else 0
+
+
+def _internal(proxy_name: str) -> bool:
+    # Octavia's own configs carry a prometheus exporter proxy; its traffic is
+    # not the tenant's and is not reported (same rule as Octavia's agent).
+    return "prometheus" in proxy_name
+
+
+def member_status(row: dict) -> str:
+    status = (row.get("status") or "").strip() or UNKNOWN
+    if status == "UP" and (row.get("weight") or "").strip() == "0":
+        return "DRAIN"
+    return status
+
+
+def _pool_status(backend_row: dict | None, members: dict[str, str]) -> str:
+    if backend_row is not None:
+        return "UP" if (backend_row.get("status") or "").strip() == "UP" else "DOWN"
+    # No BACKEND row (a partial answer): UP when a member can take traffic.
+    if not members or any(s.startswith("UP") or s in ("DRAIN", "no check") for s in members.values()):
+        return "UP"
+    return "DOWN"
+
+
+@dataclass
+class Sample:
+    """What one ``show stat`` answer says about one listener."""
+
+    status: str
+    counters: dict[str, int]          # absolute bin, bout, stot, ereq
+    scur: int
+    pools: dict[str, dict] = field(default_factory=dict)   # "<pool>:<listener>" -> {"status", "members"}
+
+
+def summarize(listener_id: str, rows: list[dict]) -> Sample:
+    """Reduce a listener's ``show stat`` rows to its frontend figures and its pools.
+
+    The frontend named after the listener is used when present (Octavia's
+    naming); otherwise every frontend of that haproxy is summed, since each
+    haproxy serves exactly one listener. Backends named ``<pool>`` are keyed
+    ``<pool>:<listener>`` like Octavia's.
+    """
+    frontends = [r for r in rows if r.get("svname") == "FRONTEND" and not _internal(r.get("pxname", ""))]
+    named = [r for r in frontends if r.get("pxname") == listener_id]
+    chosen = named or frontends
+    counters = {c: sum(_int(r.get(c)) for r in chosen) for c in COUNTER_COLUMNS}
+    scur = sum(_int(r.get("scur")) for r in chosen)
+    statuses = [(r.get("status") or "").strip() for r in chosen]
+    if not statuses:
+        status = "STOP"
+    elif "OPEN" in statuses:
+        status = "OPEN"
+    elif "FULL" in statuses:
+        status = "FULL"
+    else:
+        status = statuses[0] or UNKNOWN
+
+    backends: dict[str, dict] = {}
+    for row in rows:
+        px, sv = row.get("pxname", ""), row.get("svname", "")
+        if sv == "FRONTEND" or not px or _internal(px) or row.get("type") not in (None, "", "1", "2"):
+            continue
+        key = px if ":" in px else f"{px}:{listener_id}"
+        entry = backends.setdefault(key, {"row": None, "members": {}})
+        if sv == "BACKEND":
+            entry["row"] = row
+        else:
+            entry["members"][sv] = member_status(row)
+    pools = {key: {"status": _pool_status(e["row"], e["members"]), "members": e["members"]}
+             for key, e in backends.items()}
+    return Sample(status=status, counters=counters, scur=scur, pools=pools)
+
+
+def delta(current: int, last: int) -> int:
+    """Growth since ``last``; a counter that went down means haproxy restarted: count from zero."""
+    return current - last if current >= last else current
+
+
+def build(amphora_id: str, seq: int, samples: dict[str, Sample | None], previous: dict[str, dict],
+          last_pools: dict[str, dict] | None = None, extra: dict | None = None) -> tuple[dict, dict]:
+    """The beat for ``samples`` (one entry per running listener, ``None`` = no answer).
+
+    ``previous`` maps listener -> the record last reported (absolute counters,
+    ``scur``, ``status``). Returns ``(message, records)`` where ``records``
+    holds the new record of every listener in the beat, to be committed once
+    the beat is sent. A listener without an answer keeps its last known
+    status, current sessions and pools, with zero deltas: its counters stay
+    where they were, so the next good answer carries the whole growth.
+    """
+    last_pools = last_pools or {}
+    message: dict[str, Any] = {"id": amphora_id, "seq": seq, "ver": MSG_VER, "listeners": {}, "pools": {}}
+    records: dict[str, dict] = {}
+    for lid in sorted(samples):
+        sample = samples[lid]
+        before = previous.get(lid) or {}
+        if sample is None:
+            stats = {name: 0 for name, _ in DELTA_METRICS}
+            stats["conns"] = _int(before.get("scur"))
+            message["listeners"][lid] = {"status": before.get("status") or UNKNOWN, "stats": stats}
+            message["pools"].update(last_pools.get(lid, {}))
+            if before:
+                records[lid] = dict(before)
+            continue
+        stats = {name: delta(sample.counters[column], _int(before.get(column)))
+                 for name, column in DELTA_METRICS}
+        stats["conns"] = sample.scur
+        message["listeners"][lid] = {"status": sample.status, "stats": stats}
+        message["pools"].update(sample.pools)
+        records[lid] = dict(sample.counters, scur=sample.scur, status=sample.status)
+    if extra:
+        for key, value in extra.items():
+            message.setdefault(key, value)
+    return message, records
+
+
+# -- size -------------------------------------------------------------------
+
+@dataclass
+class Reduction:
+    """What :func:`fit` had to drop to get under the limit (for the warning)."""
+
+    full_bytes: int
+    sent_bytes: int
+    limit: int
+    pools: int
+    pools_stripped: int = 0
+    members_dropped: int = 0
+    pools_dropped: int = 0
+    fits: bool = True
+
+
+def _stripped(message: dict, strip: Iterable[str], drop: Iterable[str] = ()) -> dict:
+    strip, drop = set(strip), set(drop)
+    pools = {}
+    for key, pool in message["pools"].items():
+        if key in drop:
+            continue
+        pools[key] = {"status": pool["status"], "members": {}} if key in strip else pool
+    reduced = dict(message, pools=pools)
+    reduced["members_omitted"] = len(strip - drop)
+    if drop:
+        reduced["pools_omitted"] = len(drop)
+    return reduced
+
+
+def _smallest_fitting(weights: list[int], first: int, limit: int, packet_of) -> tuple[int, bytes | None]:
+    """Smallest k in 1..len(weights) with ``len(packet_of(k)) <= limit``, or ``(n, None)``.
+
+    ``packet_of(k)`` is assumed to shrink as k grows, roughly in proportion
+    to the cumulative ``weights`` (members or pools removed); ``first`` is
+    the size at k = 0. Interpolation on that proportion usually lands next
+    to the answer in two or three compressions (each one costs milliseconds
+    at level 9); a step that does not halve the interval is followed by a
+    bisection step, so the worst case stays logarithmic.
+    """
+    n = len(weights)
+    cum = [0]
+    for w in weights:
+        cum.append(cum[-1] + max(1, w))
+    last = packet_of(n)
+    if len(last) > limit:
+        return n, None
+    lo, size_lo, hi, size_hi, best = 0, first, n, len(last), last
+    bisect_next = False
+    while hi - lo > 1:
+        if bisect_next or size_lo <= size_hi:
+            k = (lo + hi) // 2
+        else:
+            need = cum[lo] + (size_lo - limit) / (size_lo - size_hi) * (cum[hi] - cum[lo])
+            k = min(max(bisect.bisect_left(cum, need, lo + 1, hi), lo + 1), hi - 1)
+        width = hi - lo
+        packet = packet_of(k)
+        if len(packet) <= limit:
+            hi, size_hi, best = k, len(packet), packet
+        else:
+            lo, size_lo = k, len(packet)
+        bisect_next = (hi - lo) * 2 > width
+    return hi, best
+
+
+def fit(message: dict, key: str | bytes, limit: int) -> tuple[bytes, Reduction | None]:
+    """Sign ``message``; if the packet exceeds ``limit`` bytes, reduce it.
+
+    Reduction keeps every listener and every pool status and empties the
+    ``members`` of the largest pools first (by member count), as few as
+    needed (found by interpolation: a few compressions, not one per
+    pool). Members are emptied, not the key removed: Octavia's health
+    manager reads ``pool["members"]`` unconditionally. Only if pool
+    statuses alone still do not fit are whole pools dropped (largest
+    first); listeners are never dropped — a controller that sees fewer
+    listeners than it expects marks the amphora unhealthy. The returned
+    packet can exceed ``limit`` only when the listeners alone do.
+    """
+    packet = envelope.wrap(message, key)
+    if len(packet) <= limit:
+        return packet, None
+    order = sorted(message["pools"], key=lambda k: (-len(message["pools"][k].get("members") or {}), k))
+    with_members = [k for k in order if message["pools"][k].get("members")]
+    reduction = Reduction(full_bytes=len(packet), sent_bytes=len(packet), limit=limit, pools=len(order))
+
+    if with_members:
+        k, fitted = _smallest_fitting(
+            [len(message["pools"][p]["members"]) for p in with_members], len(packet), limit,
+            lambda k: envelope.wrap(_stripped(message, with_members[:k]), key))
+        if fitted is not None:
+            reduction.pools_stripped = k
+            reduction.members_dropped = sum(len(message["pools"][p]["members"]) for p in with_members[:k])
+            reduction.sent_bytes = len(fitted)
+            return fitted, reduction
+
+    # Statuses alone are too big: drop whole pools, those that had most members first.
+    reduction.pools_stripped = len(with_members)
+    reduction.members_dropped = sum(len(message["pools"][p]["members"]) for p in with_members)
+    stripped_all = envelope.wrap(_stripped(message, with_members), key)
+    k, fitted = _smallest_fitting(
+        [1] * len(order), len(stripped_all), limit,
+        lambda k: envelope.wrap(_stripped(message, with_members, order[:k]), key)) if order else (0, None)
+    if fitted is None:
+        fitted = envelope.wrap(_stripped(message, with_members, order), key)
+        reduction.fits = len(fitted) <= limit
+    reduction.pools_dropped = k
+    reduction.sent_bytes = len(fitted)
+    return fitted, reduction
+
+
+@dataclass
+class Composed:
+    samples: dict[str, Sample | None]
+    message: dict
+    records: dict[str, dict]
+    packet: bytes
+    reduction: Reduction | None
+    unreadable: list[str]
+
+
+def compose(amphora_id: str, seq: int, answers: dict[str, list | None], previous: dict[str, dict],
+            last_pools: dict[str, dict], extra: dict, key: str | bytes, limit: int) -> Composed:
+    """One beat from the listeners' ``show stat`` rows (``None`` = no answer) to the packet.
+
+    Pure and self-contained, so the emitter can run it in a thread. Rows
+    that cannot be summarized count as no answer and are listed in
+    ``unreadable``.
+    """
+    samples: dict[str, Sample | None] = {}
+    unreadable = []
+    for lid, rows in answers.items():
+        if rows is None:
+            samples[lid] = None
+            continue
+        try:
+            samples[lid] = summarize(lid, rows)
+        except Exception:
+            samples[lid] = None
+            unreadable.append(lid)
+    message, records = build(amphora_id, seq, samples, previous, last_pools, extra)
+    packet, reduction = fit(message, key, limit)
+    return Composed(samples, message, records, packet, reduction, unreadable)
+
+
+# -- persisted state ----------------------------------------------------------
+
+class BeatState:
+    """``seq`` and the last reported absolutes per listener, in ``<state_dir>/heartbeat.json``.
+
+    Written atomically, so an agent restart (or crash) resumes the sequence
+    and the delta counters where the last beat left them: nothing is counted
+    twice and nothing is lost.
+    """
+
+    def __init__(self, state_dir: str):
+        self.path = os.path.join(state_dir, "heartbeat.json")
+        stored = read_json(self.path, {}) or {}
+        seq = stored.get("seq", 0) if isinstance(stored, dict) else 0
+        self.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else 0
+        listeners = stored.get("listeners", {}) if isinstance(stored, dict) else {}
+        self.listeners: dict[str, dict] = {
+            lid: rec for lid, rec in (listeners.items() if isinstance(listeners, dict) else ())
+            if isinstance(rec, dict)}
+
+    def save(self) -> None:
+        atomic_write_json(self.path, {"seq": self.seq, "listeners": self.listeners}, mode=0o600)

@@ -1,0 +1,221 @@
+"""Helpers for the heartbeat tests: canned and synthetic ``show stat``, fakes, real haproxy.
+
+``RealHAProxy`` starts a real haproxy (foreground, its own stats socket) and
+kills it by pid; ``FakeListeners`` is a stand-in for ``agent.listeners``
+(the listener manager is another branch) with the same ``running_ids`` /
+``listener_ids`` / ``show_stat`` interface, backed by real stats sockets or
+by canned answers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from amphora.listeners.stats import parse_show_stat, query
+
+HEADER = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,"
+          "wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,"
+          "sid,throttle,lbtot,tracked,type,")
+
+
+def frontend_line(name: str, scur=0, stot=0, bin=0, bout=0, ereq=0, status="OPEN") -> str:
+    return f"{name},FRONTEND,,,{scur},{scur},100,{stot},{bin},{bout},0,0,{ereq},,,,,{status},,,,,,,,,1,2,0,,,,0,"
+
+
+def server_line(backend: str, name: str, status="UP", weight=1) -> str:
+    return f"{backend},{name},0,0,0,1,,5,500,1000,,0,,0,0,0,0,{status},{weight},1,0,0,0,10,0,,1,3,1,,5,,2,"
+
+
+def backend_line(backend: str, status="UP") -> str:
+    return f"{backend},BACKEND,0,0,0,1,10,5,500,1000,0,0,,0,0,0,0,{status},1,1,0,,0,10,0,,1,3,0,,5,,1,"
+
+
+def synthetic_csv(listener: str, pools: dict[str, dict[str, str]], suffix=True, **frontend) -> str:
+    """A show-stat answer: one frontend and, per pool, its servers {member: status} and BACKEND."""
+    lines = [HEADER, frontend_line(listener, **frontend)]
+    for pool, members in pools.items():
+        backend = f"{pool}:{listener}" if suffix else pool
+        for member, status in members.items():
+            weight = 0 if status == "DRAIN" else 1
+            lines.append(server_line(backend, member, "UP" if status == "DRAIN" else status, weight))
+        any_up = any(s in ("UP", "DRAIN", "no check") for s in members.values()) or not members
+        lines.append(backend_line(backend, "UP" if any_up else "DOWN"))
+    return "\n".join(lines) + "\n"
+
+
+def uuids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+class FakeListeners:
+    """``agent.listeners`` stand-in: answers from ``answers[lid]`` or a real stats socket.
+
+    ``answers[lid]`` may be CSV text (parsed), an Exception (errback), the
+    string "hang" (a Deferred that never fires), or a callable returning any
+    of those. ``sockets[lid]`` instead queries a real stats socket.
+    """
+
+    def __init__(self, reactor, answers=None, sockets=None, running=None, existing=None):
+        self.reactor = reactor
+        self.answers = dict(answers or {})
+        self.sockets = dict(sockets or {})
+        self.running = running
+        self.existing = existing
+        self.calls: list[str] = []
+
+    def running_ids(self) -> list[str]:
+        if self.running is not None:
+            return sorted(self.running)
+        return sorted(set(self.answers) | set(self.sockets))
+
+    def listener_ids(self) -> list[str]:
+        if self.existing is not None:
+            return sorted(self.existing)
+        return self.running_ids()
+
+    def restore(self):
+        """The agent's start-up step calls this on a real manager; nothing to adopt here."""
+        return defer.succeed(None)
+
+    def show_stat(self, lid: str):
+        self.calls.append(lid)
+        if lid in self.sockets:
+            return query(self.reactor, self.sockets[lid], "show stat", timeout=2.0).addCallback(parse_show_stat)
+        answer = self.answers[lid]
+        if callable(answer):
+            answer = answer()
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        if answer == "hang":
+            return defer.Deferred()
+        return defer.succeed(parse_show_stat(answer))
+
+
+class FakePort:
+    def __init__(self, reactor, interface):
+        self.reactor = reactor
+        self.interface = interface
+        self.sent: list[tuple[bytes, tuple]] = []
+        self.fail: dict = {}   # address -> exception
+        self.closed = False
+
+    def write(self, data, addr):
+        if addr in self.fail:
+            raise self.fail[addr]
+        self.sent.append((data, addr))
+
+    def stopListening(self):
+        self.closed = True
+        return defer.succeed(None)
+
+
+class FakeReactor(Clock):
+    """A Clock that also hands out fake UDP ports (recording every datagram)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ports: list[FakePort] = []
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        p = FakePort(self, interface)
+        self.ports.append(p)
+        return p
+
+    @property
+    def sent(self) -> list[tuple[bytes, tuple]]:
+        return [item for port in self.ports for item in port.sent]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HAPROXY_CFG = """\
+global
+    stats socket {sock} mode 600 level admin
+    maxconn 100
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+frontend {listener}
+    bind 127.0.0.1:{port}
+    default_backend {pool}:{listener}
+backend {pool}:{listener}
+    option httpchk GET /
+    server {up} 127.0.0.1:{web} check inter 300 rise 1 fall 1
+    server {drain} 127.0.0.1:{web} check inter 300 rise 1 fall 1 weight 0
+    server {down} 127.0.0.1:{dead} check inter 300 rise 1 fall 1
+    server {maint} 127.0.0.1:{web} disabled
+    server {nocheck} 127.0.0.1:{web}
+backend {pool2}
+    server {up2} 127.0.0.1:{web} check inter 300 rise 1 fall 1
+"""
+
+
+class RealHAProxy:
+    """One real haproxy serving one listener, with an admin stats socket; killed by pid."""
+
+    def __init__(self, directory: str, web_port: int, binary: str = "/usr/sbin/haproxy"):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.listener = str(uuid.uuid4())
+        self.pool, self.pool2 = str(uuid.uuid4()), str(uuid.uuid4())
+        self.members = {name: str(uuid.uuid4()) for name in ("up", "drain", "down", "maint", "nocheck", "up2")}
+        self.port = free_port()
+        self.socket = os.path.join(directory, "stats.sock")
+        self.config = os.path.join(directory, "haproxy.cfg")
+        self.web_port = web_port
+        self.binary = binary
+        self.proc: subprocess.Popen | None = None
+
+    def expected_members(self) -> dict[str, str]:
+        m = self.members
+        return {m["up"]: "UP", m["drain"]: "DRAIN", m["down"]: "DOWN", m["maint"]: "MAINT",
+                m["nocheck"]: "no check"}
+
+    def start(self) -> "RealHAProxy":
+        with open(self.config, "w") as f:
+            f.write(HAPROXY_CFG.format(sock=self.socket, listener=self.listener, port=self.port,
+                                       pool=self.pool, pool2=self.pool2, web=self.web_port,
+                                       dead=free_port(), **{k: v for k, v in self.members.items()}))
+        self.log = open(os.path.join(self.dir, "haproxy.log"), "wb")
+        self.proc = subprocess.Popen([self.binary, "-db", "-f", self.config], stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"haproxy exited {self.proc.returncode}: {self.output()}")
+            if os.path.exists(self.socket):
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return self
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        raise AssertionError(f"haproxy did not start: {self.output()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def output(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "haproxy.log"), "rb") as f:
+                return f.read().decode(errors="replace")[-2000:]
+        except OSError:
+            return ""
