@@ -473,11 +473,7 @@ class Keepalived:
                      priority=settings.effective_priority)
             self.process.signal("HUP")
             return
-        if self.process is None:
-            self.process = self._process_factory(self.reactor, "keepalived", self._argv(), dict(ENV))
-            self.process.observers.append(self._process_changed)
-            if hasattr(self.process, "output_observers"):
-                self.process.output_observers.append(self._output)
+        self._ensure_process()
         orphan = self._running_pid()
         if orphan is not None and self.process.adopt(orphan):
             # Left running by a previous agent: keep VRRP (and the VIP) where they are, load the
@@ -497,6 +493,25 @@ class Keepalived:
             output = getattr(e, "output", "")
             raise OperationFailed(f"keepalived did not start: {getattr(e, 'reason', e)}"
                                   + (f": {output[-1000:]}" if output else "")) from None
+
+    def _ensure_process(self):
+        if self.process is None:
+            self.process = self._process_factory(self.reactor, "keepalived", self._argv(), dict(ENV))
+            self.process.observers.append(self._process_changed)
+            if hasattr(self.process, "output_observers"):
+                self.process.output_observers.append(self._output)
+        return self.process
+
+    def stop_leftover(self):
+        """Stop a keepalived left running on our files when the stored topology does not want
+        one (the agent died in the middle of a transition): it would hold the VIP for nobody."""
+        pid = self._running_pid()
+        if pid is None or self.running:
+            return defer.succeed(None)
+        log.warn("keepalived: pid {pid} is running but the topology does not use it; stopping it", pid=pid)
+        if not self._ensure_process().adopt(pid):
+            return defer.succeed(None)
+        return self.stop()  # SIGTERM: keepalived sends priority 0 and removes its VIPs itself
 
     @defer.inlineCallbacks
     def _stop(self):

@@ -358,7 +358,10 @@ class Topology:
         """Re-apply the stored topology at start-up. keepalived is started and the gate is
         held until it reports a VRRP state (bounded by the transition timeout); start-up itself
         does not wait for VRRP."""
-        if self.topology != ACTIVE_STANDBY or self.keepalived is None:
+        if self.keepalived is None:
+            return
+        if self.topology != ACTIVE_STANDBY:
+            yield self.keepalived.stop_leftover()
             return
         self.status = STATUS_CHANGE
         state = self.keepalived.wait_state()

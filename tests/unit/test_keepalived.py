@@ -368,3 +368,12 @@ def test_running_pid_needs_our_config(kad, tmp_path):
     with open(kad.paths.pid, "w") as f:
         f.write(f"{_os.getpid()}\n")  # alive, but not keepalived on our config
     assert kad._running_pid() is None
+
+
+def test_leftover_keepalived_is_stopped(kad, monkeypatch):
+    assert kad.stop_leftover().called and kad.processes == []  # nothing running: nothing to do
+    monkeypatch.setattr(kad, "_running_pid", lambda: 4321)
+    d = kad.stop_leftover()
+    assert d.called
+    (proc,) = kad.processes
+    assert proc.adopted == 4321 and proc.state == "STOPPED" and not kad.configured

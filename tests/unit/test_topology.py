@@ -47,6 +47,10 @@ class FakeKeepalived:
         self.running, self.settings, self.vrrp_state = False, None, None
         return defer.succeed(None)
 
+    def stop_leftover(self):
+        self.calls.append(("stop_leftover",))
+        return defer.succeed(None)
+
     def wait_state(self):
         d = defer.Deferred(lambda d: self._waiters.remove(d))
         self._waiters.append(d)
@@ -232,9 +236,9 @@ def test_restore_timeout_releases_the_gate(topo, clock, fake, tmp_path):
     assert again.status == STATUS_OK and "no VRRP state" in again.last_error
 
 
-def test_single_restore_does_nothing(topo, fake):
+def test_single_restore_only_stops_a_leftover_keepalived(topo, fake):
     assert topo.restore().called
-    assert fake.calls == []
+    assert fake.calls == [("stop_leftover",)] and topo.status == STATUS_OK
 
 
 # -- validation ------------------------------------------------------------------
