@@ -128,8 +128,16 @@ class AgentAPI:
     def get_haproxy(self, request, lid):
         from amphora.api import params
         data = self.agent.listeners.get_config(params.listener_id(lid))
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"content-type", b"text/plain")
         return data
+
+    @app.route(V + "/listeners/<path:rest>", methods=["GET", "PUT", "DELETE"])
+    def listener_fallback(self, request, rest):
+        """Paths no listener route matched, e.g. an id with an encoded slash (``..%2F..``):
+        a malformed id is 400, anything else 404. Never a file path."""
+        from amphora.api import params
+        params.listener_id(rest.split("/", 1)[0])
+        raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
     async def listener_action(self, request, lid, action):

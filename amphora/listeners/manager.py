@@ -33,17 +33,18 @@ run (desired "started") but does not; STOPPED otherwise.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredList, DeferredLock, inlineCallbacks, returnValue
+from twisted.internet.defer import DeferredList, DeferredLock, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
 from amphora.listeners import stats
-from amphora.listeners.haproxy import (ENV, MAX_SOCKET_PATH, HAProxy, bind_addresses, fragment_text,
+from amphora.listeners.haproxy import (HAProxy, bind_addresses, fragment_text,
                                        listener_type, pools_document)
 from amphora.listeners.store import STARTED, STOPPED, ListenerStore, is_listener_id
 from amphora.process import RUNNING, ProcessFailed, SupervisedProcess, process_identity
@@ -86,7 +87,9 @@ class ListenerManager(Service):
         self._locks: dict[str, DeferredLock] = {}
         self._known: set[str] = set(self.store.ids())
         self._procs: dict[str, SupervisedProcess] = {}
-        self._types: dict[str, tuple] = {}  # lid -> (mtime_ns, size, type)
+        self._types: dict[str, str] = {}  # lid -> listener type of the stored configuration
+        self._wishes: dict[str, str | None] = {}  # lid -> desired state (cache of desired.json)
+        self._checked: dict[str, tuple] = {}  # lid -> (check key, haproxy output) of the last pass
 
     # -- the shared interface ----------------------------------------------------------------
 
@@ -142,32 +145,40 @@ class ListenerManager(Service):
         return lock
 
     def _serialised(self, lid: str, fn, *args):
-        return self._lock(lid).run(fn, lid, *args)
+        lock = self._lock(lid)
+
+        def forget_lock(result):
+            # A listener that does not exist (deleted, or a refused first upload) keeps no lock.
+            if lid not in self._known and not lock.locked and not lock.waiting \
+                    and self._locks.get(lid) is lock:
+                del self._locks[lid]
+            return result
+
+        return lock.run(fn, lid, *args).addBoth(forget_lock)
 
     def _require(self, lid: str) -> None:
         if not self.exists(lid):
             raise ListenerNotFound(lid)
 
     def _type(self, lid: str) -> str:
-        path = self.store.config_path(lid)
-        try:
-            st = os.stat(path)
-        except OSError:
-            data = self.store.read_running(lid)
-            return listener_type(data) if data else "TCP"
-        cached = self._types.get(lid)
-        if cached and cached[:2] == (st.st_mtime_ns, st.st_size):
-            return cached[2]
-        data = self.store.read_config(lid) or b""
-        kind = listener_type(data)
-        self._types[lid] = (st.st_mtime_ns, st.st_size, kind)
+        """TCP / HTTP / TERMINATED_HTTPS of the stored configuration (cached; we are its only writer)."""
+        kind = self._types.get(lid)
+        if kind is None:
+            data = self.store.read_config(lid) or self.store.read_running(lid)
+            kind = self._types[lid] = listener_type(data) if data else "TCP"
         return kind
 
+    def _desired(self, lid: str) -> str | None:
+        if lid not in self._wishes:
+            self._wishes[lid] = self.store.desired(lid)
+        return self._wishes[lid]
+
+    def _set_desired(self, lid: str, value: str) -> None:
+        if self._desired(lid) != value:
+            self.store.set_desired(lid, value)
+            self._wishes[lid] = value
+
     def _write_fragment(self, lid: str) -> str:
-        socket_path = self.store.stats_socket(lid)
-        if len(socket_path) > MAX_SOCKET_PATH or len(self.store.master_socket(lid)) > MAX_SOCKET_PATH:
-            raise OperationFailed(f"run_dir is too long for haproxy's UNIX sockets ({socket_path}); "
-                                  f"agent.run_dir must be at most {MAX_SOCKET_PATH - 58} characters")
         extra = []
         for hook in self.config_hooks:
             try:
@@ -175,14 +186,14 @@ class ListenerManager(Service):
             except Exception:
                 log.failure("config hook {hook} failed for listener {lid}", hook=hook, lid=lid)
                 raise OperationFailed(f"config hook {getattr(hook, '__name__', hook)} failed; see the agent log")
-        return self.store.write_fragment(lid, fragment_text(lid, socket_path, extra))
+        return self.store.write_fragment(lid, fragment_text(lid, extra=extra))
 
     def _process(self, lid: str) -> SupervisedProcess:
         proc = self._procs.get(lid)
         if proc is None:
             master = self.store.master_socket(lid)
             argv = self.haproxy.argv(self.store.running_path(lid), self.store.fragment_path(lid),
-                                     self.store.pid_path(lid), master)
+                                     self.store.pid_path(lid))
 
             def ready(pid):
                 def same_master(info):
@@ -192,7 +203,7 @@ class ListenerManager(Service):
                 return self.haproxy.show_proc(master, timeout=1.0).addCallback(same_master)
 
             proc = SupervisedProcess(
-                self.reactor, f"haproxy[{lid}]", argv, env=ENV, path=self.store.state_dir(lid),
+                self.reactor, f"haproxy[{lid}]", argv, env=self.haproxy.env, path=self.store.run_dir(lid),
                 ready=ready, start_timeout=self.config.haproxy.start_timeout, stop_signal="USR1",
                 stop_timeout=self.config.haproxy.stop_timeout, kill_grace=5.0, kill_group=True,
                 **self.supervision)
@@ -206,26 +217,59 @@ class ListenerManager(Service):
         return observer
 
     @inlineCallbacks
-    def _check(self, lid: str, config_path: str, failure_message: str, error=OperationFailed):
-        """``haproxy -c`` on ``config_path`` plus the agent's fragment; returns haproxy's words."""
+    def _check(self, lid: str, config_path: str, failure_message: str, error=OperationFailed,
+               reuse: bool = False):
+        """``haproxy -c`` on ``config_path`` plus the agent's fragment; returns haproxy's words.
+
+        With ``reuse``, a check that already passed for exactly these bytes
+        (configuration and fragment), with no certificate of the listener
+        changed since, is not run again: the upload that stored the file has
+        just checked it. (haproxy re-parses on reload anyway, and a reload that
+        fails to load is rolled back, so this only saves time.)
+        """
         fragment = self._write_fragment(lid)
-        valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.state_dir(lid))
+        key = self._check_key(lid, config_path, fragment)
+        cached = self._checked.get(lid)
+        if reuse and key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.run_dir(lid))
         if not valid:
             raise error(output or "haproxy -c failed without output", message=failure_message)
-        returnValue(output)
+        if key is not None:  # content-based: a checked candidate counts for the stored copy too
+            self._checked[lid] = (key, output)
+        return output
+
+    def _check_key(self, lid: str, config_path: str, fragment: str):
+        """What a check result depends on: the bytes checked, and the certificates' state."""
+        try:
+            with open(config_path, "rb") as f:
+                config = f.read()
+            with open(fragment, "rb") as f:
+                frag = f.read()
+        except OSError:
+            return None
+        certs = []
+        directory = self.store.certs_dir(lid)
+        try:
+            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                st = entry.stat()
+                certs.append((entry.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            pass
+        return (hashlib.sha256(config).hexdigest(), hashlib.sha256(frag).hexdigest(), tuple(certs))
 
     @inlineCallbacks
     def _own_pids(self, lid: str) -> set:
         proc = self._procs.get(lid)
         if proc is None or proc.pid is None:
-            returnValue(set())
+            return set()
         pids = {proc.pid}
         try:
             info = yield self.haproxy.show_proc(self.store.master_socket(lid), timeout=2.0)
             pids |= info.all_pids
         except Exception:
             pass
-        returnValue(pids)
+        return pids
 
     @inlineCallbacks
     def _check_binds(self, lid: str, config: bytes, failure_message: str):
@@ -250,8 +294,9 @@ class ListenerManager(Service):
             raise
         self.store.commit_upload(lid, candidate)
         self._known.add(lid)
+        self._types.pop(lid, None)
         log.info("listener {lid}: configuration stored ({size} bytes)", lid=lid, size=len(data))
-        returnValue("Configuration file is valid")
+        return "Configuration file is valid"
 
     def get_config(self, lid: str) -> bytes:
         data = self.store.read_config(lid)
@@ -272,10 +317,10 @@ class ListenerManager(Service):
     def _start(self, lid: str, source: str | None = None, message: str = "Error starting haproxy"):
         """Check and bind-check ``source`` (default: the upload), make it the running file, run it."""
         self._require(lid)
-        self.store.set_desired(lid, STARTED)
+        self._set_desired(lid, STARTED)
         proc = self._process(lid)
         if proc.state == RUNNING:
-            returnValue(f"haproxy daemon for {lid} already running (pid {proc.pid})")
+            return f"haproxy daemon for {lid} already running (pid {proc.pid})"
         if proc.pid is not None or proc.state != PROC_STOPPED:
             yield proc.stop()  # a pending automatic restart: this explicit start replaces it
         source = source or self.store.config_path(lid)
@@ -297,7 +342,7 @@ class ListenerManager(Service):
             self._restore_running(lid, previous)
             raise OperationFailed(e.output or e.reason, message=message)
         log.info("listener {lid}: haproxy started (pid {pid})", lid=lid, pid=pid)
-        returnValue(f"{_first_line(output)}\nhaproxy daemon for {lid} started (pid {pid})")
+        return f"{_first_line(output)}\nhaproxy daemon for {lid} started (pid {pid})"
 
     def _restore_running(self, lid: str, previous: bytes | None) -> None:
         if previous is not None:
@@ -306,17 +351,17 @@ class ListenerManager(Service):
     @inlineCallbacks
     def _stop(self, lid: str):
         self._require(lid)
-        self.store.set_desired(lid, STOPPED)
+        self._set_desired(lid, STOPPED)
         proc = self._procs.get(lid)
         if proc is None or proc.pid is None:
             if proc is not None:
                 yield proc.stop()  # cancels a pending restart
-            returnValue(f"haproxy daemon for {lid} is not running")
+            return f"haproxy daemon for {lid} is not running"
         pid = proc.pid
         yield proc.stop(self.config.haproxy.stop_timeout)
         self.store.clear_run_files(lid)
         log.info("listener {lid}: haproxy stopped (pid {pid})", lid=lid, pid=pid)
-        returnValue(f"haproxy daemon for {lid} stopped (pid {pid})")
+        return f"haproxy daemon for {lid} stopped (pid {pid})"
 
     @inlineCallbacks
     def _reload(self, lid: str):
@@ -330,18 +375,24 @@ class ListenerManager(Service):
         proc = self._process(lid)
         if proc.state != RUNNING:
             details = yield self._start(lid)
-            returnValue(details)
-        self.store.set_desired(lid, STARTED)
+            return details
+        self._set_desired(lid, STARTED)
         config = self.store.read_config(lid)
         if config is None:
             raise OperationFailed(f"no configuration stored for listener {lid}", message=message)
-        output = yield self._check(lid, self.store.config_path(lid), message)
-        yield self._check_binds(lid, config, message)
+        output = yield self._check(lid, self.store.config_path(lid), message, reuse=True)
+        try:
+            before = yield self.haproxy.show_proc(self.store.master_socket(lid), timeout=2.0)
+        except Exception as e:
+            raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}", message=message)
+        problems = yield self.haproxy.bind_conflicts(bind_addresses(config), before.all_pids | {proc.pid})
+        if problems:
+            raise OperationFailed("\n".join(problems), message=message)
         previous = self.store.read_running(lid)
         self.store.write_running(lid, config)
         mark = proc.mark()
         try:
-            worker = yield self._signal_reload(lid, proc)
+            worker = yield self._signal_reload(lid, proc, before)
         except OperationFailed as failure:
             details = failure.details
             log.error("listener {lid}: reload failed; returning to the last good configuration", lid=lid)
@@ -356,23 +407,24 @@ class ListenerManager(Service):
             raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
         log.info("listener {lid}: reloaded (master {pid}, new worker {worker})", lid=lid, pid=proc.pid,
                  worker=worker)
-        returnValue(f"{_first_line(output)}\nhaproxy daemon for {lid} reloaded "
+        return (f"{_first_line(output)}\nhaproxy daemon for {lid} reloaded "
                     f"(pid {proc.pid}, new worker {worker})")
 
     @inlineCallbacks
-    def _signal_reload(self, lid: str, proc: SupervisedProcess):
+    def _signal_reload(self, lid: str, proc: SupervisedProcess, before=None):
         """SIGUSR2 and wait until ``show proc`` shows the outcome; fires with the new worker pid."""
         master = self.store.master_socket(lid)
-        try:
-            before = yield self.haproxy.show_proc(master, timeout=2.0)
-        except Exception as e:
-            raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}")
+        if before is None:
+            try:
+                before = yield self.haproxy.show_proc(master, timeout=2.0)
+            except Exception as e:
+                raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}")
         proc.signal("USR2")
         deadline = self.reactor.seconds() + self.reload_timeout
-        delay = 0.02
         while True:
-            yield deferLater(self.reactor, delay, lambda: None)
-            delay = min(delay * 1.5, 0.1)
+            # Polling the master CLI is cheap (a UNIX socket round trip); a short period keeps
+            # the confirmation close to the moment the new worker is up.
+            yield deferLater(self.reactor, 0.01, lambda: None)
             if proc.state != RUNNING:
                 raise OperationFailed(f"haproxy pid exited during the reload ({proc.last_exit})")
             try:
@@ -385,7 +437,7 @@ class ListenerManager(Service):
                 new = [pid for pid, reloads in after.workers
                        if reloads == 0 and pid not in before.worker_pids]
                 if new:
-                    returnValue(new[0])
+                    return new[0]
             if self.reactor.seconds() > deadline:
                 raise OperationFailed(f"no new worker within {self.reload_timeout}s of the reload signal")
 
@@ -412,17 +464,19 @@ class ListenerManager(Service):
         errors += self.store.remove(lid)
         self._procs.pop(lid, None)
         self._types.pop(lid, None)
+        self._wishes.pop(lid, None)
+        self._checked.pop(lid, None)
         self._known.discard(lid)
         log.info("listener {lid}: deleted", lid=lid)
         if errors:
             raise OperationFailed("\n".join(errors), message="Error deleting listener")
-        returnValue(f"listener {lid} deleted")
+        return f"listener {lid} deleted"
 
     # -- status -----------------------------------------------------------------------------------
 
     def _status_of(self, lid: str) -> str:
         proc = self._procs.get(lid)
-        return listener_status(self.store.desired(lid), proc.state if proc else None)
+        return listener_status(self._desired(lid), proc.state if proc else None)
 
     def status_list(self) -> list[dict]:
         """Every listener's status and type, from memory and small files (no process spawned)."""
@@ -434,24 +488,31 @@ class ListenerManager(Service):
         self._require(lid)
         doc = {"status": self._status_of(lid), "uuid": lid, "type": self._type(lid), "pools": []}
         if doc["status"] == ACTIVE:
-            try:
-                rows = yield self.show_stat(lid)
-                doc["pools"] = pools_document(rows)
-            except Exception as e:
-                log.warn("listener {lid}: no stats: {error}", lid=lid, error=e)
-        returnValue(doc)
+            for attempt in (1, 2):
+                try:
+                    rows = yield self.show_stat(lid)
+                    doc["pools"] = pools_document(rows)
+                    break
+                except Exception as e:
+                    if attempt == 2:
+                        log.warn("listener {lid}: no stats: {error}", lid=lid, error=e)
+                    else:  # e.g. a reload is handing the socket to the new worker
+                        yield deferLater(self.reactor, 0.05, lambda: None)
+        return doc
 
     # -- restore at agent start -------------------------------------------------------------------
 
     def restore(self):
         """Adopt still-running haproxy processes; start those that should run and do not."""
         self._known = set(self.store.ids())
+        self._wishes.clear()
+        self._types.clear()
         return DeferredList([self._lock(lid).run(self._restore_one, lid) for lid in self.listener_ids()],
                             consumeErrors=True)
 
     @inlineCallbacks
     def _restore_one(self, lid: str):
-        desired = self.store.desired(lid)
+        desired = self._desired(lid)
         pid = self.store.read_pid(lid)
         proc = self._process(lid)
         if pid is not None and self._is_our_haproxy(lid, pid):
@@ -470,7 +531,8 @@ class ListenerManager(Service):
             log.error("listener {lid}: could not start at agent start: {error}", lid=lid, error=e)
 
     def _is_our_haproxy(self, lid: str, pid: int) -> bool:
-        """The pid is alive and is the haproxy master of this listener (not a recycled pid)."""
+        """The pid is alive and is the haproxy master of this listener (not a recycled pid):
+        its command line names this listener's pid file."""
         if process_identity(pid) is None:
             return False
         try:
@@ -478,8 +540,7 @@ class ListenerManager(Service):
                 cmdline = f.read().split(b"\0")
         except OSError:
             return False
-        master = self.store.master_socket(lid).encode()
-        return any(arg == master or arg.startswith(master + b",") for arg in cmdline)
+        return self.store.pid_path(lid).encode() in cmdline
 
 
 def _first_line(text: str) -> str:

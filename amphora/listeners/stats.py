@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import TimeoutError
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 
 
 class _OneCommand(Protocol):
@@ -30,7 +31,11 @@ class _OneCommand(Protocol):
         self.size = 0
 
     def connectionMade(self):
-        self.transport.write(self.command.rstrip(b"\n") + b"\n")
+        command = self.command.rstrip(b"\n")
+        # A command with a payload ("set ssl cert <file> <<" + PEM) ends with an empty line;
+        # any other command with one newline.
+        end = b"\n\n" if b"<<" in command.split(b"\n", 1)[0] else b"\n"
+        self.transport.write(command + end)
 
     def dataReceived(self, data):
         self.size += len(data)
@@ -44,6 +49,21 @@ class _OneCommand(Protocol):
     def connectionLost(self, reason):
         if not self.done.called:
             self.done.callback(b"".join(self.chunks))
+
+
+_SUN_PATH_MAX = 107
+
+
+class _QuietFactory(Factory):
+    """One connection, and no "Starting factory" log line for every query (they are frequent)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol):
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol_instance
 
 
 def query(reactor, socket_path: str, command: str | bytes, timeout: float = 2.0,
@@ -65,8 +85,24 @@ def query(reactor, socket_path: str, command: str | bytes, timeout: float = 2.0,
             done.errback(TimeoutError(f"no answer from {socket_path} within {timeout}s"))
 
     timer = reactor.callLater(timeout, on_timeout)
+    dirfd = None
+    if len(os.fsencode(socket_path)) > _SUN_PATH_MAX:
+        # A UNIX socket path holds at most 107 bytes; reach a deeper socket through its
+        # directory's file descriptor (/proc/self/fd/N/name), kept open until connected.
+        try:
+            dirfd = os.open(os.path.dirname(socket_path) or ".", os.O_PATH | os.O_DIRECTORY)
+        except OSError as e:
+            timer.cancel()
+            done.errback(e)
+            return done
+        socket_path = f"/proc/self/fd/{dirfd}/{os.path.basename(socket_path)}"
     endpoint = UNIXClientEndpoint(reactor, socket_path, timeout=timeout)
-    connecting = connectProtocol(endpoint, _OneCommand(command, done, limit))
+    connecting = endpoint.connect(_QuietFactory(_OneCommand(command, done, limit)))
+    if dirfd is not None:
+        def close_dirfd(result):
+            os.close(dirfd)
+            return result
+        connecting.addBoth(close_dirfd)
     connecting.addCallback(holder.append)
 
     def connect_failed(failure):

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 
 from amphora.fsutil import atomic_write, atomic_write_json, ensure_dir, fsync_dir, read_json
+from amphora.listeners.haproxy import MASTER_SOCKET, STATS_SOCKET
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -76,10 +77,10 @@ class ListenerStore:
         return os.path.join(self.run_dir(lid), "haproxy.pid")
 
     def stats_socket(self, lid: str) -> str:
-        return os.path.join(self.run_dir(lid), "stats.sock")
+        return os.path.join(self.run_dir(lid), STATS_SOCKET)
 
     def master_socket(self, lid: str) -> str:
-        return os.path.join(self.run_dir(lid), "master.sock")
+        return os.path.join(self.run_dir(lid), MASTER_SOCKET)
 
     # -- discovery -------------------------------------------------------------------
 
