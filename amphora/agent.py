@@ -68,8 +68,9 @@ class AmphoraAgent(MultiService):
         self.sampler.setServiceParent(self)
         # slot: keepalived (ACTIVE-STANDBY)
         from amphora.keepalived import Keepalived, KeepalivedService
-        self.keepalived = Keepalived(config, reactor)
-        KeepalivedService(self.keepalived).setServiceParent(self)  # stops with the agent
+        self.keepalived = Keepalived(config, reactor, vip_interface=lambda ip: getattr(
+            self.network, "vip_interface", lambda _: None)(ip))
+        KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
         self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
         # slot: heartbeat
         from amphora.heartbeat.emitter import make_heartbeat  # local: keeps merges inside the slot

@@ -392,7 +392,7 @@ class Keepalived:
     - ``wait_state() -> Deferred``: fires with the next reported state.
     """
 
-    def __init__(self, config, reactor, *, process_factory=None, runner=None):
+    def __init__(self, config, reactor, *, process_factory=None, runner=None, vip_interface=None):
         self.reactor = reactor
         self.binary = config.keepalived.binary
         self.advert_int = config.keepalived.advert_int
@@ -402,6 +402,8 @@ class Keepalived:
         self.listeners_run_dir = os.path.join(config.agent.run_dir, "listeners")
         self._process_factory = process_factory or _default_process_factory
         self._run = runner or run
+        # ``vip_interface(ip) -> name | None``: where the network side plugged that VIP.
+        self._vip_interface = vip_interface
         self.process = None
         self.settings: VRRPSettings | None = None
         self.interface = ""          # the resolved VIP interface of the applied settings
@@ -578,8 +580,13 @@ class Keepalived:
 
     @defer.inlineCallbacks
     def find_interface(self, ha_ip: str):
-        """The VIP interface when none was given: the one whose subnet holds ha_ip, else the one
-        with the default route, else the only non-loopback interface."""
+        """The VIP interface when none was given: where the VIP was plugged (agent.network), else
+        the one whose subnet holds ha_ip, else the one with the default route, else the only
+        non-loopback interface."""
+        if self._vip_interface is not None:
+            name = self._vip_interface(ha_ip)
+            if name:
+                return name
         out, err, code = yield self._run(self.reactor, self.namespace, [IP_BINARY, "-j", "addr", "show"])
         if code != 0:
             raise OperationFailed(f"cannot list interfaces: {_text(out, err)}")

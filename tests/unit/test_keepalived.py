@@ -377,3 +377,10 @@ def test_leftover_keepalived_is_stopped(kad, monkeypatch):
     assert d.called
     (proc,) = kad.processes
     assert proc.adopted == 4321 and proc.state == "STOPPED" and not kad.configured
+
+
+def test_interface_from_the_network_side_first(kad):
+    kad._vip_interface = lambda ip: "vip0" if ip == "203.0.113.2" else None
+    kad.apply(settings())
+    assert kad.interface == "vip0"
+    assert not any(argv[1:4] == ["-j", "addr", "show"] for _, argv in kad.runner.calls)
