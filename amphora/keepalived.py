@@ -274,7 +274,18 @@ class NotifyFifo:
         except FileNotFoundError:
             os.mkfifo(self.path, 0o600)
         self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        # keepalived opens its end read-write too, so lines written while no agent was
+        # reading wait in the pipe: stale states, never to be taken for the current one.
+        self._drain()
         self.reactor.addReader(self)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                if not os.read(self.fd, 65536):
+                    return
+            except BlockingIOError:
+                return
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -138,6 +138,25 @@ def test_fifo_reader_reads_lines_in_pieces(tmp_path):
     assert fifo not in reactor.readers
 
 
+def test_fifo_drops_lines_written_while_nobody_read(tmp_path):
+    path = str(tmp_path / "notify.fifo")
+    os.mkfifo(path, 0o600)
+    keeper = os.open(path, os.O_RDWR | os.O_NONBLOCK)  # keepalived's own read-write end
+    try:
+        os.write(keeper, b'INSTANCE "amphora" MASTER 100\n')  # while the agent was down
+        events = []
+        fifo = NotifyFifo(MemoryReactorClock(), path, events.append)
+        fifo.open()
+        fifo.doRead()
+        assert events == []
+        os.write(keeper, b'INSTANCE "amphora" BACKUP 100\n')
+        fifo.doRead()
+        assert [e.state for e in events] == ["BACKUP"]
+        fifo.close()
+    finally:
+        os.close(keeper)
+
+
 def test_fifo_replaces_a_plain_file(tmp_path):
     path = tmp_path / "notify.fifo"
     path.write_text("not a fifo")
