@@ -221,10 +221,14 @@ class Topology:
     @property
     def role(self) -> str:
         """The live role: keepalived's VRRP state in ACTIVE-STANDBY (it changes on its own
-        when the peer fails); the configured role until keepalived has reported one."""
+        when the peer fails). The configured role while a transition waits for the first
+        report; STANDBY when keepalived reports nothing outside one (crashed, restarting):
+        a node without VRRP does not hold the VIP."""
         state = self.vrrp_state
         if state is not None:
             return _LIVE_ROLE.get(state, "STANDBY")
+        if self.topology == ACTIVE_STANDBY and self.status == STATUS_OK and self.keepalived is not None:
+            return "STANDBY"
         return self.configured_role
 
     @property

@@ -126,6 +126,9 @@ def test_active_standby_is_asynchronous_and_gated(topo, clock, fake, tmp_path):
     assert topo.document()["role"] == "ACTIVE" and topo.active is True
     fake.report("FAULT")
     assert topo.document()["role"] == "STANDBY" and topo.active is False
+    fake.report("MASTER")
+    fake.vrrp_state = None  # keepalived died: nothing reported until it is back
+    assert topo.document()["role"] == "STANDBY" and topo.active is False
     stored = (tmp_path / "topology.json").read_text()
     assert SECRET not in stored and SECRET[:8] not in stored
     assert json.loads(stored)["vrrp"]["auth"] == auth_pass(SECRET)
