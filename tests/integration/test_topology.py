@@ -195,7 +195,7 @@ def test_active_standby_failover_and_restart(pki, tmp_path):
             # ... and a keepalived that died while the agent was down is started afresh.
             a.stop()
             kill_keepalived(a.run_dir)
-            wait_for(lambda: b.api.topology()["role"] == "ACTIVE", 15, what="B takes over")
+            wait_for(lambda: b.api.topology()["role"] == "ACTIVE", 25, what="B takes over")
             a.start()
             doc_a = a.api.wait_ok()
             assert doc_a["topology"] == "ACTIVE-STANDBY" and doc_a["ha_ip"] == lab.ha_ip
