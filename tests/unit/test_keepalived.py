@@ -10,7 +10,6 @@ import sys
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from amphora.config import parse_config
