@@ -53,15 +53,23 @@ class AmphoraAgent(MultiService):
         self.topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
         # Domain objects, one slot each (keep the slot markers: they keep merges apart).
         # slot: network (plug VIP / network)
-        self.network = None
+        from amphora.network import NetworkPlugger  # imported here: keeps the slots' merges apart
+        self.network = NetworkPlugger(config, reactor)
         # slot: listeners (haproxy per listener)
         from amphora.listeners.manager import ListenerManager
         self.listeners = ListenerManager(config, reactor)
         self.listeners.setServiceParent(self)
         # slot: certificates
-        self.certificates = None
+        from amphora.certificates import CertificateStore
+        self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
+        self.certificates.check_storage()
+        if self.listeners is not None:  # deleting a listener deletes its certificates
+            self.listeners.delete_hooks.append(self.certificates.delete_all)
         # slot: listener logs
-        self.logs = None
+        from amphora.listeners.logs import ListenerLogs
+        self.logs = ListenerLogs(config, reactor)
+        self.logs.setServiceParent(self)
+        self.logs.attach(self.listeners)  # hooks into listeners.config_hooks / delete_hooks
         # slot: host details sampler
         from amphora.host import HostSampler  # here, not at the top: slot edits only
         self.sampler = HostSampler.for_agent(self)
@@ -116,7 +124,7 @@ class AmphoraAgent(MultiService):
         """Restore state in dependency order: interfaces before the listeners that bind them."""
         yield self.facts.load()
         # step: network restore
-        pass
+        yield self.network.restore()
         # step: topology / keepalived restore
         yield self.topology.restore()
         # step: listeners adoption and restart

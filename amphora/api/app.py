@@ -29,6 +29,9 @@ class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
     app = Klein()
+    # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
+    # an unknown path is a 404 like any other.
+    app.url_map.merge_slashes = False
 
     def __init__(self, agent):
         self.agent = agent
@@ -146,6 +149,113 @@ class AgentAPI:
         details = await self.agent.listeners.action(params.listener_id(lid), action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
+    # -- listener logs --
+
+    @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
+    def get_listener_logs(self, request, lid):
+        """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
+        from amphora.api.params import listener_id
+        from amphora.errors import InvalidRequest, ListenerNotFound
+
+        lid = listener_id(lid)
+        values = request.args.get(b"lines") or [b"100"]
+        raw = values[-1].decode("ascii", "replace")
+        if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
+            raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
+        listeners, logs = self.agent.listeners, self.agent.logs
+        known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
+        if not known:
+            raise ListenerNotFound(lid)
+        request.setHeader(b"content-type", b"text/plain")
+        if logs is None:
+            return b""
+        for name, value in logs.counters(lid).items():  # what was lost, for operators
+            request.setHeader(name.encode(), str(value).encode())
+        return logs.tail(lid, int(raw))
+
     # -- certificates ---------------------------------------------------------
 
+    # Imports stay inside this section (one block per domain keeps merges apart).
+    from werkzeug.routing import PathConverter as _PathConverter
+
+    class _CertificateName(_PathConverter):
+        """Everything after ``certificates/``, slashes and newlines too, so every bad
+        name reaches ``check_name`` and gets its 400 instead of a routing 404."""
+
+        regex = "(?s:.*)"
+        part_isolating = False
+
+    app.url_map.converters["certname"] = _CertificateName
+    _CERTIFICATE = V + "/listeners/<lid>/certificates/<certname:filename>"
+    del _PathConverter, _CertificateName
+
+    @app.route(_CERTIFICATE, methods=["PUT"])
+    async def put_certificate(self, request, lid, filename):
+        from amphora.api.params import listener_id, read_body
+        from amphora.certificates import check_name
+        from amphora.errors import PayloadTooLarge
+
+        self.agent.topology.check_gate()
+        lid, filename = listener_id(lid), check_name(filename)
+        store = self.agent.certificates
+        try:
+            data = read_body(request, store.max_bytes)
+        except PayloadTooLarge:
+            raise PayloadTooLarge(f"certificate body exceeds {store.max_bytes} bytes "
+                                  "([agent] max_certificate_bytes)") from None
+        result = await store.put(lid, filename, data)
+        request.setHeader(b"etag", result.md5sum.encode())
+        return render_json(request, {"message": "OK", "details": result.details}, 201)
+
+    @app.route(_CERTIFICATE, methods=["GET"])
+    def get_certificate(self, request, lid, filename):
+        from amphora.api.params import listener_id
+        from amphora.certificates import check_name
+
+        lid, filename = listener_id(lid), check_name(filename)
+        md5sum = self.agent.certificates.md5sum(lid, filename)
+        request.setHeader(b"etag", md5sum.encode())
+        return render_json(request, {"md5sum": md5sum})
+
+    @app.route(_CERTIFICATE, methods=["DELETE"])
+    async def delete_certificate(self, request, lid, filename):
+        from amphora.api.params import listener_id
+        from amphora.certificates import check_name
+
+        self.agent.topology.check_gate()
+        lid, filename = listener_id(lid), check_name(filename)
+        details = await self.agent.certificates.delete(lid, filename)
+        return render_json(request, {"message": "OK", "details": details})
+
     # -- plug (network) -------------------------------------------------------
+
+    # Both with and without the trailing slash (the spec writes /plug/network/),
+    # answered directly: a redirect would make clients re-POST. Imports stay in
+    # this section so that domains do not collide at the top of the module.
+    plug_body_limit = 64 * 1024  # plug bodies are a few hundred bytes
+
+    @app.route(V + "/plug/vip/<ip>", methods=["POST"], endpoint="plug_vip")
+    @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
+    def plug_vip(self, request, ip):
+        from amphora.api.params import json_body
+        from amphora.network import parse_vip, parse_vip_body
+
+        self.agent.topology.check_gate()
+        vip = parse_vip(ip)
+        spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
+        return self._plugged(request, self.agent.network.plug_vip(vip, spec))
+
+    @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
+    @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
+    def plug_network(self, request):
+        from amphora.api.params import json_body
+        from amphora.network import parse_network_body
+
+        self.agent.topology.check_gate()
+        spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
+        return self._plugged(request, self.agent.network.plug_network(spec))
+
+    @staticmethod
+    def _plugged(request, deferred):
+        return deferred.addCallback(
+            lambda details: render_json(request, {"message": "OK", "details": details}, 202))

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import io
 import json
+from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from amphora.api.tls import peer_subject
-from amphora.errors import AgentError, PayloadTooLarge, Unauthorized
+from amphora.errors import AgentError, InvalidRequest, PayloadTooLarge, Unauthorized
 
 log = Logger(namespace="amphora.access")
 
@@ -109,6 +110,11 @@ class AgentSite(Site):
         request.client_subject = subject
         if subject is None:
             return ErrorResource(Unauthorized("a client certificate signed by the controller CA is required"))
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            # Klein would answer this with an HTML page; keep the one error shape.
+            return ErrorResource(InvalidRequest("the URL path is not valid UTF-8 once percent-decoded"))
         if request.body_too_large:
             return ErrorResource(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
         return super().getResourceFor(request)

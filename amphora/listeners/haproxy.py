@@ -50,7 +50,7 @@ MASTER_SOCKET = "master.sock"
 # -- the agent's own configuration fragment ---------------------------------
 
 def fragment_text(listener_id: str, stats_socket: str = STATS_SOCKET, extra: list[str] = ()) -> str:
-    """The second ``-f`` file: what the agent needs, without editing the upload.
+    """The first ``-f`` file (before the upload): what the agent needs, without editing the upload.
 
     ``stats_socket`` is relative to haproxy's working directory (the listener's run directory).
     """
@@ -497,7 +497,9 @@ class HAProxy:
 
         ``master_socket`` is relative to the working directory the caller spawns it in.
         """
-        argv = [self.binary, "-W", "-db", "-f", config, "-f", fragment, "-p", pidfile,
+        # the agent's file first: haproxy copies the global "log" targets into
+        # "log global" while parsing, so ours must be known before the upload's defaults
+        argv = [self.binary, "-W", "-db", "-f", fragment, "-f", config, "-p", pidfile,
                 "-S", f"unix@{master_socket},mode,600"]
         if SETSID:
             argv = [SETSID, *argv]
@@ -507,7 +509,7 @@ class HAProxy:
     def check(self, config: str, fragment: str, cwd: str | None = None):
         """``haproxy -c``: fires with (valid, output)."""
         out, err, code = yield getProcessOutputAndValue(
-            self.binary, ["-c", "-f", config, "-f", fragment], env=ENV, path=cwd, reactor=self.reactor)
+            self.binary, ["-c", "-f", fragment, "-f", config], env=ENV, path=cwd, reactor=self.reactor)
         text = (err.decode("utf-8", "replace") + out.decode("utf-8", "replace")).strip()
         return (code == 0, text)
 

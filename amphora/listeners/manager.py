@@ -38,7 +38,7 @@ import os
 import re
 
 from twisted.application.service import Service
-from twisted.internet.defer import DeferredList, DeferredLock, inlineCallbacks
+from twisted.internet.defer import DeferredList, DeferredLock, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -143,6 +143,11 @@ class ListenerManager(Service):
         if lock is None:
             lock = self._locks[lid] = DeferredLock()
         return lock
+
+    def serialised(self, lid: str, fn, *args):
+        """Run ``fn(*args)`` under this listener's lock (for other domains touching its files,
+        e.g. a certificate swap that must not interleave with a reload); Deferred."""
+        return self._serialised(lid, lambda _lid, *a: maybeDeferred(fn, *a), *args)
 
     def _serialised(self, lid: str, fn, *args):
         lock = self._lock(lid)

@@ -6,7 +6,7 @@ Layout (DESIGN.md section 5)::
     <state_dir>/listeners/<uuid>/running.cfg    what haproxy runs: the last configuration
                                                 that started or reloaded successfully
     <state_dir>/listeners/<uuid>/desired.json   {"desired": "started" | "stopped"}
-    <run_dir>/listeners/<uuid>/agent.cfg        the agent's own fragment (second -f)
+    <run_dir>/listeners/<uuid>/agent.cfg        the agent's own fragment (first -f)
     <run_dir>/listeners/<uuid>/haproxy.pid      master pid (-p)
     <run_dir>/listeners/<uuid>/stats.sock       admin runtime API
     <run_dir>/listeners/<uuid>/master.sock      master CLI (-S)

@@ -123,3 +123,12 @@ async def test_keep_alive_reuses_one_connection(client, url, agent):
         await response.content()
     # Five requests, one TLS connection kept in the pool.
     assert sum(len(v) for v in client.pool._connections.values()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_utf8_path_is_json_400(client, url):
+    for path in ("/v0.1/listeners/%FF", "/v0.1/listeners/%FF/haproxy", "/%C3%28"):
+        response = await client.get(url + path)
+        assert response.code == 400, path
+        assert response.headers.getRawHeaders("content-type") == ["application/json"]
+        assert json.loads(await response.content())["message"] == "Invalid request"

@@ -1,0 +1,808 @@
+"""Plug VIP / plug network: configure newly attached ports through netlink.
+
+When the controller attaches a Neutron port to the amphora, a new interface
+appears, down and unconfigured. ``POST /v0.1/plug/vip/<ip>`` and
+``POST /v0.1/plug/network`` find that interface, optionally move it into the
+configured ``[network] namespace`` (where haproxy and keepalived run), assign
+addresses, MTU and routes, and bring it up. All of it is netlink through
+pyroute2 -- never ``ip`` or ``ifup`` -- and what was plugged is persisted in
+``<state_dir>/plugged.json`` so that ``restore()`` can re-apply it at start-up
+(an amphora reboot loses every address), before the listeners bind the VIPs.
+
+Layers, from the edge inwards:
+
+- ``parse_vip`` / ``parse_vip_body`` / ``parse_network_body``: validation of
+  what the client sent (400 naming the field); pure functions.
+- ``choose_interface``: which link to plug, from plain ``Link`` records (404
+  when none or several); a pure function.
+- ``Netlink``: the only code touching pyroute2. Blocking; it runs in a thread
+  (see ``NetworkPlugger``). Every call opens and closes its own ``IPRoute``, so
+  no pyroute2 object is shared between threads.
+- ``NetworkPlugger`` (``agent.network``): the domain object. One DeferredLock
+  serialises every plug and the restore; netlink work goes to a thread; state
+  is written atomically in the reactor thread.
+
+Namespaces without forking: pyroute2 0.9 opens a socket in another namespace
+(``IPRoute(netns=...)``) and creates namespaces (``netns.create``) by forking
+a helper process, which is fragile in a multi-threaded process (the reactor
+plus its thread pool). Here a short-lived thread does ``setns(2)`` (or
+``unshare(2)``) and opens the netlink socket; a netlink socket stays bound to
+the namespace it was created in, and the thread's namespace dies with the
+thread, so no pooled thread is ever left in the wrong namespace and no
+process is forked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import re
+import socket
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+from twisted.internet.defer import DeferredLock, inlineCallbacks
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
+from amphora.fsutil import atomic_write_json, read_json
+from amphora.netns import CLONE_NEWNET, NETNS_RUN_DIR, setns
+
+log = Logger()
+
+STATE_FILE = "plugged.json"
+STATE_VERSION = 1
+
+NO_INTERFACE = "No suitable network interface found"
+VIP_FAILED = "Error plugging VIP"
+PORT_FAILED = "Error plugging Port"
+
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+ARPHRD_ETHER = 1
+IFA_F_NODAD = 0x02
+# Interfaces a Neutron port can appear as: a NIC (virtio, SR-IOV VF: no link
+# kind) or a veth (containers, tests). Bridges, bonds, VLANs, dummies, ifb and
+# tunnel fallback devices (tunl0, sit0: not Ethernet anyway) are never ports,
+# even when they are down.
+PORT_KINDS = (None, "veth")
+
+IFNAMSIZ = 16  # with the terminating NUL: names have at most 15 characters
+
+MIN_MTU = 68
+MIN_MTU_IPV6 = 1280
+MAX_MTU = 65535
+
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+# -- validation (the edge) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Route:
+    destination: str  # network in CIDR form
+    nexthop: str
+
+    def to_json(self) -> dict:
+        return {"destination": self.destination, "nexthop": self.nexthop}
+
+
+@dataclass(frozen=True)
+class PlugSpec:
+    """What one interface should carry: the unit that is applied and persisted."""
+
+    mac: str | None = None
+    addresses: tuple[str, ...] = ()  # "ip/prefixlen"
+    vips: tuple[str, ...] = ()
+    mtu: int | None = None
+    gateway: str | None = None
+    routes: tuple[Route, ...] = ()
+
+    def merged(self, other: "PlugSpec") -> "PlugSpec":
+        """This spec plus ``other``'s additions; ``other`` wins on MTU and gateway.
+
+        An address already present with another prefix length is replaced
+        (nothing is ever duplicated).
+        """
+        addresses = {a.split("/")[0]: a for a in self.addresses}
+        for a in other.addresses:
+            addresses[a.split("/")[0]] = a
+        routes = {r.destination: r for r in self.routes}
+        for r in other.routes:
+            routes[r.destination] = r
+        return PlugSpec(
+            mac=self.mac or other.mac,
+            addresses=tuple(addresses.values()),
+            vips=self.vips + tuple(v for v in other.vips if v not in self.vips),
+            mtu=other.mtu if other.mtu is not None else self.mtu,
+            gateway=other.gateway or self.gateway,
+            routes=tuple(routes.values()),
+        )
+
+    def to_json(self, name: str) -> dict:
+        return {
+            "mac": self.mac,
+            "name": name,
+            "vips": list(self.vips),
+            "addresses": list(self.addresses),
+            "mtu": self.mtu,
+            "gateway": self.gateway,
+            "host_routes": [r.to_json() for r in self.routes],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> "PlugSpec":
+        """From plugged.json; re-validated, because a file on disk is input too."""
+        mac = parse_mac(doc.get("mac"), "mac")
+        addresses = []
+        for i, cidr in enumerate(doc.get("addresses") or ()):
+            iface = _interface(cidr, f"addresses[{i}]")
+            addresses.append(f"{iface.ip}/{iface.network.prefixlen}")
+        vips = tuple(str(_ip(v, f"vips[{i}]")) for i, v in enumerate(doc.get("vips") or ()))
+        mtu = _mtu(doc.get("mtu"), "mtu") if doc.get("mtu") is not None else None
+        gateway = str(_ip(doc["gateway"], "gateway")) if doc.get("gateway") else None
+        routes = tuple(_routes(doc.get("host_routes") or [], "host_routes", None))
+        return cls(mac=mac, addresses=tuple(addresses), vips=vips, mtu=mtu, gateway=gateway, routes=routes)
+
+
+def parse_vip(raw: str) -> str:
+    """The VIP from the URL, normalised; 400 "Invalid VIP" unless IPv4 or IPv6."""
+    try:
+        address = ipaddress.ip_address(raw)
+    except (ValueError, TypeError):
+        address = None
+    if address is None or getattr(address, "scope_id", None):  # fe80::1%eth0 is no VIP
+        raise InvalidRequest(f"{raw!r} is not an IPv4 or IPv6 address", message="Invalid VIP")
+    return str(address)
+
+
+def parse_mac(raw, name: str = "mac_address") -> str:
+    if not isinstance(raw, str) or not _MAC.fullmatch(raw.lower()):
+        raise InvalidRequest(f"{name}: expected a MAC address like fa:16:3e:00:00:01, got {raw!r}")
+    return raw.lower()
+
+
+def _ip(raw, name: str):
+    if not isinstance(raw, str):
+        raise InvalidRequest(f"{name}: expected an IP address string, got {raw!r}")
+    try:
+        return ipaddress.ip_address(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name}: not an IP address: {raw!r}") from None
+
+
+def _network(raw, name: str):
+    if not isinstance(raw, str) or "/" not in raw:
+        raise InvalidRequest(f"{name}: expected a network in CIDR form like 203.0.113.0/24, got {raw!r}")
+    try:
+        return ipaddress.ip_network(raw, strict=False)
+    except ValueError:
+        raise InvalidRequest(f"{name}: not a network in CIDR form: {raw!r}") from None
+
+
+def _interface(raw, name: str):
+    if not isinstance(raw, str) or "/" not in raw:
+        raise InvalidRequest(f"{name}: expected address/prefixlen, got {raw!r}")
+    try:
+        return ipaddress.ip_interface(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name}: not an address/prefixlen: {raw!r}") from None
+
+
+def _mtu(raw, name: str = "mtu", ipv6: bool = False) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise InvalidRequest(f"{name}: expected an integer, got {raw!r}")
+    low = MIN_MTU_IPV6 if ipv6 else MIN_MTU
+    if not low <= raw <= MAX_MTU:
+        raise InvalidRequest(f"{name}: must be between {low} and {MAX_MTU}{' for IPv6' if ipv6 else ''}, "
+                             f"got {raw}")
+    return raw
+
+
+def _routes(raw, name: str, version: int | None) -> list[Route]:
+    if not isinstance(raw, list):
+        raise InvalidRequest(f"{name}: expected a list of {{destination, nexthop}} objects")
+    routes = []
+    for i, item in enumerate(raw):
+        where = f"{name}[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where}: expected an object with destination and nexthop")
+        destination = _network(item.get("destination"), f"{where}.destination")
+        nexthop = _ip(item.get("nexthop"), f"{where}.nexthop")
+        if destination.version != nexthop.version:
+            raise InvalidRequest(f"{where}.nexthop: IPv{nexthop.version} next hop for an "
+                                 f"IPv{destination.version} destination")
+        if version is not None and nexthop.version != version:
+            raise InvalidRequest(f"{where}: IPv{nexthop.version} route on an IPv{version} subnet")
+        routes.append(Route(str(destination), str(nexthop)))
+    return routes
+
+
+def _body(body, known: tuple[str, ...]) -> dict:
+    # Unknown keys are ignored on purpose: newer controllers send more (vrrp_ip,
+    # additional_vips, is_sriov, ...) and must not be refused for it.
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return {k: body[k] for k in known if body.get(k) is not None}
+
+
+def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
+    """The optional plug-VIP body -> what to apply; 400 naming the field when malformed.
+
+    Without a body the VIP is a host address (/32 or /128) and the interface is
+    the one newly attached link. With ``vrrp_ip`` (ACTIVE-STANDBY, as Octavia
+    sends it) the interface carries that address instead and the VIP is only
+    recorded: keepalived adds it on the MASTER alone -- a VIP configured
+    statically on both amphorae would answer ARP/ND from both.
+    """
+    b = _body(body, ("mac_address", "subnet_cidr", "gateway", "mtu", "host_routes", "vrrp_ip"))
+    address = ipaddress.ip_address(vip)
+    prefixlen = address.max_prefixlen
+    mac = parse_mac(b["mac_address"]) if "mac_address" in b else None
+    subnet = None
+    if "subnet_cidr" in b:
+        subnet = _network(b["subnet_cidr"], "subnet_cidr")
+        if subnet.version != address.version:
+            raise InvalidRequest(f"subnet_cidr: IPv{subnet.version} subnet for an IPv{address.version} VIP")
+        if address not in subnet:
+            raise InvalidRequest(f"subnet_cidr: VIP {vip} is not in {subnet}")
+        prefixlen = subnet.prefixlen
+    gateway = None
+    if "gateway" in b:
+        gw = _ip(b["gateway"], "gateway")
+        if gw.version != address.version:
+            raise InvalidRequest(f"gateway: IPv{gw.version} gateway for an IPv{address.version} VIP")
+        if subnet is None:
+            raise InvalidRequest("gateway: needs subnet_cidr (the gateway must be on the VIP's subnet)")
+        if gw not in subnet:
+            raise InvalidRequest(f"gateway: {gw} is not in subnet_cidr {subnet}")
+        gateway = str(gw)
+    mtu = _mtu(b["mtu"], "mtu", address.version == 6) if "mtu" in b else None
+    routes = _routes(b.get("host_routes", []), "host_routes", address.version)
+    on_link = address
+    if "vrrp_ip" in b:
+        on_link = _ip(b["vrrp_ip"], "vrrp_ip")
+        if on_link.version != address.version:
+            raise InvalidRequest(f"vrrp_ip: IPv{on_link.version} address for an IPv{address.version} VIP")
+        if subnet is not None and on_link not in subnet:
+            raise InvalidRequest(f"vrrp_ip: {on_link} is not in subnet_cidr {subnet}")
+        if on_link == address:
+            raise InvalidRequest("vrrp_ip: must differ from the VIP")
+    return PlugSpec(mac=mac, addresses=(f"{on_link}/{prefixlen}",), vips=(vip,), mtu=mtu, gateway=gateway,
+                    routes=tuple(routes))
+
+
+def parse_network_body(body: dict | None) -> PlugSpec:
+    """The optional plug-network body -> what to apply; 400 naming the field when malformed."""
+    b = _body(body, ("mac_address", "fixed_ips", "mtu"))
+    mac = parse_mac(b["mac_address"]) if "mac_address" in b else None
+    fixed_ips = b.get("fixed_ips", [])
+    if not isinstance(fixed_ips, list):
+        raise InvalidRequest("fixed_ips: expected a list of {ip_address, subnet_cidr} objects")
+    addresses, routes, ipv6 = [], [], False
+    for i, item in enumerate(fixed_ips):
+        where = f"fixed_ips[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where}: expected an object with ip_address and subnet_cidr")
+        ip = _ip(item.get("ip_address"), f"{where}.ip_address")
+        prefixlen = ip.max_prefixlen
+        if item.get("subnet_cidr") is not None:
+            subnet = _network(item["subnet_cidr"], f"{where}.subnet_cidr")
+            if ip not in subnet:
+                raise InvalidRequest(f"{where}.subnet_cidr: {ip} is not in {subnet}")
+            prefixlen = subnet.prefixlen
+        if item.get("host_routes") is not None:
+            routes.extend(_routes(item["host_routes"], f"{where}.host_routes", ip.version))
+        ipv6 = ipv6 or ip.version == 6
+        addresses.append(f"{ip}/{prefixlen}")
+    mtu = _mtu(b["mtu"], "mtu", ipv6) if "mtu" in b else None
+    return PlugSpec(mac=mac, addresses=tuple(dict.fromkeys(addresses)), mtu=mtu, routes=tuple(routes))
+
+
+# -- interface selection --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Link:
+    """What selection needs to know about one interface (from an RTM_NEWLINK dump)."""
+
+    index: int
+    name: str
+    mac: str
+    up: bool = False
+    loopback: bool = False
+    ether: bool = True
+    kind: str | None = None
+    master: int | None = None
+    namespace: str = ""  # "" = the agent's own namespace
+
+    def describe(self) -> str:
+        where = f" in namespace {self.namespace}" if self.namespace else ""
+        return f"{self.name} ({self.mac}){where}"
+
+
+def is_candidate(link: Link, plugged_macs) -> bool:
+    """A newly attached port: down, an Ethernet NIC or veth, not enslaved, not plugged yet."""
+    return (not link.up and not link.loopback and link.ether and link.kind in PORT_KINDS
+            and link.master is None and link.mac not in plugged_macs)
+
+
+def choose_interface(links: list[Link], plugged_macs, namespace: str = "", mac: str | None = None) -> Link:
+    """The link to plug, or 404.
+
+    With a MAC the choice is exact (the link's state does not matter). Without
+    one, the single candidate; candidates already in the target namespace win
+    over those still in the agent's own namespace (someone put them there for
+    us), and several candidates with nothing to choose by is a 404 naming them.
+    """
+    if mac is not None:
+        matches = [l for l in links if l.mac == mac and not l.loopback]
+        if not matches:
+            raise NotFound(f"no interface with MAC address {mac}", message=NO_INTERFACE)
+        matches.sort(key=lambda l: l.namespace != namespace)  # the one in the target namespace first
+        return matches[0]
+    candidates = [l for l in links if is_candidate(l, plugged_macs)]
+    if namespace:
+        inside = [l for l in candidates if l.namespace == namespace]
+        candidates = inside or candidates
+    if not candidates:
+        raise NotFound("no interface is down and unplugged", message=NO_INTERFACE)
+    if len(candidates) > 1:
+        names = ", ".join(l.describe() for l in sorted(candidates, key=lambda l: (l.namespace, l.name)))
+        raise NotFound(f"several candidate interfaces and no mac_address to choose by: {names}",
+                       message=NO_INTERFACE)
+    return candidates[0]
+
+
+# -- netlink (blocking; runs in a thread) ---------------------------------------
+
+class NetlinkFailure(Exception):
+    """A netlink step failed; ``str()`` names the step and the kernel's error."""
+
+    def __init__(self, step: str, error: BaseException):
+        code = getattr(error, "code", None) or getattr(error, "errno", None)
+        if isinstance(error, OSError) and error.strerror:
+            reason = error.strerror
+        elif isinstance(code, int) and code > 0:
+            reason = os.strerror(code)
+        else:
+            reason = str(error)
+        super().__init__(f"{step}: {reason}" + (f" (errno {code})" if isinstance(code, int) else ""))
+        self.step = step
+        self.code = code
+
+
+def _in_fresh_thread(fn):
+    """Run ``fn`` in a new thread and return its result (or raise its error).
+
+    For namespace switching: the thread's network namespace dies with it.
+    """
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            out["error"] = e
+
+    t = threading.Thread(target=run, name="amphora-netns", daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def namespace_path(namespace: str) -> str:
+    return os.path.join(NETNS_RUN_DIR, namespace)
+
+
+def netlink_socket(namespace: str = "") -> socket.socket:
+    """A NETLINK_ROUTE socket bound to ``namespace`` ("" = the caller's own)."""
+    if not namespace:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+
+    def open_inside():
+        fd = os.open(namespace_path(namespace), os.O_RDONLY)
+        try:
+            setns(fd, CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+
+    return _in_fresh_thread(open_inside)
+
+
+def create_namespace(namespace: str) -> bool:
+    """Create the named namespace if missing (as ``ip netns add`` does); True if created."""
+    from pyroute2 import netns as pr_netns
+
+    if namespace in pr_netns.listnetns():
+        return False
+
+    def create():
+        libc = _libc()
+        if libc.unshare(CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"unshare: {os.strerror(code)}")
+        # pyroute2's own create() forks; attach() does the same mount dance
+        # for an existing namespace -- this thread's.
+        pr_netns.attach(namespace, "thread-self", libc=libc)
+
+    try:
+        _in_fresh_thread(create)
+    except OSError as e:
+        if e.errno == errno.EEXIST:  # created meanwhile by someone else
+            return False
+        raise
+    return True
+
+
+@contextmanager
+def iproute(namespace: str = ""):
+    """An IPRoute on a socket in ``namespace``, opened and closed around one operation."""
+    from pyroute2 import IPRoute
+
+    sock = netlink_socket(namespace)
+    try:
+        ipr = IPRoute(use_socket=sock)
+        try:
+            yield ipr
+        finally:
+            ipr.close()
+    finally:
+        sock.close()
+
+
+def link_from_msg(msg, namespace: str) -> Link:
+    flags = msg["flags"]
+    return Link(
+        index=msg["index"],
+        name=msg.get("ifname"),
+        mac=(msg.get("address") or "").lower(),
+        up=bool(flags & IFF_UP),
+        loopback=bool(flags & IFF_LOOPBACK),
+        ether=msg["ifi_type"] == ARPHRD_ETHER,
+        kind=msg.get(("linkinfo", "kind")),
+        master=msg.get("master"),
+        namespace=namespace,
+    )
+
+
+def free_name(name: str, taken) -> str:
+    """A name like ``name`` not in ``taken``: eth1 -> eth2 (the lowest free ethN, from 1)."""
+    match = re.fullmatch(r"(.*?)(\d+)", name)
+    prefix = match.group(1) if match and match.group(1) else name
+    for n in range(1, 100000):
+        candidate = prefix[:IFNAMSIZ - 1 - len(str(n))] + str(n)
+        if candidate not in taken:
+            return candidate
+    raise ValueError(f"no free interface name like {name}")  # pragma: no cover - 100000 interfaces
+
+
+class Netlink:
+    """Blocking pyroute2 operations for one agent (own namespace + ``namespace``).
+
+    ``home`` names the namespace where new ports appear and the agent lives
+    ("" = the calling process's own); tests point it at a namespace of their
+    own so they never touch the host's interfaces. Link records keep saying
+    "" for it.
+    """
+
+    def __init__(self, namespace: str = "", home: str = ""):
+        self.namespace = namespace
+        self.home = home
+
+    def _ns(self, tag: str) -> str:
+        return tag or self.home
+
+    def _step(self, step: str, fn, *args, **kwargs):
+        from pyroute2 import NetlinkError
+
+        try:
+            return fn(*args, **kwargs)
+        except (NetlinkError, OSError) as e:
+            raise NetlinkFailure(step, e) from None
+
+    def ensure_namespace(self) -> None:
+        """The target namespace exists and its loopback is up (haproxy health checks, stats)."""
+        if not self.namespace:
+            return
+        if self._step(f"creating namespace {self.namespace}", create_namespace, self.namespace):
+            log.info("created network namespace {namespace}", namespace=self.namespace)
+        with iproute(self._ns(self.namespace)) as ipr:
+            for msg in ipr.get_links():
+                if msg["flags"] & IFF_LOOPBACK and not msg["flags"] & IFF_UP:
+                    self._step("bringing up lo", ipr.link, "set", index=msg["index"], state="up")
+
+    def links(self) -> list[Link]:
+        """Every link of the agent's namespace and of the target namespace."""
+        result = []
+        for ns in dict.fromkeys(("", self.namespace)):
+            with iproute(self._ns(ns)) as ipr:
+                result.extend(link_from_msg(m, ns) for m in self._step("listing links", ipr.get_links))
+        return result
+
+    def find(self, mac: str) -> Link | None:
+        matches = [l for l in self.links() if l.mac == mac and not l.loopback]
+        matches.sort(key=lambda l: l.namespace != self.namespace)
+        return matches[0] if matches else None
+
+    def apply(self, link: Link, spec: PlugSpec) -> Link:
+        """Move ``link`` into the target namespace if needed and configure it per ``spec``.
+
+        Idempotent: addresses already present are kept, routes are replaced.
+        On failure the addresses this call added are removed and the link is
+        put back down (so a retry finds it again); the error is raised.
+        """
+        if link.namespace != self.namespace:
+            link = self._move(link)
+        added = []
+        with iproute(self._ns(self.namespace)) as ipr:
+            try:
+                if spec.mtu is not None:
+                    self._step(f"setting MTU {spec.mtu} on {link.name}", ipr.link, "set",
+                               index=link.index, mtu=spec.mtu)
+                present = {}
+                for msg in self._step(f"listing addresses of {link.name}", ipr.get_addr, index=link.index):
+                    present.setdefault(msg.get("address"), []).append(msg["prefixlen"])
+                for cidr in spec.addresses:
+                    iface = ipaddress.ip_interface(cidr)
+                    ip, prefixlen = str(iface.ip), iface.network.prefixlen
+                    if prefixlen in present.get(ip, ()):
+                        continue
+                    for other in present.get(ip, ()):  # same address, other prefix: replace it
+                        self._step(f"removing {ip}/{other} from {link.name}", ipr.addr, "del",
+                                   index=link.index, address=ip, prefixlen=other)
+                    extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
+                    # NODAD: the VIP belongs to this port (Neutron guarantees it); a
+                    # tentative address would make haproxy's bind fail for a second or two.
+                    self._step(f"adding address {cidr} on {link.name}", ipr.addr, "add",
+                               index=link.index, address=ip, prefixlen=prefixlen, **extra)
+                    added.append((ip, prefixlen))
+                if not link.up:
+                    self._step(f"bringing up {link.name}", ipr.link, "set", index=link.index, state="up")
+                if spec.gateway:
+                    family = socket.AF_INET6 if ":" in spec.gateway else socket.AF_INET
+                    dst = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
+                    self._step(f"setting default route via {spec.gateway}", ipr.route, "replace",
+                               dst=dst, gateway=spec.gateway, oif=link.index, family=family)
+                for route in spec.routes:
+                    family = socket.AF_INET6 if ":" in route.nexthop else socket.AF_INET
+                    self._step(f"adding route {route.destination} via {route.nexthop}", ipr.route,
+                               "replace", dst=route.destination, gateway=route.nexthop, oif=link.index,
+                               family=family)
+            except NetlinkFailure:
+                self._undo(ipr, link, added)
+                raise
+        return replace(link, up=True)
+
+    def _undo(self, ipr, link: Link, added) -> None:
+        for ip, prefixlen in reversed(added):
+            try:
+                ipr.addr("del", index=link.index, address=ip, prefixlen=prefixlen)
+            except Exception as e:  # noqa: BLE001 - best effort, the original error matters
+                log.warn("could not remove {ip}/{prefixlen} from {name}: {error}", ip=ip, prefixlen=prefixlen,
+                         name=link.name, error=e)
+        if not link.up:
+            try:
+                ipr.link("set", index=link.index, state="down")
+            except Exception as e:  # noqa: BLE001
+                log.warn("could not put {name} back down: {error}", name=link.name, error=e)
+
+    def _move(self, link: Link) -> Link:
+        """Move ``link`` from the agent's namespace into the target one; the moved Link.
+
+        The kernel names a hot-plugged NIC with the lowest free ``ethN`` of the
+        namespace it appears in, so the second port is often ``eth1`` again
+        while the first ``eth1`` already sits in the target namespace: such a
+        port is renamed to the next free name there as it moves (as Octavia does).
+        """
+        target = self.namespace
+        with iproute(self._ns(self.namespace)) as ipr:
+            taken = {m.get("ifname") for m in self._step("listing links", ipr.get_links)}
+        name = link.name if link.name not in taken else free_name(link.name, taken)
+        fd = self._step(f"opening namespace {self.namespace}", os.open, namespace_path(self.namespace),
+                        os.O_RDONLY)
+        try:
+            with iproute(self._ns(link.namespace)) as ipr:
+                rename = {"ifname": name} if name != link.name else {}
+                self._step(f"moving {link.name} into namespace {target}", ipr.link, "set",
+                           index=link.index, net_ns_fd=fd, **rename)
+        finally:
+            os.close(fd)
+        with iproute(self._ns(self.namespace)) as ipr:
+            for msg in ipr.get_links():
+                moved = link_from_msg(msg, self.namespace)
+                if moved.mac == link.mac and not moved.loopback:
+                    return moved
+        raise NetlinkFailure(f"moving {link.name} into namespace {target}",
+                             OSError(errno.ENODEV, "interface not found after the move"))
+
+
+# -- the domain object ------------------------------------------------------------
+
+@dataclass
+class _Entry:
+    spec: PlugSpec
+    name: str = ""
+
+
+class NetworkPlugger:
+    """``agent.network``: plug VIPs and networks, remember them, restore them at start.
+
+    ``run_blocking(fn, *args)`` runs netlink work off the reactor thread and
+    returns a Deferred (default: the reactor's thread pool); tests inject a
+    synchronous one together with a fake ``netlink``.
+    """
+
+    def __init__(self, config, reactor, netlink=None, run_blocking=None):
+        self.namespace = config.network.namespace
+        if self.namespace and not _NAMESPACE.fullmatch(self.namespace):
+            from amphora.config import ConfigError
+
+            raise ConfigError(f"network.namespace: not a usable namespace name: {self.namespace!r}")
+        self.reactor = reactor
+        self.path = os.path.join(config.agent.state_dir, STATE_FILE)
+        self.netlink = netlink if netlink is not None else Netlink(self.namespace)
+        if run_blocking is None:
+            def run_blocking(fn, *args):
+                return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+        self._run = run_blocking
+        self._lock = DeferredLock()
+        self._entries: dict[str, _Entry] = self._load()
+
+    # -- state --------------------------------------------------------------
+
+    def _load(self) -> dict[str, _Entry]:
+        doc = read_json(self.path, {}) or {}
+        entries = {}
+        for i, item in enumerate(doc.get("interfaces") or []):
+            try:
+                spec = PlugSpec.from_json(item)
+            except (AgentError, AttributeError, KeyError, TypeError) as e:
+                log.error("ignoring unusable entry {i} in {path}: {error}", i=i, path=self.path, error=e)
+                continue
+            entries[spec.mac] = _Entry(spec, str(item.get("name") or ""))
+        return entries
+
+    def _save(self) -> None:
+        atomic_write_json(self.path, {
+            "version": STATE_VERSION,
+            "namespace": self.namespace,
+            "interfaces": [e.spec.to_json(e.name) for _, e in sorted(self._entries.items())],
+        })
+
+    def plugged(self) -> dict:
+        """What is plugged: {"namespace", "interfaces": [{mac, name, vips, addresses, mtu, gateway, host_routes}]}."""
+        return {"namespace": self.namespace,
+                "interfaces": [e.spec.to_json(e.name) for _, e in sorted(self._entries.items())]}
+
+    def vip_interface(self, vip: str) -> str | None:
+        """The name of the interface carrying ``vip`` (for keepalived), if plugged."""
+        for entry in self._entries.values():
+            if vip in entry.spec.vips:
+                return entry.name
+        return None
+
+    def _entry_for_vip(self, vip: str) -> _Entry | None:
+        return next((e for e in self._entries.values() if vip in e.spec.vips), None)
+
+    # -- operations ---------------------------------------------------------
+
+    def plug_vip(self, vip: str, spec: PlugSpec):
+        """Plug ``vip`` (validated by parse_vip/parse_vip_body); Deferred[str] of the details."""
+        return self._lock.run(self._plug, spec, VIP_FAILED, vip)
+
+    def plug_network(self, spec: PlugSpec):
+        """Plug the newly attached network port; Deferred[str] of the details."""
+        return self._lock.run(self._plug, spec, PORT_FAILED, None)
+
+    @inlineCallbacks
+    def _plug(self, spec: PlugSpec, failure_message: str, vip: str | None):
+        existing = None
+        if vip is not None:
+            existing = self._entry_for_vip(vip)
+            if existing is not None and spec.mac is not None and spec.mac != existing.spec.mac:
+                raise InvalidRequest(f"VIP {vip} is already plugged on interface {existing.name} "
+                                     f"({existing.spec.mac}), not {spec.mac}")
+        if existing is None and spec.mac is not None:
+            existing = self._entries.get(spec.mac)
+        already = existing is not None and (vip is None or vip in existing.spec.vips)
+        plugged_macs = set(self._entries)
+        try:
+            if existing is not None:
+                # A bare replug (no body) re-applies what is recorded; a body is
+                # authoritative and merged in.
+                bare = vip is not None and spec == parse_vip_body(vip, None)
+                target = existing.spec if already and bare else existing.spec.merged(spec)
+                link = yield self._run(self._apply_existing, target)
+            else:
+                link, target = yield self._run(self._apply_new, spec, plugged_macs)
+        except AgentError:
+            raise
+        except NetlinkFailure as e:
+            log.error("{what}: {error}", what=failure_message, error=str(e))
+            raise OperationFailed(str(e), message=failure_message) from None
+        except Exception as e:  # noqa: BLE001 - pyroute2 can raise more than NetlinkError
+            log.failure("{what}", what=failure_message)
+            raise OperationFailed(f"{type(e).__name__}: {e}", message=failure_message) from None
+        self._entries[target.mac] = _Entry(target, link.name)
+        self._save()
+        where = f" in namespace {self.namespace}" if self.namespace else ""
+        if vip is None:
+            log.info("plugged interface {name} ({mac}){where}: {addresses}", name=link.name, mac=link.mac,
+                     where=where, addresses=", ".join(target.addresses) or "no addresses")
+            return f"Interface {link.name} already plugged" if already else f"Plugged interface {link.name}"
+        log.info("plugged VIP {vip} on interface {name} ({mac}){where}", vip=vip, name=link.name,
+                 mac=link.mac, where=where)
+        if already:
+            return f"VIP {vip} already plugged on interface {link.name}"
+        return f"VIP {vip} plugged on interface {link.name}"
+
+    def _apply_new(self, spec: PlugSpec, plugged_macs):
+        """Thread: choose the interface, then configure it."""
+        self.netlink.ensure_namespace()
+        link = choose_interface(self.netlink.links(), plugged_macs, self.namespace, spec.mac)
+        target = replace(spec, mac=link.mac)
+        return self.netlink.apply(link, target), target
+
+    def _apply_existing(self, spec: PlugSpec) -> Link:
+        """Thread: re-apply an already plugged interface (found by MAC); 404 if it vanished."""
+        self.netlink.ensure_namespace()
+        link = self.netlink.find(spec.mac)
+        if link is None:
+            raise NotFound(f"the interface plugged with MAC address {spec.mac} is gone", message=NO_INTERFACE)
+        return self.netlink.apply(link, spec)
+
+    def restore(self):
+        """Re-apply everything in plugged.json (start-up, before listeners); never fails.
+
+        Each interface is found again by MAC (names can change across reboots)
+        and configured as recorded; a missing one is logged and kept on record.
+        """
+        return self._lock.run(self._restore)
+
+    @inlineCallbacks
+    def _restore(self):
+        if not self.namespace and not self._entries:
+            return  # nothing to prepare, nothing to restore
+        try:
+            yield self._run(self.netlink.ensure_namespace)
+        except Exception as e:  # noqa: BLE001 - start-up must go on; listeners will report
+            log.error("cannot prepare network namespace {namespace}: {error}", namespace=self.namespace,
+                      error=e)
+            return
+        changed = False
+        for mac, entry in sorted(self._entries.items()):
+            try:
+                link = yield self._run(self._restore_one, entry.spec)
+            except Exception as e:  # noqa: BLE001
+                log.error("cannot restore interface {mac} ({name}): {error}", mac=mac, name=entry.name,
+                          error=e)
+                continue
+            if link is None:
+                log.warn("plugged interface {mac} ({name}) is not present; not restored", mac=mac,
+                         name=entry.name)
+                continue
+            log.info("restored interface {name} ({mac}): {addresses}", name=link.name, mac=mac,
+                     addresses=", ".join(entry.spec.addresses) or "no addresses")
+            if link.name != entry.name:
+                entry.name, changed = link.name, True
+        if changed:
+            self._save()
+
+    def _restore_one(self, spec: PlugSpec) -> Link | None:
+        link = self.netlink.find(spec.mac)
+        return None if link is None else self.netlink.apply(link, spec)
+
