@@ -75,7 +75,11 @@ class AmphoraAgent(MultiService):
         self.sampler = HostSampler.for_agent(self)
         self.sampler.setServiceParent(self)
         # slot: keepalived (ACTIVE-STANDBY)
-        self.keepalived = None
+        from amphora.keepalived import Keepalived, KeepalivedService
+        self.keepalived = Keepalived(config, reactor, vip_interface=lambda ip: getattr(
+            self.network, "vip_interface", lambda _: None)(ip))
+        KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
+        self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
         # slot: heartbeat
         from amphora.heartbeat.emitter import make_heartbeat  # local: keeps merges inside the slot
         self.heartbeat = make_heartbeat(self)
@@ -122,7 +126,7 @@ class AmphoraAgent(MultiService):
         # step: network restore
         yield self.network.restore()
         # step: topology / keepalived restore
-        pass
+        yield self.topology.restore()
         # step: listeners adoption and restart
         yield self.listeners.restore()
         # end of steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 import socket
 import uuid
 from dataclasses import MISSING, dataclass, field, fields
@@ -95,6 +96,17 @@ def parse_executable(raw: str) -> str:
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         raise ValueError(f"not an executable file: {path}")
     return path
+
+
+_NAMESPACE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def parse_namespace(raw: str) -> str:
+    """A network namespace name (a file under /var/run/netns), or "" for the agent's own."""
+    raw = raw.strip()
+    if raw and (not _NAMESPACE_NAME.fullmatch(raw) or raw in (".", "..")):
+        raise ValueError(f"not a usable namespace name: {raw!r} (letters, digits, '_', '.', '-')")
+    return raw
 
 
 def parse_list(raw: str) -> tuple[str, ...]:
@@ -192,7 +204,7 @@ class HeartbeatSection:
 
 @dataclass(frozen=True)
 class NetworkSection:
-    namespace: str = opt(parse_str, "")
+    namespace: str = opt(parse_namespace, "")
 
 
 @dataclass(frozen=True)

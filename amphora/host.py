@@ -295,6 +295,7 @@ class NamespaceCounters:
         self.path = os.path.join(netns_dir, namespace)
         self._pool: ThreadPool | None = None
         self._ipr = None
+        self._sock = None
         self._identity = None
 
     def read(self) -> Deferred:
@@ -314,8 +315,12 @@ class NamespaceCounters:
         if self._ipr is None or identity != self._identity:
             self._close_socket()
             from pyroute2 import IPRoute
-            # flags=0: never create the namespace (pyroute2's default would).
-            self._ipr = IPRoute(netns=self.namespace, flags=0)
+
+            from amphora.network import netlink_socket
+            # A socket opened inside the namespace by a short-lived thread: unlike
+            # IPRoute(netns=...), this forks no helper process from the threaded agent.
+            self._sock = netlink_socket(self.namespace)
+            self._ipr = IPRoute(use_socket=self._sock)
             self._identity = identity
         try:
             links = self._ipr.get_links()
@@ -332,11 +337,13 @@ class NamespaceCounters:
 
     def _close_socket(self) -> None:
         ipr, self._ipr, self._identity = self._ipr, None, None
-        if ipr is not None:
-            try:
-                ipr.close()
-            except Exception:  # closing a broken socket: nothing left to do
-                pass
+        sock, self._sock = self._sock, None
+        for closable in (ipr, sock):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:  # closing a broken socket: nothing left to do
+                    pass
 
     def close(self) -> None:
         """Close the socket in its own thread and stop that thread (joins it)."""

@@ -648,7 +648,7 @@ class NetworkPlugger:
 
     def __init__(self, config, reactor, netlink=None, run_blocking=None):
         self.namespace = config.network.namespace
-        if self.namespace and not _NAMESPACE.fullmatch(self.namespace):
+        if self.namespace and (not _NAMESPACE.fullmatch(self.namespace) or self.namespace in (".", "..")):
             from amphora.config import ConfigError
 
             raise ConfigError(f"network.namespace: not a usable namespace name: {self.namespace!r}")

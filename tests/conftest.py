@@ -55,6 +55,34 @@ def url(agent):
 
 
 @pytest.fixture
+def run_dir():
+    """A short, private run_dir for tests that run real listeners; removed afterwards."""
+    from tests.listener_support import remove_dir, short_dir
+
+    path = short_dir("amp-run")
+    yield path
+    remove_dir(path)
+
+
+@pytest.fixture
+def listeners(agent, run_dir):
+    """The agent's listener manager; every haproxy it ran is killed by pid afterwards.
+
+    The agent only detaches from haproxy when it stops (so a restarted agent can
+    adopt it); tests must not leave those processes behind.
+    """
+    from tests.listener_support import kill_listeners
+
+    manager = agent.listeners
+    assert manager is not None
+    yield manager
+    pids = [p.pid for p in manager._procs.values() if p.pid]
+    for proc in manager._procs.values():
+        proc.detach()
+    kill_listeners(run_dir, pids)
+
+
+@pytest.fixture
 def client(pki):
     from twisted.internet import reactor
 

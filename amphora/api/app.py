@@ -80,6 +80,17 @@ class AgentAPI:
     def get_topology(self, request):
         return render_json(request, self.agent.topology.document())
 
+    @app.route(V + "/topology", methods=["POST"])
+    def set_topology(self, request):
+        from amphora.api.params import json_body  # local: keeps the shared import block merge-free
+        topology = self.agent.topology
+        topology.check_gate()
+        code = topology.request(json_body(request))
+        if code == 202:
+            return render_json(request, {"message": "OK", "details": "topology change in progress: "
+                                         "GET /v0.1/topology shows TOPOLOGY-CHANGE until it is done"}, 202)
+        return render_json(request, {"message": "OK"}, code)
+
     # -- details (host) -------------------------------------------------------
 
     @app.route(V + "/details", methods=["GET"])

@@ -19,32 +19,14 @@ from twisted.internet.threads import deferToThread
 
 from tests import certificates_support as cs
 from tests.helpers import free_port
-from tests.listener_support import Backend, kill_listeners, new_id, remove_dir, short_dir
+from tests.listener_support import Backend, new_id
 
 NAME = "www.example.com.pem"
 
 
 @pytest.fixture
-def run_dir():
-    path = short_dir("amp4")
-    yield path
-    remove_dir(path)
-
-
-@pytest.fixture
 def agent_config_extra(run_dir):
     return {"agent": {"run_dir": run_dir}, "haproxy": {"stop_timeout": "3", "start_timeout": "5"}}
-
-
-@pytest.fixture
-def listeners(agent, run_dir):
-    manager = agent.listeners
-    assert manager is not None, "the listeners branch provides agent.listeners"
-    yield manager
-    pids = [p.pid for p in manager._procs.values() if p.pid]
-    for proc in manager._procs.values():
-        proc.detach()
-    kill_listeners(run_dir, pids)
 
 
 def https_config(lid: str, port: int, crt: str, pool: str, member: str, backend_port: int) -> str:

@@ -41,13 +41,6 @@ def receiver():
 
 
 @pytest.fixture
-def run_dir():
-    path = short_dir("amp6")
-    yield path
-    remove_dir(path)
-
-
-@pytest.fixture
 def agent_config_extra(receiver, run_dir):
     return {"agent": {"run_dir": run_dir},
             "heartbeat": {"controllers": f"127.0.0.1:{receiver.port}", "key": KEY, "interval": "0.3"}}

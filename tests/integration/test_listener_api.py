@@ -14,15 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.listener_support import (Backend, eventually, http_config, http_get, kill_listeners, new_id,
-                                    port_open, remove_dir, short_dir, tcp_config, tcp_echo)
-
-
-@pytest.fixture
-def run_dir():
-    path = short_dir("amp3")
-    yield path
-    remove_dir(path)
+from tests.listener_support import (Backend, eventually, http_config, http_get, new_id, port_open, tcp_config, tcp_echo)
 
 
 @pytest.fixture
@@ -31,14 +23,10 @@ def agent_config_extra(run_dir):
 
 
 @pytest.fixture
-def listeners(agent, run_dir):
-    manager = agent.listeners
-    manager.supervision.update(backoff_initial=0.2, backoff_max=1.0, stable_after=5.0, poll_interval=0.2)
-    yield manager
-    pids = [p.pid for p in manager._procs.values() if p.pid]
-    for proc in manager._procs.values():
-        proc.detach()
-    kill_listeners(run_dir, pids)
+def listeners(listeners):
+    """Fast supervision, so crash-and-restart tests take about a second."""
+    listeners.supervision.update(backoff_initial=0.2, backoff_max=1.0, stable_after=5.0, poll_interval=0.2)
+    return listeners
 
 
 class API:

@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.listener_support import http_config, kill_listeners, new_id, remove_dir, short_dir
+from tests.listener_support import http_config, kill_listeners, new_id
 
 NS = f"amp3-{uuid.uuid4().hex[:8]}"
 
@@ -22,13 +22,6 @@ def _ip(*args):
 
 def _in_ns(*argv, timeout=10):
     return subprocess.run(["ip", "netns", "exec", NS, *argv], capture_output=True, timeout=timeout)
-
-
-@pytest.fixture
-def run_dir():
-    path = short_dir("amp3")
-    yield path
-    remove_dir(path)
 
 
 @pytest.fixture

@@ -17,17 +17,10 @@ import treq
 
 from amphora.listeners import logs as L
 from tests.helpers import free_port
-from tests.logs_support import Haproxy, TCPReceiver, http_config, remove_dir, short_dir, wait_for
+from tests.logs_support import Haproxy, TCPReceiver, http_config, wait_for
 
 MAX_BYTES = 3000
 BACKUPS = 2
-
-
-@pytest.fixture
-def run_dir():
-    path = short_dir()
-    yield path
-    remove_dir(path)
 
 
 @pytest_twisted.async_yield_fixture

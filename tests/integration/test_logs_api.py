@@ -45,16 +45,6 @@ def agent_config_extra(run_dir, receiver):
             "logs": {"forward": f"tcp://[::1]:{receiver.number}"}}
 
 
-@pytest.fixture
-def listeners(agent, run_dir):
-    manager = agent.listeners
-    yield manager
-    pids = [p.pid for p in manager._procs.values() if p.pid]
-    for proc in manager._procs.values():
-        proc.detach()
-    kill_listeners(run_dir, pids)
-
-
 async def _call(client, method, url, data=None):
     response = await client.request(method, url, data=data)
     return response.code, await response.content()

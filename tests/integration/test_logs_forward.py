@@ -14,15 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from tests.helpers import free_port
-from tests.logs_support import (Haproxy, TCPReceiver, UDPReceiver, http_config, remove_dir, short_dir,
-                                wait_for)
-
-
-@pytest.fixture
-def run_dir():
-    path = short_dir()
-    yield path
-    remove_dir(path)
+from tests.logs_support import Haproxy, TCPReceiver, UDPReceiver, http_config, wait_for
 
 
 @pytest.fixture(params=[("udp", "::1"), ("udp", "127.0.0.1"), ("tcp", "::1"), ("udp", "localhost"),

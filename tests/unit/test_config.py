@@ -53,6 +53,8 @@ def test_ipv6_bind_and_controllers(pki, root):
     ({"heartbeat": {"controllers": "127.0.0.1"}}, (), "heartbeat.controllers: expected host:port"),
     ({"heartbeat": {"interval": "-1"}}, (), "heartbeat.interval: must be at least"),
     ({"logs": {"forward": "http://x:1"}}, (), "logs.forward: expected udp://"),
+    ({"network": {"namespace": ".."}}, (), "network.namespace: not a usable namespace name"),
+    ({"network": {"namespace": "a/b"}}, (), "network.namespace: not a usable namespace name"),
 ])
 def test_invalid_configurations_name_the_option(pki, root, extra, drop, expected):
     with pytest.raises(ConfigError) as e:

@@ -1,0 +1,298 @@
+"""The topology state machine with a fake keepalived and a Clock: validation, transitions,
+rollback, the gate, persistence and the live role."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from amphora.errors import InvalidRequest, OperationFailed, TopologyTransitionInProgress
+from amphora.keepalived import auth_pass
+from amphora.topology import ACTIVE_STANDBY, STATUS_CHANGE, STATUS_OK, Topology, validate
+
+SECRET = "b20e06cf1abcf29c708d3b437f4a29892a0921d0"
+AS_ACTIVE = {"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": " 203.0.113.2", "secret": SECRET}
+AS_STANDBY = dict(AS_ACTIVE, role="STANDBY")
+
+
+class FakeKeepalived:
+    """Stands in for amphora.keepalived.Keepalived: records calls, reports states on demand."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.calls = []
+        self.running = False
+        self.vrrp_state = None
+        self.settings = None
+        self.report_after_start = "BACKUP"   # None: keepalived never reports
+        self.fail_apply = None
+        self._waiters = []
+
+    def apply(self, settings):
+        self.calls.append(("apply", settings))
+        if self.fail_apply:
+            return defer.fail(OperationFailed(self.fail_apply))
+        was_running = self.running
+        self.settings, self.running = settings, True
+        if not was_running and self.report_after_start:
+            self.clock.callLater(0.5, self.report, self.report_after_start)
+        return defer.succeed(None)
+
+    def stop(self):
+        self.calls.append(("stop",))
+        self.running, self.settings, self.vrrp_state = False, None, None
+        return defer.succeed(None)
+
+    def stop_leftover(self):
+        self.calls.append(("stop_leftover",))
+        return defer.succeed(None)
+
+    def wait_state(self):
+        d = defer.Deferred(lambda d: self._waiters.remove(d))
+        self._waiters.append(d)
+        return d
+
+    def report(self, state):
+        self.vrrp_state = state
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(state)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def fake(clock):
+    return FakeKeepalived(clock)
+
+
+@pytest.fixture
+def topo(tmp_path, fake, clock):
+    t = Topology(str(tmp_path), "amp-host", "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce")
+    t.attach(fake, clock, 10.0)
+    return t
+
+
+def to_active_standby(topo, clock, fake, body=AS_ACTIVE):
+    assert topo.request(dict(body)) == 202
+    clock.advance(1)
+    assert topo.status == STATUS_OK, topo.document()
+
+
+def test_default_document_is_single_and_active(topo):
+    assert topo.document() == {"hostname": "amp-host", "uuid": "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce",
+                               "topology": "SINGLE", "role": "ACTIVE", "ha_ip": "",
+                               "topology_status": "OK"}
+    assert topo.active is True
+
+
+def test_single_to_active_active_applies_at_once(topo, fake, tmp_path):
+    assert topo.request({"topology": "ACTIVE-ACTIVE"}) == 200
+    assert topo.topology == "ACTIVE-ACTIVE" and topo.status == STATUS_OK and topo.active
+    assert fake.calls == []
+    assert json.load(open(tmp_path / "topology.json"))["topology"] == "ACTIVE-ACTIVE"
+
+
+def test_same_topology_is_a_noop(topo, fake, tmp_path):
+    assert topo.request({"topology": "SINGLE"}) == 200
+    assert not (tmp_path / "topology.json").exists()
+    assert fake.calls == []
+
+
+def test_active_standby_is_asynchronous_and_gated(topo, clock, fake, tmp_path):
+    assert topo.request(dict(AS_ACTIVE)) == 202
+    assert topo.status == STATUS_CHANGE
+    assert topo.document()["topology"] == ACTIVE_STANDBY
+    with pytest.raises(TopologyTransitionInProgress):
+        topo.check_gate()
+    with pytest.raises(TopologyTransitionInProgress):
+        topo.request({"topology": "SINGLE"})
+    assert not (tmp_path / "topology.json").exists()  # stored only once it worked
+    clock.advance(0.5)
+    assert topo.status == STATUS_OK
+    topo.check_gate()
+    doc = topo.document()
+    assert doc["ha_ip"] == "203.0.113.2"
+    assert doc["role"] == "STANDBY"  # live: keepalived reported BACKUP
+    assert topo.active is False
+    fake.report("MASTER")
+    assert topo.document()["role"] == "ACTIVE" and topo.active is True
+    fake.report("FAULT")
+    assert topo.document()["role"] == "STANDBY" and topo.active is False
+    fake.report("MASTER")
+    fake.vrrp_state = None  # keepalived died: nothing reported until it is back
+    assert topo.document()["role"] == "STANDBY" and topo.active is False
+    stored = (tmp_path / "topology.json").read_text()
+    assert SECRET not in stored and SECRET[:8] not in stored
+    assert json.loads(stored)["vrrp"]["auth"] == auth_pass(SECRET)
+    assert os.stat(tmp_path / "topology.json").st_mode & 0o777 == 0o600
+    assert SECRET not in json.dumps(topo.document())
+
+
+def test_role_before_any_report_is_the_configured_one(topo, clock, fake):
+    fake.report_after_start = None
+    topo.request(dict(AS_STANDBY))
+    assert topo.document()["role"] == "STANDBY"
+    clock.advance(11)  # let the transition time out (and roll back) before the test ends
+    assert topo.topology == "SINGLE"
+
+
+def test_timeout_rolls_back(topo, clock, fake, tmp_path):
+    fake.report_after_start = None
+    assert topo.request(dict(AS_ACTIVE)) == 202
+    clock.advance(9.9)
+    assert topo.status == STATUS_CHANGE
+    clock.advance(0.2)
+    doc = topo.document()
+    assert doc["topology"] == "SINGLE" and doc["topology_status"] == "OK" and doc["ha_ip"] == ""
+    assert "no VRRP state from keepalived within 10s" in doc["last_error"]
+    assert fake.calls[-1] == ("stop",)
+    assert not (tmp_path / "topology.json").exists()
+
+
+def test_failed_apply_rolls_back_and_shows_last_error(topo, clock, fake):
+    fake.fail_apply = "keepalived configuration check failed (exit 5): bad"
+    assert topo.request(dict(AS_ACTIVE)) == 202
+    clock.advance(0)
+    doc = topo.document()
+    assert doc["topology"] == "SINGLE" and doc["topology_status"] == "OK"
+    assert "configuration check failed" in doc["last_error"]
+    # The next good transition clears it.
+    fake.fail_apply = None
+    to_active_standby(topo, clock, fake)
+    assert "last_error" not in topo.document()
+
+
+def test_reconfigure_failure_rolls_back_to_previous_settings(topo, clock, fake):
+    to_active_standby(topo, clock, fake)
+    first = topo.settings
+    fake.fail_apply = "boom"
+    assert topo.request(dict(AS_ACTIVE, ha_ip="203.0.113.9")) == 202
+    clock.advance(0)
+    fake.fail_apply = None
+    clock.advance(2)
+    assert topo.settings == first and topo.ha_ip == "203.0.113.2"
+    assert fake.calls[-1] == ("apply", first)
+    assert "boom" in topo.last_error
+
+
+def test_role_change_reloads_and_settles(topo, clock, fake):
+    to_active_standby(topo, clock, fake)
+    assert topo.request(dict(AS_STANDBY)) == 202
+    assert topo.status == STATUS_CHANGE
+    clock.advance(1.0)
+    assert topo.status == STATUS_OK and topo.settings.role == "STANDBY"
+    assert topo.settings.effective_priority == 90
+
+
+def test_back_to_single_stops_keepalived(topo, clock, fake, tmp_path):
+    to_active_standby(topo, clock, fake, AS_STANDBY)
+    pending = defer.Deferred()
+    fake.stop = lambda: (fake.calls.append(("stop",)), pending)[1]  # keepalived takes its time
+    assert topo.request({"topology": "SINGLE"}) == 202
+    doc = topo.document()
+    assert doc["topology"] == "SINGLE" and doc["role"] == "ACTIVE" and doc["topology_status"] == STATUS_CHANGE
+    pending.callback(None)
+    assert topo.status == STATUS_OK and topo.topology == "SINGLE" and topo.ha_ip == ""
+    assert fake.calls[-1] == ("stop",)
+    assert json.load(open(tmp_path / "topology.json"))["topology"] == "SINGLE"
+
+
+def test_same_active_standby_again_is_a_noop(topo, clock, fake):
+    to_active_standby(topo, clock, fake)
+    calls = len(fake.calls)
+    assert topo.request(dict(AS_ACTIVE, ha_ip="203.0.113.2")) == 200
+    assert len(fake.calls) == calls
+    # A different secret is a change, though the response never shows it.
+    assert topo.request(dict(AS_ACTIVE, secret="another secret")) == 202
+
+
+def test_restart_reapplies_the_stored_topology(topo, clock, fake, tmp_path):
+    to_active_standby(topo, clock, fake, dict(AS_STANDBY, peers=["203.0.113.7"], priority=50))
+    again = Topology(str(tmp_path), "amp-host", topo.amphora_id)
+    fake2 = FakeKeepalived(clock)
+    again.attach(fake2, clock, 10.0)
+    assert again.topology == ACTIVE_STANDBY and again.settings == topo.settings
+    d = again.restore()
+    assert d.called
+    assert again.status == STATUS_CHANGE
+    assert fake2.calls == [("apply", topo.settings)]
+    clock.advance(0.5)
+    assert again.status == STATUS_OK and again.document()["role"] == "STANDBY"
+
+
+def test_restore_timeout_releases_the_gate(topo, clock, fake, tmp_path):
+    to_active_standby(topo, clock, fake)
+    again = Topology(str(tmp_path), "amp-host", topo.amphora_id)
+    fake2 = FakeKeepalived(clock)
+    fake2.report_after_start = None
+    again.attach(fake2, clock, 10.0)
+    again.restore()
+    clock.advance(11)
+    assert again.status == STATUS_OK and "no VRRP state" in again.last_error
+
+
+def test_single_restore_only_stops_a_leftover_keepalived(topo, fake):
+    assert topo.restore().called
+    assert fake.calls == [("stop_leftover",)] and topo.status == STATUS_OK
+
+
+# -- validation ------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, expected", [
+    ({}, ["topology: required"]),
+    ({"topology": "BAD_TEST_DATA"}, ["Unknown topology: BAD_TEST_DATA"]),
+    ({"topology": "SINGLE", "role": "ACTIVE"}, ["role: only applicable to ACTIVE-STANDBY"]),
+    ({"topology": "ACTIVE-ACTIVE", "ha_ip": "10.0.0.1", "secret": "x"},
+     ["ha_ip: only applicable", "secret: only applicable"]),
+    ({"topology": "ACTIVE-STANDBY"},
+     ["role: required", "ha_ip: required", "secret: required"]),
+    (dict(AS_ACTIVE, role="MASTER"), ["Unknown role: MASTER"]),
+    (dict(AS_ACTIVE, ha_ip="300.1.1.1"), ["ha_ip: not an IP address"]),
+    (dict(AS_ACTIVE, ha_ip="224.0.0.18"), ["ha_ip: not usable"]),
+    (dict(AS_ACTIVE, ha_ip=17), ["ha_ip: not an IP address"]),
+    (dict(AS_ACTIVE, secret=""), ["secret: required"]),
+    (dict(AS_ACTIVE, secret=12345678), ["secret: must be a printable string"]),
+    (dict(AS_ACTIVE, peers="10.0.0.1"), ["peers: must be a list"]),
+    (dict(AS_ACTIVE, peers=["203.0.113.3", "nope", 7, "2001:db8::1", "203.0.113.3", "203.0.113.2"]),
+     ["peers[1]: not an IP address", "peers[2]: not an IP address", "peers[3]: IPv6 peer",
+      "peers[4]: duplicate", "peers[5]: is the ha_ip"]),
+    (dict(AS_ACTIVE, interface="../etc"), ["interface: not an interface name"]),
+    (dict(AS_ACTIVE, interface="a" * 16), ["interface: not an interface name"]),
+    (dict(AS_ACTIVE, virtual_router_id=0), ["virtual_router_id: must be an integer from 1 to 255"]),
+    (dict(AS_ACTIVE, virtual_router_id=True), ["virtual_router_id: must be an integer"]),
+    (dict(AS_ACTIVE, priority=255), ["priority: must be an integer from 1 to 254"]),
+    (dict(AS_ACTIVE, colour="blue"), ["Unknown field: colour"]),
+    ({"topology": "ACTIVE-STANDBY", "role": "BOSS", "ha_ip": "x", "secret": "", "peers": ["y"],
+      "priority": -1},
+     ["Unknown role: BOSS", "ha_ip: not an IP address", "secret: required", "peers[0]", "priority:"]),
+])
+def test_validation_names_every_bad_field(body, expected):
+    with pytest.raises(InvalidRequest) as info:
+        validate(body)
+    assert info.value.message == "Invalid request"
+    for text in expected:
+        assert text in info.value.details, (text, info.value.details)
+
+
+def test_validation_never_echoes_the_secret():
+    with pytest.raises(InvalidRequest) as info:
+        validate(dict(AS_ACTIVE, secret="bad\nsecret-value-xyz", ha_ip="nope"))
+    assert "secret-value-xyz" not in info.value.details
+
+
+def test_valid_request_yields_settings():
+    topology, settings = validate(dict(AS_ACTIVE, peers=[" 203.0.113.3"], interface="eth1",
+                                       virtual_router_id=7, priority=120))
+    assert topology == ACTIVE_STANDBY
+    assert settings.ha_ip == "203.0.113.2" and settings.peers == ("203.0.113.3",)
+    assert settings.interface == "eth1" and settings.effective_router_id == 7
+    assert settings.effective_priority == 120 and settings.auth == auth_pass(SECRET)
+    assert validate({"topology": "SINGLE", "role": None, "ha_ip": ""}) == ("SINGLE", None)
