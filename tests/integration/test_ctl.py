@@ -137,3 +137,25 @@ async def test_details_human_and_json(agent, url, pki):
     doc = (await ctl(env, "--json", "details")).json()
     schema_check("Details", doc)
     assert doc["uuid"] == pki.amphora_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_topology_set_through_ctl(agent, url, pki):
+    env = ctl_env(pki, url)
+    result = await ctl(env, "topology", "set", "ACTIVE-ACTIVE")
+    assert result.code == 0, result.err
+    assert result.out.startswith("OK")
+    doc = (await ctl(env, "--json", "topology")).json()
+    schema_check("Topology", doc)
+    assert doc["topology"] == "ACTIVE-ACTIVE"
+    assert (await ctl(env, "topology", "set", "SINGLE")).code == 0
+    result = await ctl(env, "--json", "topology", "set", "BAD_TEST_DATA")
+    assert result.code == ctl_module.EXIT_CLIENT_ERROR
+    body = result.json()
+    schema_check("Error", body)
+    assert "Unknown topology: BAD_TEST_DATA" in body["details"]
+    assert "Unknown topology: BAD_TEST_DATA" in result.err
+    # ACTIVE-STANDBY without its ha_ip / secret: every missing field named
+    result = await ctl(env, "topology", "set", "ACTIVE-STANDBY", "--role", "ACTIVE")
+    assert result.code == ctl_module.EXIT_CLIENT_ERROR and "ha_ip" in result.err
+    assert (await ctl(env, "--json", "topology")).json()["topology"] == "SINGLE"

@@ -126,3 +126,36 @@ async def test_plug_routes_refusals_match_the_contract(agent, client, url):
     code, _ = await call(client, "POST", url + V + "/plug/vip/203.0.113.2",
                          json={"mac_address": "fa:16:3e:00:79:99"})
     assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_topology_post_matches_the_contract(agent, client, url):
+    code, _ = await call(client, "POST", url + V + "/topology", json={"topology": "SINGLE"})
+    assert code == 200
+    code, body = await call(client, "POST", url + V + "/topology", json={"topology": "BAD_TEST_DATA"})
+    assert code == 400 and "BAD_TEST_DATA" in body["details"]
+    code, body = await call(client, "POST", url + V + "/topology", data=b"not json")
+    assert code == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_topology_gate_matches_the_contract(agent, client, url):
+    """503 on every mutating route while a transition is in progress, each one documented."""
+    from amphora.topology import STATUS_CHANGE, STATUS_OK
+
+    lid = str(uuid.uuid4())
+    agent.topology.status = STATUS_CHANGE
+    try:
+        for method, path in (("POST", "/topology"), ("PUT", f"/listeners/{lid}/haproxy"),
+                             ("PUT", f"/listeners/{lid}/start"), ("DELETE", f"/listeners/{lid}"),
+                             ("PUT", f"/listeners/{lid}/certificates/a.pem"),
+                             ("DELETE", f"/listeners/{lid}/certificates/a.pem"),
+                             ("POST", "/plug/vip/203.0.113.2"), ("POST", "/plug/network")):
+            kwargs = {"json": {"topology": "SINGLE"}} if path == "/topology" else {"data": b"x"}
+            code, body = await call(client, method, url + V + path, **kwargs)
+            assert code == 503, (method, path, body)
+            assert body["message"] == "Topology transition in progress"
+        code, doc = await call(client, "GET", url + V + "/topology")
+        assert code == 200 and doc["topology_status"] == "TOPOLOGY-CHANGE"
+    finally:
+        agent.topology.status = STATUS_OK
