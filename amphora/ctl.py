@@ -361,21 +361,22 @@ def _connection(args) -> dict:
             "server_name": args.server_name or parts.hostname}
 
 
-def _describe_failure(failure) -> str:
-    from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+def _describe_failure(failure, timeout: float) -> str:
+    from twisted.internet.defer import CancelledError
+    from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
     error = failure.value
     if isinstance(error, (ResponseNeverReceived, ResponseFailed)) and error.reasons:
-        inner = error.reasons[0].value
-        return f"{type(inner).__name__}: {inner}"
+        error = error.reasons[0].value  # the real cause (TLS, connection lost, cancel)
+    if isinstance(error, CancelledError):  # treq cancels the request when --timeout expires
+        return f"no answer within {timeout:g}s (--timeout)"
     return f"{type(error).__name__}: {error}"
 
 
 async def run(reactor, args, call: Call | None = None, out=None, err=None) -> int:
     """Does one request (``call``, or what ``plan(args)`` says); writes the answer;
     returns the exit status."""
-    import treq  # noqa: F401  (imported here so `--help` stays fast)
-    from twisted.internet.defer import CancelledError
+    # imported here so that `--help` and usage errors stay fast
     from twisted.python.failure import Failure
 
     from amphora.client import make_client
@@ -401,8 +402,8 @@ async def run(reactor, args, call: Call | None = None, out=None, err=None) -> in
     try:
         response = await client.request(call.method, url, **kwargs)
         content = await response.content()
-    except (Exception, CancelledError):
-        reason = _describe_failure(Failure())
+    except Exception:
+        reason = _describe_failure(Failure(), args.timeout)
         if args.json:
             out.write(json.dumps({"message": "Connection failed", "details": reason}) + "\n")
         err.write(f"amphora-ctl: cannot get an answer from {args.url}: {reason}\n")

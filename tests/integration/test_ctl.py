@@ -159,3 +159,19 @@ async def test_topology_set_through_ctl(agent, url, pki):
     result = await ctl(env, "topology", "set", "ACTIVE-STANDBY", "--role", "ACTIVE")
     assert result.code == ctl_module.EXIT_CLIENT_ERROR and "ha_ip" in result.err
     assert (await ctl(env, "--json", "topology")).json()["topology"] == "SINGLE"
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout_exits_3(pki):
+    """A peer that accepts TCP but never answers: --timeout ends the wait with exit 3."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        env = ctl_env(pki, f"https://127.0.0.1:{port.getHost().port}")
+        result = await ctl(env, "--timeout", "0.5", "info")
+        assert result.code == ctl_module.EXIT_CONNECTION
+        assert "no answer within 0.5s" in result.err
+    finally:
+        await port.stopListening()
