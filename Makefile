@@ -4,7 +4,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 DEV     ?= dev
 PORT    ?= 9443
-DEBS    := haproxy keepalived iproute2 curl
+DEBS    := haproxy keepalived iproute2 curl systemd
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -13,7 +13,8 @@ PYTEST_ARGS ?=
 
 all: test
 
-# Debian packages the agent drives (haproxy, keepalived) and the tests use (ip, curl).
+# Debian packages the agent drives (haproxy, keepalived) and the tests use
+# (ip, curl, systemd-analyze / systemd-tmpfiles for the packaged units).
 deps:
 	@missing=""; \
 	for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -38,6 +39,12 @@ run: deps venv
 	@echo "Development agent: config $(DEV)/agent.conf, PKI in $(DEV)/ (reused on the next run)."
 	@echo "Try it from another shell:"
 	@echo "  curl --cacert $(DEV)/ca.pem --cert $(DEV)/client.pem --key $(DEV)/client-key.pem https://localhost:$(PORT)/info"
+	@echo "or with amphora-ctl:"
+	@echo "  export AMPHORA_URL=https://localhost:$(PORT) AMPHORA_CA=$(DEV)/ca.pem AMPHORA_CERT=$(DEV)/client.pem AMPHORA_KEY=$(DEV)/client-key.pem"
+	@echo "  $(VENV)/bin/amphora-ctl info; $(VENV)/bin/amphora-ctl listeners; $(VENV)/bin/amphora-ctl --json details"
+	@echo "Watch its heartbeats:"
+	@echo "  $(VENV)/bin/amphora-ctl heartbeats --bind 127.0.0.1:5555 --key $$(sed -n 's/^key = //p' $(DEV)/agent.conf)"
+	@echo "The API contract: $(VENV)/bin/amphora-ctl openapi (or docs/openapi.yaml)"
 	@echo
 	exec $(VENV)/bin/twistd -n --pidfile= amphora-agent --config $(DEV)/agent.conf
 
