@@ -120,11 +120,14 @@ class AgentSite(Site):
         return super().getResourceFor(request)
 
     def log(self, request):
+        # This runs for every request and is most of the agent's own per-request
+        # cost: the number is rounded here rather than with a ":.1f" format spec,
+        # which Twisted's formatter makes about twice as slow to render.
         log.info(
-            "{method} {path} {status} {duration_ms:.1f}ms {client}",
+            "{method} {path} {status} {duration_ms}ms {client}",
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("ascii", "replace"),
             status=request.code,
-            duration_ms=(self.clock.seconds() - request.started) * 1000.0,
+            duration_ms=round((self.clock.seconds() - request.started) * 1000.0, 2),
             client=getattr(request, "client_subject", None),
         )
