@@ -488,7 +488,7 @@ BIND_ABSENT = "import socket, sys; socket.socket(socket.AF_INET6 if ':' in sys.a
 
 
 @pytest_twisted.ensureDeferred
-async def test_listeners_can_bind_a_vip_the_namespace_does_not_hold(pki, tmp_path):
+async def test_listeners_can_bind_a_vip_the_namespace_does_not_hold(pki, tmp_path, client):
     """ACTIVE-STANDBY: the VIP sits on the MASTER only, yet the STANDBY's haproxy must already
     listen on VIP:port, or its listener is in ERROR, its VRRP check fails and it can never take
     over. The agent allows non-local binds in its namespace (as Octavia's amphora image does)."""
@@ -507,7 +507,21 @@ async def test_listeners_can_bind_a_vip_the_namespace_does_not_hold(pki, tmp_pat
                 assert bound.returncode == 0, (address, bound.stderr.decode())
             # Only the agent's namespace: the host's own setting is left alone.
             assert lab.run(home, [PYTHON, "-c", BIND_ABSENT, "203.0.113.77"]).returncode != 0
+            # The whole chain: the listener API's bind check and haproxy itself, in the namespace.
+            url = f"https://127.0.0.1:{service.api_port}"
+            lid, pool = new_id(), new_id()
+            config = http_config(lid, PORT, pool, [(new_id(), 8081)], bind_ip="203.0.113.77")
+            try:
+                response = await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=config.encode())
+                assert response.code == 201, await response.content()
+                response = await client.put(f"{url}/v0.1/listeners/{lid}/start")
+                assert response.code == 202, await response.content()
+                response = await client.get(f"{url}/v0.1/listeners/{lid}")
+                assert (await response.json())["status"] == "ACTIVE"
+            finally:
+                drop_listeners(service)
         finally:
+            await client.pool.closeCachedConnections()
             await service.stopService()
     finally:
         lab.cleanup()
