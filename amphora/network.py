@@ -423,6 +423,41 @@ def netlink_socket(namespace: str = "") -> socket.socket:
     return _in_fresh_thread(open_inside)
 
 
+# Per-namespace sysctls; a thread that entered the namespace sees that namespace's values.
+NONLOCAL_BIND = ("/proc/sys/net/ipv4/ip_nonlocal_bind", "/proc/sys/net/ipv6/ip_nonlocal_bind")
+
+
+def allow_nonlocal_bind(namespace: str) -> list[str]:
+    """Let programs in ``namespace`` bind addresses no interface carries (yet); the paths changed.
+
+    In ACTIVE-STANDBY keepalived puts the VIP on the MASTER only, while Octavia's
+    haproxy configurations bind ``<VIP>:<port>`` on both amphorae: without this the
+    STANDBY's haproxy cannot start, its VRRP check fails and it never takes over.
+    A listener restored at boot before keepalived became MASTER would fail the same
+    way. Octavia's amphora image sets the same two sysctls.
+    """
+    def inside():
+        fd = os.open(namespace_path(namespace), os.O_RDONLY)
+        try:
+            setns(fd, CLONE_NEWNET)
+        finally:
+            os.close(fd)
+        changed = []
+        for path in NONLOCAL_BIND:
+            try:
+                with open(path) as f:
+                    if f.read().strip() == "1":
+                        continue
+                with open(path, "w") as f:
+                    f.write("1\n")
+            except FileNotFoundError:  # IPv6 disabled in this kernel
+                continue
+            changed.append(path)
+        return changed
+
+    return _in_fresh_thread(inside)
+
+
 def create_namespace(namespace: str) -> bool:
     """Create the named namespace if missing (as ``ip netns add`` does); True if created."""
     from pyroute2 import netns as pr_netns
@@ -515,7 +550,8 @@ class Netlink:
             raise NetlinkFailure(step, e) from None
 
     def ensure_namespace(self) -> None:
-        """The target namespace exists and its loopback is up (haproxy health checks, stats)."""
+        """The target namespace exists, its loopback is up (haproxy health checks, stats) and
+        non-local binds are allowed in it (``allow_nonlocal_bind``)."""
         if not self.namespace:
             return
         if self._step(f"creating namespace {self.namespace}", create_namespace, self.namespace):
@@ -524,6 +560,10 @@ class Netlink:
             for msg in ipr.get_links():
                 if msg["flags"] & IFF_LOOPBACK and not msg["flags"] & IFF_UP:
                     self._step("bringing up lo", ipr.link, "set", index=msg["index"], state="up")
+        for path in self._step(f"allowing non-local binds in namespace {self.namespace}",
+                               allow_nonlocal_bind, self.namespace):
+            log.info("network namespace {namespace}: {path} = 1 (listeners bind VIPs they do not hold yet)",
+                     namespace=self.namespace, path=path)
 
     def links(self) -> list[Link]:
         """Every link of the agent's namespace and of the target namespace."""

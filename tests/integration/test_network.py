@@ -479,3 +479,49 @@ async def test_real_own_namespace_path(netlab, pki, tmp_path, peer, client):
     finally:
         await client.pool.closeCachedConnections()
         await service.stopService()
+
+
+# A bind to an address no interface of the namespace carries (yet): what a STANDBY's haproxy does
+# with Octavia's configurations (`bind <VIP>:<port>`) while keepalived keeps the VIP on the MASTER.
+BIND_ABSENT = "import socket, sys; socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)" \
+              ".bind((sys.argv[1], 8080))"
+
+
+@pytest_twisted.ensureDeferred
+async def test_listeners_can_bind_a_vip_the_namespace_does_not_hold(pki, tmp_path, client):
+    """ACTIVE-STANDBY: the VIP sits on the MASTER only, yet the STANDBY's haproxy must already
+    listen on VIP:port, or its listener is in ERROR, its VRRP check fails and it can never take
+    over. The agent allows non-local binds in its namespace (as Octavia's amphora image does)."""
+    from tests.network_support import NetLab
+
+    lab = NetLab("ampB")
+    try:
+        home = lab.namespace("h")
+        namespace = lab.namespace("n", create=False)
+        config = load_config(write_config(pki, str(tmp_path / "nl"), 0, {"network": {"namespace": namespace}}))
+        service = await start_agent(config, home)
+        try:
+            assert lab.link(namespace, "lo")["up"]
+            for address in ("203.0.113.77", "2001:db8:77::77"):
+                bound = lab.run(namespace, [PYTHON, "-c", BIND_ABSENT, address])
+                assert bound.returncode == 0, (address, bound.stderr.decode())
+            # Only the agent's namespace: the host's own setting is left alone.
+            assert lab.run(home, [PYTHON, "-c", BIND_ABSENT, "203.0.113.77"]).returncode != 0
+            # The whole chain: the listener API's bind check and haproxy itself, in the namespace.
+            url = f"https://127.0.0.1:{service.api_port}"
+            lid, pool = new_id(), new_id()
+            config = http_config(lid, PORT, pool, [(new_id(), 8081)], bind_ip="203.0.113.77")
+            try:
+                response = await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=config.encode())
+                assert response.code == 201, await response.content()
+                response = await client.put(f"{url}/v0.1/listeners/{lid}/start")
+                assert response.code == 202, await response.content()
+                response = await client.get(f"{url}/v0.1/listeners/{lid}")
+                assert (await response.json())["status"] == "ACTIVE"
+            finally:
+                drop_listeners(service)
+        finally:
+            await client.pool.closeCachedConnections()
+            await service.stopService()
+    finally:
+        lab.cleanup()
