@@ -121,15 +121,22 @@ class AmphoraAgent(MultiService):
 
     @inlineCallbacks
     def _start(self):
-        """Restore state in dependency order: interfaces before the listeners that bind them."""
-        yield self.facts.load()
-        # step: network restore
-        yield self.network.restore()
-        # step: topology / keepalived restore
-        yield self.topology.restore()
-        # step: listeners adoption and restart
-        yield self.listeners.restore()
-        # end of steps
+        """Restore state in dependency order: interfaces before the listeners that bind them.
+
+        Each step is guarded on its own: a failure in one (logged) never keeps
+        the later ones from running, so one bad piece of state cannot leave
+        every listener down after a reboot.
+        """
+        for name, step in (
+            ("host facts", self.facts.load),
+            ("network restore", self.network.restore),
+            ("topology restore", self.topology.restore),
+            ("listener restore", self.listeners.restore),
+        ):
+            try:
+                yield maybeDeferred(step)
+            except Exception:
+                log.failure("start-up step {step} failed; continuing with the next", step=name)
 
     def _accept(self):
         if self.port is not None and self.running:

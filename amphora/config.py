@@ -28,11 +28,16 @@ class ConfigError(Exception):
 _REQUIRED = object()
 
 
-def opt(parse: Callable[[str], Any], default: Any = _REQUIRED) -> Any:
-    """Declare an option: ``parse`` turns the raw string into its value."""
+def opt(parse: Callable[[str], Any], default: Any = _REQUIRED, secret: bool = False) -> Any:
+    """Declare an option: ``parse`` turns the raw string into its value.
+
+    A ``secret`` option is left out of the section's repr, so printing or
+    logging a configuration object never shows it.
+    """
     required = default is _REQUIRED
     return field(
         default=None if required else default,
+        repr=not secret,
         metadata={"parse": parse, "required": required},
     )
 
@@ -196,7 +201,7 @@ class KeepalivedSection:
 class HeartbeatSection:
     controllers: tuple = opt(parse_controllers, ())
     interval: float = opt(positive_float, 10.0)
-    key: str = opt(str, "")
+    key: str = opt(str, "", secret=True)
     max_packet_bytes: int = opt(positive_int, 65000)
     # all: every controller gets every beat; round-robin: one per beat (Octavia's agent).
     fanout: str = opt(choice("all", "round-robin"), "all")

@@ -104,3 +104,10 @@ def test_sample_configuration_is_complete_and_valid(pki, root):
         assert f"[{section}]" in sample
         for f in fields(cls):
             assert f"{f.name} =" in sample, f"{section}.{f.name} missing from the sample"
+
+
+def test_heartbeat_key_is_not_in_the_configuration_repr(pki, root):
+    cfg = parse_config(text(pki, root, {"heartbeat": {"controllers": "127.0.0.1:5555",
+                                                       "key": "s3cr3t-hmac-key"}}))
+    assert cfg.heartbeat.key == "s3cr3t-hmac-key"
+    assert "s3cr3t-hmac-key" not in repr(cfg)
