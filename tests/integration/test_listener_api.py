@@ -56,8 +56,9 @@ def api(client, url, listeners):
 def files_of(agent, lid):
     cfg = agent.config.agent
     found = []
+    # the listener manager's directories, the certificates, and the log socket and files
     for root in (os.path.join(cfg.state_dir, "listeners"), os.path.join(cfg.run_dir, "listeners"),
-                 cfg.certs_dir):
+                 cfg.certs_dir, os.path.join(cfg.run_dir, "logs"), cfg.log_dir):
         for dirpath, dirnames, filenames in os.walk(root):
             found += [os.path.join(dirpath, n) for n in dirnames + filenames if lid in os.path.join(dirpath, n)]
     return found
@@ -159,6 +160,7 @@ async def test_invalid_config_is_refused_and_nothing_changes(agent, api):
         assert (await api.upload(other, "garbage\n"))[0] == 400
         assert (await api.call("GET", f"/listeners/{other}/haproxy"))[0] == 404
         assert files_of(agent, other) == []
+        assert not agent.logs.collecting(other)  # no log socket bound for a listener that never was
 
 
 @pytest_twisted.ensureDeferred
