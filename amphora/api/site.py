@@ -5,7 +5,11 @@ Three things happen here, before any route runs, for every request:
 - the mTLS check: no verified client certificate -> 401 JSON (handshake
   failures never get this far);
 - the body cap: a body above ``max_body_bytes`` is not kept in memory or on
-  disk; the request is answered 413 JSON;
+  disk; the request is answered 413 JSON. Bodies are never spooled to a
+  temporary file (Twisted's default for chunked or >100 kB bodies): a
+  certificate upload holds a private key, which must not reach persistent
+  storage (certs_dir is a memory filesystem for that reason). A client
+  without a certificate (answered 401) has its body discarded;
 - the access log: one structured event per request (method, path, status,
   duration, client subject); never bodies, headers or key material.
 """
@@ -74,7 +78,12 @@ class AgentRequest(Request):
             self.body_too_large = True
             self.content = _Discard()
             return
-        super().gotLength(length)
+        if _client_subject(self.channel) is None:
+            self.content = _Discard()  # the answer is 401: keep nothing of an anonymous body
+            return
+        # In memory, never Twisted's temporary file (see the module docstring); the
+        # cap in handleContentChunk bounds it, Content-Length or not.
+        self.content = io.BytesIO()
 
     def handleContentChunk(self, data):
         if self.body_too_large:
@@ -91,6 +100,14 @@ class AgentRequest(Request):
 _UNSET = object()
 
 
+def _client_subject(channel) -> str | None:
+    """The verified client certificate's subject on this connection (read once: it cannot change)."""
+    subject = getattr(channel, "amphora_client_subject", _UNSET)
+    if subject is _UNSET:
+        subject = channel.amphora_client_subject = peer_subject(channel.transport)
+    return subject
+
+
 class AgentSite(Site):
     requestFactory = AgentRequest
     displayTracebacks = False
@@ -102,12 +119,7 @@ class AgentSite(Site):
         self.max_body_bytes = max_body_bytes
 
     def getResourceFor(self, request):
-        # The certificate cannot change on a connection: read it once per connection.
-        channel = request.channel
-        subject = getattr(channel, "amphora_client_subject", _UNSET)
-        if subject is _UNSET:
-            subject = channel.amphora_client_subject = peer_subject(request.transport)
-        request.client_subject = subject
+        subject = request.client_subject = _client_subject(request.channel)
         if subject is None:
             return ErrorResource(Unauthorized("a client certificate signed by the controller CA is required"))
         try:

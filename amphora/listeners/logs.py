@@ -890,6 +890,16 @@ class ListenerLogs(Service):
             log.warn("cannot list listeners for log collection: {error}", error=e)
             return None
 
+    def _exists(self, lid: str) -> bool:
+        exists = getattr(self.listeners, "exists", None)
+        if exists is None:
+            return True
+        try:
+            return bool(exists(lid))
+        except Exception as e:
+            log.warn("cannot tell whether listener {lid} exists: {error}", lid=lid, error=e)
+            return True
+
     def _socket_ids(self) -> list[str]:
         try:
             names = os.listdir(self.socket_dir)
@@ -935,7 +945,14 @@ class ListenerLogs(Service):
 
         If the socket cannot be bound the listener runs without agent logging
         (logged); haproxy is never prevented from starting by logging.
+
+        The check of a first upload runs before the listener exists: it gets the
+        text (``haproxy -c`` never opens the socket) but nothing is bound, so a
+        refused upload leaves no socket or collector behind. The start that
+        follows an accepted upload runs this hook again and binds.
         """
+        if self.listeners is not None and not self._exists(lid):
+            return self.config_fragment(lid) if self.log_target(lid) is not None else ""
         if not self.ensure(lid):
             return ""
         return self.config_fragment(lid)

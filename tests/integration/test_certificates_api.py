@@ -39,14 +39,21 @@ async def call(client, method, url, data=None):
     return response, (json.loads(body) if body else None)
 
 
-def raw_request(pki, port: int, method: str, target: bytes, body: bytes = b"") -> tuple[int, dict, bytes]:
+def raw_request(pki, port: int, method: str, target: bytes, body: bytes = b"",
+                chunked: bool = False) -> tuple[int, dict, bytes]:
     """One request with an exact request target (no client-side URL normalisation). Blocking."""
     context = ssl.create_default_context(cafile=pki.paths["ca"])
     context.load_cert_chain(pki.paths["client_cert"], pki.paths["client_key"])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            head = (method.encode() + b" " + target + b" HTTP/1.0\r\nHost: localhost\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode())
+            if chunked:  # HTTP/1.1 without Content-Length, as streaming clients send
+                head = (method.encode() + b" " + target + b" HTTP/1.1\r\nHost: localhost\r\n"
+                        b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+                body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000])
+                                for i in range(0, len(body), 1000)) + b"0\r\n\r\n"
+            else:
+                head = (method.encode() + b" " + target + b" HTTP/1.0\r\nHost: localhost\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode())
             tls.sendall(head + body)
             answer = b""
             while True:
@@ -201,6 +208,35 @@ HOSTILE_TARGETS = [
     b"x.PEM", b"x.pem.bak", b"x.crt", b"x", b"", b"x.pem/", b"caf%C3%A9.pem", b"a;b.pem",
     b"x" * 252 + b".pem", b"%252e%252e%252fx.pem",
 ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_upload_never_spools_the_key_to_a_temporary_file(agent, pki, rsa_bundle, monkeypatch):
+    """Without Content-Length Twisted would spool a body to tempfile.TemporaryFile (on disk):
+    a private key must only ever be written under certs_dir (a memory filesystem)."""
+    from twisted.web import http
+
+    spooled = []
+    real = http.tempfile.TemporaryFile
+
+    def recording(*args, **kwargs):
+        spooled.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(http.tempfile, "TemporaryFile", recording)
+    data = rsa_bundle.pem()
+    status, headers, payload = await deferToThread(
+        raw_request, pki, agent.api_port, "PUT", f"/v0.1/listeners/{LID}/certificates/chunked.pem".encode(),
+        data, True)
+    assert status == 201, payload
+    assert headers["etag"] == hashlib.md5(data).hexdigest()
+    assert spooled == []
+    # above the certificate limit: still 413, still nothing spooled
+    status, _, payload = await deferToThread(
+        raw_request, pki, agent.api_port, "PUT", f"/v0.1/listeners/{LID}/certificates/big.pem".encode(),
+        b"x" * (agent.config.agent.max_certificate_bytes + 1), True)
+    assert status == 413, payload
+    assert spooled == []
 
 
 @pytest_twisted.ensureDeferred

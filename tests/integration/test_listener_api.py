@@ -56,8 +56,9 @@ def api(client, url, listeners):
 def files_of(agent, lid):
     cfg = agent.config.agent
     found = []
+    # the listener manager's directories, the certificates, and the log socket and files
     for root in (os.path.join(cfg.state_dir, "listeners"), os.path.join(cfg.run_dir, "listeners"),
-                 cfg.certs_dir):
+                 cfg.certs_dir, os.path.join(cfg.run_dir, "logs"), cfg.log_dir):
         for dirpath, dirnames, filenames in os.walk(root):
             found += [os.path.join(dirpath, n) for n in dirnames + filenames if lid in os.path.join(dirpath, n)]
     return found
@@ -159,6 +160,7 @@ async def test_invalid_config_is_refused_and_nothing_changes(agent, api):
         assert (await api.upload(other, "garbage\n"))[0] == 400
         assert (await api.call("GET", f"/listeners/{other}/haproxy"))[0] == 404
         assert files_of(agent, other) == []
+        assert not agent.logs.collecting(other)  # no log socket bound for a listener that never was
 
 
 @pytest_twisted.ensureDeferred
@@ -326,3 +328,21 @@ async def test_a_slow_check_does_not_delay_other_requests(agent, api, client, ur
         assert (await upload)[0] == 201 and (await second)[0] == 201
     finally:
         agent.listeners.haproxy.check = real_check
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_that_fails_to_load_is_500_with_haproxys_output(agent, api):
+    """``haproxy -c`` passes, the real start fails (a socket in a missing directory): the
+    spec's 500 ``Error starting haproxy`` carries haproxy's own words, and nothing runs."""
+    with Backend("A") as a:
+        lid, port = new_id(), free_port()
+        broken = http_config(lid, port, new_id(), [(new_id(), a.port)],
+                             extra_global=f"    stats socket /nonexistent-amp3-{lid}/x.sock mode 600")
+        assert (await api.upload(lid, broken))[0] == 201
+        code, body = await api.action(lid, "start")
+        assert code == 500, body
+        assert body["message"] == "Error starting haproxy"
+        assert f"/nonexistent-amp3-{lid}/x.sock" in body["details"] and "ALERT" in body["details"], body
+        assert (await api.call("GET", f"/listeners/{lid}"))[1]["status"] == "ERROR"
+        assert agent.listeners.running_count() == 0 and not port_open(port)
+        assert agent.listeners.store.read_pid(lid) is None

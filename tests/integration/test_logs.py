@@ -43,6 +43,9 @@ def agent_config_extra(run_dir, receiver):
 @pytest_twisted.async_yield_fixture
 async def listener(agent, tmp_path):
     lid = str(uuid.uuid4())
+    # haproxy is run here, not by the listener manager, which does not know this id:
+    # bind its socket as the manager's start would (the hook binds only for listeners that exist)
+    assert agent.logs.ensure(lid)
     fragment = agent.logs.config_hook(lid)
     assert f"log unix@{agent.logs.socket_path(lid)}" in fragment
     port = free_port()

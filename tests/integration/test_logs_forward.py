@@ -48,6 +48,7 @@ def agent_config_extra(run_dir, target, receiver):
 def _start(agent, tmp_path, order_ok: bool = True):
     lid = str(uuid.uuid4())
     port = free_port()
+    assert agent.logs.ensure(lid)  # as the manager's start would (the hook binds only for existing listeners)
     h = Haproxy(str(tmp_path), agent.logs.config_hook(lid), http_config(port))
     if not order_ok:  # the uploaded file first: haproxy resolves "log global" before it sees ours
         h.fragment_path, h.config_path = h.config_path, h.fragment_path

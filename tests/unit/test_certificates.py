@@ -262,6 +262,23 @@ def test_md5_is_plain_md5():
     assert md5_hex(b"abc") == hashlib.md5(b"abc").hexdigest()
 
 
+def test_md5_works_on_a_fips_host(store, rsa_bundle, monkeypatch):
+    """A FIPS-mode OpenSSL refuses md5 unless it is declared not for security: PUT and GET
+    of a certificate must still answer with its md5sum."""
+    real_md5 = hashlib.md5
+
+    def fips_md5(*args, usedforsecurity=True, **kwargs):
+        if usedforsecurity:
+            raise ValueError("[digital envelope routines] unsupported (FIPS mode)")
+        return real_md5(*args, usedforsecurity=False, **kwargs)
+
+    monkeypatch.setattr(certificates.hashlib, "md5", fips_md5)
+    data = rsa_bundle.pem()
+    result = result_of(store.put(LID, "fips.pem", data))
+    assert result.md5sum == real_md5(data).hexdigest()
+    assert store.md5sum(LID, "fips.pem") == result.md5sum
+
+
 MOUNTINFO = """\
 22 1 259:1 / / rw,relatime shared:1 - ext4 /dev/root rw
 25 22 0:21 / /run rw,nosuid,nodev shared:5 - tmpfs tmpfs rw,size=100k

@@ -104,6 +104,16 @@ def test_sample_configuration_is_complete_and_valid(pki, root):
         assert f"[{section}]" in sample
         for f in fields(cls):
             assert f"{f.name} =" in sample, f"{section}.{f.name} missing from the sample"
+    # valid: the agent accepts it as is (with real certificate files), and the values it
+    # shows are the defaults it documents
+    text = sample.replace("/etc/octavia/certs/server.pem", pki.paths["server"]).replace(
+        "/etc/octavia/certs/client_ca.pem", pki.paths["ca"])
+    cfg = parse_config(text)
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            if f.metadata["required"]:
+                continue
+            assert getattr(getattr(cfg, section), f.name) == f.default, f"{section}.{f.name}"
 
 
 def test_heartbeat_key_is_not_in_the_configuration_repr(pki, root):

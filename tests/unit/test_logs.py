@@ -460,6 +460,22 @@ def test_config_hook_binds_and_returns_a_global_log_line(pki, tmp_path, short):
         logs.config_hook("../x")
 
 
+def test_config_hook_binds_nothing_for_a_listener_that_does_not_exist_yet(pki, tmp_path, short):
+    """The check of a first upload gets the log line, but a refused upload must leave no
+    socket (and no collector holding a descriptor) behind; the start after it binds."""
+    logs, reactor = _logs(pki, tmp_path, short)
+    listeners = _FakeListeners([])
+    listeners.exists = lambda lid: lid in listeners.ids
+    logs.attach(listeners)
+    text = logs.config_hook(LID)
+    assert f"    log unix@{logs.socket_path(LID)} len 8192 format rfc5424 local0\n" in text
+    assert reactor.unix == [] and not logs.collecting(LID)
+    assert not os.path.exists(logs.socket_path(LID))
+    listeners.ids.append(LID)  # the upload was accepted: the start binds
+    assert logs.config_hook(LID) == text
+    assert [p.path for p in reactor.unix] == [logs.socket_path(LID)] and logs.collecting(LID)
+
+
 def test_socket_path_too_long_means_no_log_target(pki, tmp_path, short):
     logs, reactor = _logs(pki, tmp_path, short)
     logs.socket_dir = "/tmp/" + "d" * 80

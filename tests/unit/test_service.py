@@ -97,3 +97,27 @@ def test_unexpected_exception_is_json_500_without_traceback(stub):
     body = treq.content(response).result
     assert b"Traceback" not in body and b"secret internals" not in body
     assert json.loads(body)["message"] == "Internal Server Error"
+
+
+@pytest.mark.parametrize("length", [10, 150_000, None])
+def test_request_bodies_stay_in_memory_and_anonymous_ones_are_dropped(length):
+    """Never Twisted's temporary file (a body may hold a private key); nothing kept from a
+    client without a certificate (it is answered 401)."""
+    import io
+
+    from twisted.web.resource import Resource
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from amphora.api.site import AgentRequest, AgentSite
+
+    site = AgentSite(Resource(), clock=MemoryReactorClock(), max_body_bytes=200_000)
+    for subject, kept in (("CN=controller", True), (None, False)):
+        channel = DummyChannel()
+        channel.site = site
+        channel.amphora_client_subject = subject
+        request = AgentRequest(channel)
+        request.gotLength(length)
+        request.handleContentChunk(b"k" * 1000)
+        assert isinstance(request.content, io.BytesIO)
+        request.content.seek(0)
+        assert request.content.read() == (b"k" * 1000 if kept else b"")
