@@ -35,8 +35,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: deps venv
-	@$(PY) -m amphora.devpki $(DEV) >/dev/null
-	@echo "Development agent: config $(DEV)/agent.conf, PKI in $(DEV)/ (reused on the next run)."
+	@$(PY) -m amphora.devpki $(DEV) $(PORT) >/dev/null
+	@echo "Development agent: config $(DEV)/agent.conf, PKI in $(DEV)/ (reused on the next run;"
+	@echo "the port is fixed when $(DEV)/ is first made: remove $(DEV)/ to change it)."
 	@echo "Try it from another shell:"
 	@echo "  curl --cacert $(DEV)/ca.pem --cert $(DEV)/client.pem --key $(DEV)/client-key.pem https://localhost:$(PORT)/info"
 	@echo "or with amphora-ctl:"

@@ -1,13 +1,13 @@
 """A development PKI and configuration, made with ``cryptography``.
 
-``python -m amphora.devpki DIR`` (or ``amphora-devpki DIR``) writes, once:
+``python -m amphora.devpki DIR [PORT]`` (or ``amphora-devpki DIR [PORT]``) writes, once:
 
 - ``ca.pem`` / ``ca-key.pem``: a CA that signs both sides;
 - ``server.pem``: the agent's certificate (CN = amphora id, SANs localhost,
   127.0.0.1, ::1) followed by its key;
 - ``client.pem`` / ``client-key.pem``: a controller's client certificate;
-- ``agent.conf``: a configuration that uses them, listening on 127.0.0.1:9443,
-  with its state under ``DIR``.
+- ``agent.conf``: a configuration that uses them, listening on 127.0.0.1:PORT
+  (default 9443), with its state under ``DIR``.
 
 Existing files are kept, so a second ``make run`` reuses the same identity.
 The same functions make the certificates the tests need (other CAs, expired
@@ -27,6 +27,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+class DevPKIError(Exception):
+    """The development directory is unusable as it is."""
 
 
 @dataclass
@@ -151,7 +155,14 @@ def make_dev_environment(directory: str, port: int = 9443) -> dict[str, str]:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     paths = {name: os.path.join(directory, name) for name in
              ("ca.pem", "ca-key.pem", "server.pem", "client.pem", "client-key.pem", "agent.conf")}
-    if not all(os.path.exists(p) for p in paths.values()):
+    present = [name for name, p in paths.items() if os.path.exists(p)]
+    if present and len(present) < len(paths):
+        # Mixing new keys with old ones would give certificates that no longer
+        # match each other or the config; say so instead.
+        missing = sorted(set(paths) - set(present))
+        raise DevPKIError(f"{directory} holds only part of a development environment "
+                          f"(missing: {', '.join(missing)}); remove it and run again")
+    if not present:
         amphora_id = str(uuid.uuid4())
         ca = make_ca()
         server = issue(ca, amphora_id, server=True, dns=("localhost",), ips=("127.0.0.1", "::1"))
@@ -169,10 +180,14 @@ def make_dev_environment(directory: str, port: int = 9443) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: amphora-devpki DIR", file=sys.stderr)
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].isdigit()):
+        print("usage: amphora-devpki DIR [PORT]", file=sys.stderr)
         return 2
-    paths = make_dev_environment(argv[0])
+    try:
+        paths = make_dev_environment(argv[0], *(int(a) for a in argv[1:]))
+    except DevPKIError as e:
+        print(f"amphora-devpki: {e}", file=sys.stderr)
+        return 1
     print(paths["agent.conf"])
     return 0
 

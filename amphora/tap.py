@@ -37,9 +37,10 @@ def makeService(options, reactor=None):
 
 
 def _stop_on_sigterm(reactor) -> None:
-    """SIGTERM is the ordinary way to stop the agent (systemd, operators): stop
-    the reactor cleanly and exit 0, instead of twistd's default of re-raising
-    the signal after shutdown (exit status -15)."""
+    """SIGTERM (systemd, operators) and SIGINT (Ctrl-C on ``make run``) are the
+    ordinary ways to stop the agent: stop the reactor cleanly and exit 0,
+    instead of twistd's default of re-raising the signal after shutdown
+    (exit status -15 / -2)."""
     if not hasattr(reactor, "stop") or not hasattr(reactor, "callFromThread"):
         return
 
@@ -47,3 +48,4 @@ def _stop_on_sigterm(reactor) -> None:
         reactor.callFromThread(reactor.stop)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -131,12 +131,12 @@ class TwistdAgent:
                 time.sleep(0.05)
         raise AssertionError(f"agent did not listen on {port}: {self.log()}")
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, wait, SIGKILL the whole session if it lingers; returns the exit code."""
+    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` (SIGTERM), wait, SIGKILL if it lingers; returns the exit code."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -1,6 +1,7 @@
 """``twistd -n amphora-agent`` as a real process: start, serve, SIGTERM, nothing left behind."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -19,7 +20,8 @@ def _curl_info(pki, port):
     return json.loads(out.stdout)
 
 
-def test_twistd_serves_and_stops_cleanly_on_sigterm(pki, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_twistd_serves_and_stops_cleanly_on_signal(pki, tmp_path, sig):
     port = free_port()
     agent = TwistdAgent(write_config(pki, str(tmp_path), port), str(tmp_path / "twistd.log")).start()
     try:
@@ -27,7 +29,7 @@ def test_twistd_serves_and_stops_cleanly_on_sigterm(pki, tmp_path):
         info = _curl_info(pki, port)
         assert info["uuid"] == pki.amphora_id and info["api_version"] == "0.1"
         pid = agent.proc.pid
-        assert agent.stop() == 0, agent.log()
+        assert agent.stop(sig=sig) == 0, agent.log()
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         with pytest.raises(subprocess.CalledProcessError):
             _curl_info(pki, port)  # port closed

@@ -37,3 +37,24 @@ def test_second_run_reuses_everything(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == os.path.join(directory, "agent.conf")
     again = {name: open(path, "rb").read() for name, path in devpki.make_dev_environment(directory).items()}
     assert again == first
+
+
+def test_partial_directory_is_refused_not_mixed(tmp_path, capsys):
+    from amphora import devpki
+
+    directory = str(tmp_path / "dev")
+    devpki.make_dev_environment(directory)
+    os.unlink(os.path.join(directory, "client-key.pem"))
+    before = open(os.path.join(directory, "ca.pem"), "rb").read()
+    assert devpki.main([directory]) == 1
+    assert "missing: client-key.pem" in capsys.readouterr().err
+    assert open(os.path.join(directory, "ca.pem"), "rb").read() == before
+    assert not os.path.exists(os.path.join(directory, "client-key.pem"))
+
+
+def test_port_argument_reaches_the_config(tmp_path):
+    from amphora import devpki
+    from amphora.config import load_config
+
+    assert devpki.main([str(tmp_path / "dev"), "19443"]) == 0
+    assert load_config(str(tmp_path / "dev" / "agent.conf")).agent.bind_port == 19443
