@@ -11,7 +11,11 @@ touch another's routes.
 
 from __future__ import annotations
 
+import inspect
+
 from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -25,10 +29,43 @@ log = Logger()
 V = "/v0.1"
 
 
+class AgentKlein(Klein):
+    """Klein, except that a client going away never cancels an operation.
+
+    Klein cancels the Deferred of a route when the client disconnects. For a
+    mutating call that would stop a start, stop or delete half-way (desired
+    state written, haproxy not started; files left behind a killed haproxy).
+    Here every route's work runs to its end; a disconnect only drops the
+    answer, and a failure nobody will read is logged instead.
+    """
+
+    def execute_endpoint(self, endpoint, request, *args, **kwargs):
+        result = super().execute_endpoint(endpoint, request, *args, **kwargs)
+        if inspect.iscoroutine(result):
+            result = ensureDeferred(result)
+        if not isinstance(result, Deferred):
+            return result
+        answer: Deferred = Deferred()
+
+        def forward(outcome):
+            if not answer.called:
+                if isinstance(outcome, Failure):
+                    answer.errback(outcome)
+                else:
+                    answer.callback(outcome)
+            elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
+                log.failure("{method} {path} failed after its client went away", outcome,
+                            method=request.method, path=request.path)
+            return None
+
+        result.addBoth(forward)
+        return answer
+
+
 class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
-    app = Klein()
+    app = AgentKlein()
     # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
     # an unknown path is a 404 like any other.
     app.url_map.merge_slashes = False
@@ -56,6 +93,17 @@ class AgentAPI:
         request.setHeader(b"allow", ", ".join(allowed).encode())
         return render_error(request, MethodNotAllowed(
             f"{request.method.decode('ascii', 'replace')} is not allowed here; allowed: {', '.join(allowed)}"))
+
+    @app.handle_errors(OSError)
+    def _os_error(self, request, failure):
+        # A full disk, a read-only filesystem, a permission problem (the spec's
+        # "usually indicates a permissions problem"): say which, without a traceback.
+        error = failure.value
+        log.error("{method} {path} failed: {error}", method=request.method, path=request.path,
+                  error=error)
+        return render_error(request, OperationFailed(
+            f"{error.strerror or type(error).__name__} (errno {error.errno})",
+            message="Internal Server Error"))
 
     @app.handle_errors
     def _unexpected(self, request, failure):

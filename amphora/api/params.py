@@ -40,6 +40,8 @@ def json_body(request, limit: int = 64 * 1024, required: bool = True) -> dict | 
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
     return body

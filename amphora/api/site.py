@@ -74,6 +74,8 @@ class AgentRequest(Request):
         return self.channel.site.max_body_bytes
 
     def gotLength(self, length):
+        # The headers are complete: this connection has made a request in time.
+        self.channel.amphora_requests = getattr(self.channel, "amphora_requests", 0) + 1
         if length is not None and length > self._limit():
             self.body_too_large = True
             self.content = _Discard()
@@ -84,6 +86,15 @@ class AgentRequest(Request):
         # In memory, never Twisted's temporary file (see the module docstring); the
         # cap in handleContentChunk bounds it, Content-Length or not.
         self.content = io.BytesIO()
+
+    def connectionLost(self, reason):
+        site = getattr(self.channel, "site", None)
+        finished = self.finished
+        super().connectionLost(reason)
+        if site is not None and not finished and getattr(self, "client_subject", None) is not None:
+            # The client went away before the answer: the operation still runs to
+            # its end (see AgentKlein); the access log says who left.
+            site.log_access(self, status=499)
 
     def handleContentChunk(self, data):
         if self.body_too_large:
@@ -113,14 +124,43 @@ class AgentSite(Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, resource, clock, max_body_bytes: int, **kwargs):
+    def __init__(self, resource, clock, max_body_bytes: int, header_deadline: float = 30.0, **kwargs):
         super().__init__(resource, **kwargs)
         self.clock = clock
         self.max_body_bytes = max_body_bytes
+        self.header_deadline = header_deadline
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        if protocol is not None and self.header_deadline:
+            self.clock.callLater(self.header_deadline, self._enforce_header_deadline, protocol)
+        return protocol
+
+    def _enforce_header_deadline(self, protocol) -> None:
+        """A connection that has not completed a request's headers within the
+        deadline (TLS handshake included) is dropped.
+
+        The idle timeout alone restarts with every byte, so a client dripping a
+        byte now and then, with or without a certificate, could hold a
+        connection open indefinitely.
+        """
+        channel = getattr(protocol, "_channel", protocol)
+        if getattr(channel, "amphora_requests", 0):
+            return
+        transport = getattr(channel, "transport", None)
+        if transport is not None:
+            try:
+                transport.abortConnection()
+            except Exception:  # already gone: nothing to drop
+                pass
 
     def getResourceFor(self, request):
         subject = request.client_subject = _client_subject(request.channel)
         if subject is None:
+            # Nothing more is served on a connection without a certificate: close it
+            # once the 401 is written, rather than let it idle.
+            request.channel.persistent = False
+            request.setHeader(b"connection", b"close")
             return ErrorResource(Unauthorized("a client certificate signed by the controller CA is required"))
         try:
             unquote_to_bytes(request.path).decode("utf-8")
@@ -132,6 +172,9 @@ class AgentSite(Site):
         return super().getResourceFor(request)
 
     def log(self, request):
+        self.log_access(request, request.code)
+
+    def log_access(self, request, status: int) -> None:
         # This runs for every request and is most of the agent's own per-request
         # cost: the number is rounded here rather than with a ":.1f" format spec,
         # which Twisted's formatter makes about twice as slow to render.
@@ -139,7 +182,7 @@ class AgentSite(Site):
             "{method} {path} {status} {duration_ms}ms {client}",
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("ascii", "replace"),
-            status=request.code,
+            status=status,
             duration_ms=round((self.clock.seconds() - request.started) * 1000.0, 2),
             client=getattr(request, "client_subject", None),
         )

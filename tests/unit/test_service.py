@@ -121,3 +121,25 @@ def test_request_bodies_stay_in_memory_and_anonymous_ones_are_dropped(length):
         assert isinstance(request.content, io.BytesIO)
         request.content.seek(0)
         assert request.content.read() == (b"k" * 1000 if kept else b"")
+
+
+def test_deeply_nested_json_is_400_not_500(stub):
+    _, treq = stub
+    body = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    response = treq.post("https://x/v0.1/topology", data=body).result
+    assert response.code == 400
+    assert "nested too deeply" in json.loads(treq.content(response).result)["details"]
+
+
+def test_os_error_is_500_naming_the_cause(stub):
+    agent, treq = stub
+
+    class FullDisk:
+        def document(self):
+            raise OSError(28, "No space left on device")
+
+    agent.topology = FullDisk()
+    response = treq.get("https://x/v0.1/topology").result
+    assert response.code == 500
+    body = json.loads(treq.content(response).result)
+    assert body == {"message": "Internal Server Error", "details": "No space left on device (errno 28)"}
