@@ -142,22 +142,80 @@ class PlugSpec:
         addresses = []
         for i, cidr in enumerate(doc.get("addresses") or ()):
             iface = _interface(cidr, f"addresses[{i}]")
+            problem = address_problem(iface.ip)
+            if problem:  # e.g. recorded by an agent that did not refuse it yet
+                raise InvalidRequest(f"addresses[{i}]: {iface.ip} is {problem}")
             addresses.append(f"{iface.ip}/{iface.network.prefixlen}")
-        vips = tuple(str(_ip(v, f"vips[{i}]")) for i, v in enumerate(doc.get("vips") or ()))
+        vips = tuple(str(_ip(v, f"vips[{i}]", usable=True)) for i, v in enumerate(doc.get("vips") or ()))
         mtu = _mtu(doc.get("mtu"), "mtu") if doc.get("mtu") is not None else None
-        gateway = str(_ip(doc["gateway"], "gateway")) if doc.get("gateway") else None
+        gateway = (str(_ip(doc["gateway"], "gateway", usable=True, link_local=True))
+                   if doc.get("gateway") else None)
         routes = tuple(_routes(doc.get("host_routes") or [], "host_routes", None))
         return cls(mac=mac, addresses=tuple(addresses), vips=vips, mtu=mtu, gateway=gateway, routes=routes)
 
 
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_LIMITED_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+
+def address_problem(address, link_local: bool = False) -> str | None:
+    """Why ``address`` cannot be configured on a port or used as a next hop (None: it can).
+
+    Refused everywhere (VIPs, vrrp_ip, fixed_ips, gateways, next hops): the
+    unspecified address and the rest of 0.0.0.0/8 ("this network", never a
+    destination), loopback (127.0.0.0/8, ::1: the kernel keeps those on lo),
+    multicast (224.0.0.0/4, ff00::/8: no host address), the limited broadcast
+    255.255.255.255, and IPv4-mapped IPv6 (::ffff:a.b.c.d: the IPv4 address is
+    meant). Link-local (169.254.0.0/16, fe80::/10) is refused for addresses put
+    on a port -- the kernel makes its own fe80:: address, 169.254.0.0/16 is
+    where cloud metadata lives, and neither is reachable by a VIP's clients --
+    but allowed with ``link_local`` for next hops, where an IPv6 router's
+    fe80:: address is the normal case. Other reserved space (240.0.0.0/4) is
+    left to the controller: Linux configures it like any unicast address.
+    """
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return "an IPv4-mapped IPv6 address"
+    if address.is_unspecified:
+        return "the unspecified address"
+    if address.version == 4 and address in _THIS_NETWORK:
+        return "in 0.0.0.0/8 (this network)"
+    if address.is_loopback:
+        return "a loopback address"
+    if address.is_multicast:
+        return "a multicast address"
+    if address == _LIMITED_BROADCAST:
+        return "the broadcast address"
+    if address.is_link_local and not link_local:
+        return "a link-local address"
+    return None
+
+
+def _subnet_problem(address, subnet) -> str | None:
+    """An IPv4 address that is its subnet's network or broadcast address (not for /31, /32)."""
+    if address.version != 4 or subnet is None or subnet.prefixlen > 30:
+        return None
+    if address == subnet.network_address:
+        return f"the network address of subnet_cidr {subnet}"
+    if address == subnet.broadcast_address:
+        return f"the broadcast address of subnet_cidr {subnet}"
+    return None
+
+
 def parse_vip(raw: str) -> str:
-    """The VIP from the URL, normalised; 400 "Invalid VIP" unless IPv4 or IPv6."""
+    """The VIP from the URL, normalised; 400 "Invalid VIP" unless a usable unicast address.
+
+    See ``address_problem`` for what is refused and why.
+    """
     try:
         address = ipaddress.ip_address(raw)
     except (ValueError, TypeError):
         address = None
     if address is None or getattr(address, "scope_id", None):  # fe80::1%eth0 is no VIP
         raise InvalidRequest(f"{raw!r} is not an IPv4 or IPv6 address", message="Invalid VIP")
+    problem = address_problem(address)
+    if problem:
+        raise InvalidRequest(f"{address} is {problem}; a VIP must be a unicast address its clients "
+                             "can reach", message="Invalid VIP")
     return str(address)
 
 
@@ -167,13 +225,21 @@ def parse_mac(raw, name: str = "mac_address") -> str:
     return raw.lower()
 
 
-def _ip(raw, name: str):
+def _ip(raw, name: str, usable: bool = False, link_local: bool = False):
+    """An IP address from field ``name``; with ``usable``, one ``address_problem`` accepts."""
     if not isinstance(raw, str):
         raise InvalidRequest(f"{name}: expected an IP address string, got {raw!r}")
     try:
-        return ipaddress.ip_address(raw)
+        address = ipaddress.ip_address(raw)
     except ValueError:
         raise InvalidRequest(f"{name}: not an IP address: {raw!r}") from None
+    if usable:
+        if getattr(address, "scope_id", None):
+            raise InvalidRequest(f"{name}: an address with a scope (%zone) is not accepted: {raw!r}")
+        problem = address_problem(address, link_local)
+        if problem:
+            raise InvalidRequest(f"{name}: {address} is {problem}")
+    return address
 
 
 def _network(raw, name: str):
@@ -213,7 +279,7 @@ def _routes(raw, name: str, version: int | None) -> list[Route]:
         if not isinstance(item, dict):
             raise InvalidRequest(f"{where}: expected an object with destination and nexthop")
         destination = _network(item.get("destination"), f"{where}.destination")
-        nexthop = _ip(item.get("nexthop"), f"{where}.nexthop")
+        nexthop = _ip(item.get("nexthop"), f"{where}.nexthop", usable=True, link_local=True)
         if destination.version != nexthop.version:
             raise InvalidRequest(f"{where}.nexthop: IPv{nexthop.version} next hop for an "
                                  f"IPv{destination.version} destination")
@@ -243,6 +309,7 @@ def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
     statically on both amphorae would answer ARP/ND from both.
     """
     b = _body(body, ("mac_address", "subnet_cidr", "gateway", "mtu", "host_routes", "vrrp_ip"))
+    vip = parse_vip(vip)
     address = ipaddress.ip_address(vip)
     prefixlen = address.max_prefixlen
     mac = parse_mac(b["mac_address"]) if "mac_address" in b else None
@@ -253,26 +320,36 @@ def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
             raise InvalidRequest(f"subnet_cidr: IPv{subnet.version} subnet for an IPv{address.version} VIP")
         if address not in subnet:
             raise InvalidRequest(f"subnet_cidr: VIP {vip} is not in {subnet}")
+        problem = _subnet_problem(address, subnet)
+        if problem:
+            raise InvalidRequest(f"{vip} is {problem}", message="Invalid VIP")
         prefixlen = subnet.prefixlen
     gateway = None
     if "gateway" in b:
-        gw = _ip(b["gateway"], "gateway")
+        # link-local passes here and is then refused as not in subnet_cidr (which cannot be link-local)
+        gw = _ip(b["gateway"], "gateway", usable=True, link_local=True)
         if gw.version != address.version:
             raise InvalidRequest(f"gateway: IPv{gw.version} gateway for an IPv{address.version} VIP")
         if subnet is None:
             raise InvalidRequest("gateway: needs subnet_cidr (the gateway must be on the VIP's subnet)")
         if gw not in subnet:
             raise InvalidRequest(f"gateway: {gw} is not in subnet_cidr {subnet}")
+        problem = _subnet_problem(gw, subnet)
+        if problem:
+            raise InvalidRequest(f"gateway: {gw} is {problem}")
         gateway = str(gw)
     mtu = _mtu(b["mtu"], "mtu", address.version == 6) if "mtu" in b else None
     routes = _routes(b.get("host_routes", []), "host_routes", address.version)
     on_link = address
     if "vrrp_ip" in b:
-        on_link = _ip(b["vrrp_ip"], "vrrp_ip")
+        on_link = _ip(b["vrrp_ip"], "vrrp_ip", usable=True)
         if on_link.version != address.version:
             raise InvalidRequest(f"vrrp_ip: IPv{on_link.version} address for an IPv{address.version} VIP")
         if subnet is not None and on_link not in subnet:
             raise InvalidRequest(f"vrrp_ip: {on_link} is not in subnet_cidr {subnet}")
+        problem = _subnet_problem(on_link, subnet)
+        if problem:
+            raise InvalidRequest(f"vrrp_ip: {on_link} is {problem}")
         if on_link == address:
             raise InvalidRequest("vrrp_ip: must differ from the VIP")
     return PlugSpec(mac=mac, addresses=(f"{on_link}/{prefixlen}",), vips=(vip,), mtu=mtu, gateway=gateway,
@@ -291,12 +368,15 @@ def parse_network_body(body: dict | None) -> PlugSpec:
         where = f"fixed_ips[{i}]"
         if not isinstance(item, dict):
             raise InvalidRequest(f"{where}: expected an object with ip_address and subnet_cidr")
-        ip = _ip(item.get("ip_address"), f"{where}.ip_address")
+        ip = _ip(item.get("ip_address"), f"{where}.ip_address", usable=True)
         prefixlen = ip.max_prefixlen
         if item.get("subnet_cidr") is not None:
             subnet = _network(item["subnet_cidr"], f"{where}.subnet_cidr")
             if ip not in subnet:
                 raise InvalidRequest(f"{where}.subnet_cidr: {ip} is not in {subnet}")
+            problem = _subnet_problem(ip, subnet)
+            if problem:
+                raise InvalidRequest(f"{where}.ip_address: {ip} is {problem}")
             prefixlen = subnet.prefixlen
         if item.get("host_routes") is not None:
             routes.extend(_routes(item["host_routes"], f"{where}.host_routes", ip.version))

@@ -51,6 +51,11 @@ process has stayed RUNNING for ``stable_after`` seconds. After
 Observers: ``observers`` is a list of ``callable(process, old_state,
 new_state)``; ``output_observers`` a list of ``callable(process, line: str)``.
 Every event is logged with ``name``.
+
+``run_bounded(reactor, argv, env=..., timeout=...)`` is the short-lived
+counterpart (e.g. ``haproxy -c``): stdin closed at once, output captured up to
+a limit, and a deadline after which the child's process group is SIGKILLed and
+reaped before the Deferred errbacks with ``CommandTimeout``.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ import os
 import signal as signal_module
 
 import psutil
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
@@ -81,6 +86,17 @@ class ProcessFailed(Exception):
         self.reason = reason
         self.output = output
         super().__init__(reason + (("\n" + output) if output else ""))
+
+
+class CommandTimeout(Exception):
+    """A ``run_bounded`` command outlived its deadline; it was killed (process group) and reaped."""
+
+    def __init__(self, argv, timeout: float, output: str = "", reaped: bool = True):
+        self.argv = list(argv)
+        self.timeout = timeout
+        self.output = output
+        self.reaped = reaped
+        super().__init__(f"{self.argv[0]} did not finish within {timeout:g} s")
 
 
 def process_identity(pid: int):
@@ -129,6 +145,91 @@ class _ChildProtocol(ProcessProtocol):
         code = getattr(reason.value, "exitCode", None)
         sig = getattr(reason.value, "signal", None)
         self.owner._ended(self.generation, code, sig)
+
+
+class _BoundedProtocol(ProcessProtocol):
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data = {1: bytearray(), 2: bytearray()}
+        self.ended = Deferred()
+
+    def connectionMade(self):
+        # Nothing is ever written to a check: a child that reads stdin (haproxy's
+        # "lua-load /dev/stdin") must see end-of-file at once, not wait for us forever.
+        self.transport.closeStdin()
+
+    def childDataReceived(self, fd, data):
+        buf = self.data.get(fd)
+        if buf is not None and len(buf) < self.limit:
+            # bounded: a child printing in a loop until its deadline must not fill our memory
+            buf += data[:self.limit - len(buf)]
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value)
+
+
+def run_bounded(reactor, argv: list[str], *, env: dict, timeout: float, path: str | None = None,
+                output_limit: int = 1 << 20, kill_grace: float = 5.0,
+                os_killpg=os.killpg, os_kill=os.kill) -> Deferred:
+    """Run a short command: Deferred ``(stdout: bytes, stderr: bytes, code: int)``.
+
+    ``code`` is the exit status, or minus the signal number that ended it.
+    The child's stdin is closed right after the spawn and each output stream
+    is kept up to ``output_limit`` bytes. After ``timeout`` seconds the child's
+    process group (the argv should start with ``setsid`` so that the child
+    leads one and everything it forked goes too) and the child itself get
+    SIGKILL; once it is reaped the Deferred errbacks with ``CommandTimeout``
+    (after ``kill_grace`` more seconds without an exit, e.g. a process stuck
+    in the kernel, it errbacks anyway with ``reaped=False``).
+    """
+    protocol = _BoundedProtocol(output_limit)
+    try:
+        transport = reactor.spawnProcess(protocol, argv[0], list(argv), env=env, path=path)
+    except Exception as e:  # e.g. the executable vanished
+        return fail(e)
+    pid = transport.pid
+    result = Deferred()
+    timers: dict = {}
+
+    def output() -> str:
+        return (bytes(protocol.data[2]) + bytes(protocol.data[1])).decode("utf-8", "replace").strip()
+
+    def give_up():
+        if not result.called:
+            log.error("{cmd} pid {pid}: still not reaped {grace}s after SIGKILL", cmd=argv[0], pid=pid,
+                      grace=kill_grace)
+            result.errback(CommandTimeout(argv, timeout, output(), reaped=False))
+
+    def expire():
+        log.warn("{cmd} pid {pid}: no exit within {timeout}s; killing its process group", cmd=argv[0],
+                 pid=pid, timeout=timeout)
+        # The group first (everything the child forked), then the pid itself in case it has not
+        # become a group leader yet; a pid that is still our unreaped child cannot be recycled.
+        for kill in (os_killpg, os_kill):
+            try:
+                kill(pid, signal_module.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        timers["grace"] = reactor.callLater(kill_grace, give_up)
+
+    def ended(value):
+        for call in timers.values():
+            if call.active():
+                call.cancel()
+        if result.called:
+            return
+        if "grace" in timers:
+            result.errback(CommandTimeout(argv, timeout, output()))
+            return
+        code = getattr(value, "exitCode", None)
+        sig = getattr(value, "signal", None)
+        if code is None:
+            code = -(sig or signal_module.SIGKILL)
+        result.callback((bytes(protocol.data[1]), bytes(protocol.data[2]), code))
+
+    timers["deadline"] = reactor.callLater(timeout, expire)
+    protocol.ended.addCallback(ended)
+    return result
 
 
 class SupervisedProcess:

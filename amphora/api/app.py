@@ -293,6 +293,32 @@ class AgentAPI:
         spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_vip(vip, spec))
 
+    from werkzeug.routing import PathConverter as _PathConverter
+
+    class _AnyRest(_PathConverter):
+        """Everything after ``/plug/vip/``, even empty or starting with a (decoded) slash."""
+
+        regex = "(?s:.*)"
+        part_isolating = False
+
+    app.url_map.converters["plugrest"] = _AnyRest
+    del _PathConverter, _AnyRest
+
+    @app.route(V + "/plug/vip/<plugrest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
+    def plug_vip_fallback(self, request, rest):
+        """Paths the VIP routes did not match. One raw segment whose decoded form has a slash
+        (``..%2F..%2Fetc``, ``%2F``) or that is empty is a VIP that is not an address: 400
+        "Invalid VIP", like any other bad VIP. More raw segments (``/plug/vip/<ip>/more``) are
+        an unknown route: 404."""
+        from amphora.errors import InvalidRequest
+
+        self.agent.topology.check_gate()
+        raw = request.path.decode("ascii", "replace").split("/plug/vip/", 1)[-1]
+        if "/" not in raw.rstrip("/"):
+            shown = rest if len(rest) <= 100 else rest[:100] + "..."
+            raise InvalidRequest(f"{shown!r} is not an IPv4 or IPv6 address", message="Invalid VIP")
+        raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
+
     @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
     @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
     def plug_network(self, request):

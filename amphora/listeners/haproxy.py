@@ -34,6 +34,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from amphora.listeners import stats
 from amphora.netns import exec_argv
+from amphora.process import run_bounded
 
 TYPE_TCP = "TCP"
 TYPE_HTTP = "HTTP"
@@ -44,6 +45,8 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 # haproxy runs in the listener's run directory and names its sockets relative to it: a UNIX
 # socket path is limited to ~97 bytes by haproxy, which a deep run_dir would exceed.
 STATS_SOCKET = "stats.sock"
+# Default bound of one ``haproxy -c`` (the listener manager passes [haproxy] start_timeout).
+CHECK_TIMEOUT = 10.0
 MASTER_SOCKET = "master.sock"
 
 
@@ -506,10 +509,19 @@ class HAProxy:
         return exec_argv(self.namespace, argv)
 
     @inlineCallbacks
-    def check(self, config: str, fragment: str, cwd: str | None = None):
-        """``haproxy -c``: fires with (valid, output)."""
-        out, err, code = yield getProcessOutputAndValue(
-            self.binary, ["-c", "-f", fragment, "-f", config], env=ENV, path=cwd, reactor=self.reactor)
+    def check(self, config: str, fragment: str, cwd: str | None = None, timeout: float = CHECK_TIMEOUT):
+        """``haproxy -c``: fires with (valid, output); errbacks with ``CommandTimeout``.
+
+        The check reads whatever the configuration names (``lua-load`` runs
+        Lua, certificates, maps), so it is bounded: stdin closed (``lua-load
+        /dev/stdin`` reads end-of-file), and after ``timeout`` seconds haproxy's
+        session (``setsid``: with everything a Lua script forked) is killed and
+        reaped before this errbacks.
+        """
+        argv = [self.binary, "-c", "-f", fragment, "-f", config]
+        if SETSID:
+            argv = [SETSID, *argv]
+        out, err, code = yield run_bounded(self.reactor, argv, env=ENV, path=cwd, timeout=timeout)
         text = (err.decode("utf-8", "replace") + out.decode("utf-8", "replace")).strip()
         return (code == 0, text)
 

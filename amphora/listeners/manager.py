@@ -47,7 +47,7 @@ from amphora.listeners import stats
 from amphora.listeners.haproxy import (HAProxy, bind_addresses, fragment_text,
                                        listener_type, pools_document)
 from amphora.listeners.store import STARTED, STOPPED, ListenerStore, is_listener_id
-from amphora.process import RUNNING, ProcessFailed, SupervisedProcess, process_identity
+from amphora.process import RUNNING, CommandTimeout, ProcessFailed, SupervisedProcess, process_identity
 from amphora.process import STOPPED as PROC_STOPPED
 
 log = Logger()
@@ -84,6 +84,10 @@ class ListenerManager(Service):
         self.supervision = dict(backoff_initial=1.0, backoff_max=30.0, max_restarts=6,
                                 stable_after=30.0, poll_interval=1.0)
         self.reload_timeout = config.haproxy.start_timeout
+        # Bound of one ``haproxy -c``. A check parses exactly what a start parses (Lua, certificates,
+        # maps) minus the binds, and a start that is not ready within start_timeout fails anyway:
+        # a configuration that takes longer to check could never be started or reloaded.
+        self.check_timeout = config.haproxy.start_timeout
         self._locks: dict[str, DeferredLock] = {}
         self._known: set[str] = set(self.store.ids())
         self._procs: dict[str, SupervisedProcess] = {}
@@ -231,13 +235,29 @@ class ListenerManager(Service):
         changed since, is not run again: the upload that stored the file has
         just checked it. (haproxy re-parses on reload anyway, and a reload that
         fails to load is rolled back, so this only saves time.)
+
+        A check that outlives ``check_timeout`` is killed and counts as failed
+        with ``error``: 400 for an upload (the configuration is what hangs, e.g.
+        ``lua-load`` of a script that never returns: refused like any invalid
+        one, nothing stored), 500 for start and reload like every failed check
+        there. The per-listener lock is released either way.
         """
         fragment = self._write_fragment(lid)
         key = self._check_key(lid, config_path, fragment)
         cached = self._checked.get(lid)
         if reuse and key is not None and cached is not None and cached[0] == key:
             return cached[1]
-        valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.run_dir(lid))
+        try:
+            valid, output = yield self.haproxy.check(config_path, fragment, cwd=self.store.run_dir(lid),
+                                                     timeout=self.check_timeout)
+        except CommandTimeout as e:
+            log.error("listener {lid}: haproxy -c did not finish within {timeout}s; killed", lid=lid,
+                      timeout=e.timeout)
+            details = (f"configuration check did not finish within {e.timeout:g} s (haproxy -c was "
+                       f"killed; does the configuration read from standard input or loop while loading?)")
+            if e.output:
+                details += "\n" + e.output[-4000:]
+            raise error(details, message=failure_message)
         if not valid:
             raise error(output or "haproxy -c failed without output", message=failure_message)
         if key is not None:  # content-based: a checked candidate counts for the stored copy too

@@ -225,7 +225,7 @@ def test_operations_serialise_per_listener_and_run_in_parallel_across(pki, tmp_p
     pending = []
     _cleanup.append(lambda: remove_dir(run_dir))
 
-    def check(config_path, fragment, cwd=None):
+    def check(config_path, fragment, cwd=None, timeout=None):
         with open(config_path, "rb") as f:
             pending.append((f.read(), d := Deferred()))
         return d

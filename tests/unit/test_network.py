@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import replace
@@ -24,7 +25,9 @@ MAC3 = "fa:16:3e:00:00:03"
 @pytest.mark.parametrize("raw, expected", [
     ("203.0.113.2", "203.0.113.2"),
     ("2001:DB8::0:5", "2001:db8::5"),
-    ("::ffff:10.0.0.1", "::ffff:a00:1"),
+    ("240.0.0.5", "240.0.0.5"),  # reserved, but Linux configures it like any unicast address
+    ("100.64.0.5", "100.64.0.5"),  # shared address space (carrier-grade NAT) is a real network
+    ("10.0.0.255", "10.0.0.255"),  # a broadcast only within a subnet (see the body tests)
 ])
 def test_parse_vip_normalises(raw, expected):
     assert parse_vip(raw) == expected
@@ -38,6 +41,123 @@ def test_parse_vip_rejects(raw):
         parse_vip(raw)
     assert e.value.message == "Invalid VIP"
     assert repr(raw) in e.value.details
+
+
+# Addresses that are no VIP and no port address, with the reason the details give.
+UNUSABLE = [
+    ("0.0.0.0", "the unspecified address"),
+    ("::", "the unspecified address"),
+    ("0.1.2.3", "in 0.0.0.0/8 (this network)"),
+    ("127.0.0.5", "a loopback address"),
+    ("127.255.255.254", "a loopback address"),
+    ("::1", "a loopback address"),
+    ("224.0.0.1", "a multicast address"),
+    ("239.1.2.3", "a multicast address"),
+    ("ff02::1", "a multicast address"),
+    ("ff0e::1234", "a multicast address"),
+    ("255.255.255.255", "the broadcast address"),
+    ("169.254.169.254", "a link-local address"),
+    ("fe80::1", "a link-local address"),
+    ("::ffff:10.0.0.1", "an IPv4-mapped IPv6 address"),
+    ("::ffff:127.0.0.1", "an IPv4-mapped IPv6 address"),
+]
+
+
+@pytest.mark.parametrize("raw, reason", UNUSABLE)
+def test_parse_vip_rejects_addresses_that_are_no_vip(raw, reason):
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip(raw)
+    assert (e.value.status, e.value.message) == (400, "Invalid VIP")
+    assert e.value.details.startswith(f"{ipaddress.ip_address(raw)} is {reason};"), e.value.details
+
+
+@pytest.mark.parametrize("raw, reason", UNUSABLE)
+def test_parse_vip_body_rejects_them_too(raw, reason):
+    """The body parser does not rely on parse_vip having run first."""
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip_body(raw, None)
+    assert e.value.message == "Invalid VIP" and reason in e.value.details
+
+
+@pytest.mark.parametrize("raw, reason", UNUSABLE)
+def test_port_addresses_are_checked_like_vips(raw, reason):
+    v6 = ipaddress.ip_address(raw).version == 6
+    with pytest.raises(InvalidRequest) as e:
+        parse_network_body({"fixed_ips": [{"ip_address": "2001:db8::5" if v6 else "10.0.0.5"},
+                                          {"ip_address": raw}]})
+    assert e.value.message == "Invalid request"
+    assert e.value.details == f"fixed_ips[1].ip_address: {ipaddress.ip_address(raw)} is {reason}"
+    vip = "2001:db8::5" if v6 else "203.0.113.2"
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip_body(vip, {"vrrp_ip": raw})
+    assert e.value.details == f"vrrp_ip: {ipaddress.ip_address(raw)} is {reason}"
+
+
+@pytest.mark.parametrize("raw, reason", [(r, why) for r, why in UNUSABLE if why != "a link-local address"])
+def test_next_hops_and_gateways_are_checked(raw, reason):
+    v6 = ipaddress.ip_address(raw).version == 6
+    destination = "2001:db8:1::/64" if v6 else "198.51.100.0/24"
+    vip, subnet = ("2001:db8::5", "2001:db8::/64") if v6 else ("203.0.113.2", "203.0.113.0/24")
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip_body(vip, {"host_routes": [{"destination": destination, "nexthop": raw}]})
+    assert e.value.details == f"host_routes[0].nexthop: {ipaddress.ip_address(raw)} is {reason}"
+    with pytest.raises(InvalidRequest) as e:
+        parse_network_body({"fixed_ips": [{"ip_address": vip, "host_routes": [
+            {"destination": destination, "nexthop": raw}]}]})
+    assert e.value.details == f"fixed_ips[0].host_routes[0].nexthop: {ipaddress.ip_address(raw)} is {reason}"
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip_body(vip, {"subnet_cidr": subnet, "gateway": raw})
+    assert e.value.details == f"gateway: {ipaddress.ip_address(raw)} is {reason}"
+
+
+def test_link_local_next_hops_are_fine():
+    """An IPv6 router advertises its fe80:: address: a normal next hop on the port's link."""
+    spec = parse_vip_body("2001:db8::5", {"host_routes": [{"destination": "2001:db8:1::/64",
+                                                           "nexthop": "fe80::1"}]})
+    assert spec.routes == (Route("2001:db8:1::/64", "fe80::1"),)
+    with pytest.raises(InvalidRequest, match="gateway: fe80::1 is not in subnet_cidr"):
+        parse_vip_body("2001:db8::5", {"subnet_cidr": "2001:db8::/64", "gateway": "fe80::1"})
+    with pytest.raises(InvalidRequest, match="nexthop: an address with a scope"):
+        parse_vip_body("2001:db8::5", {"host_routes": [{"destination": "2001:db8:1::/64",
+                                                        "nexthop": "fe80::1%eth0"}]})
+
+
+@pytest.mark.parametrize("subnet, address, what", [
+    ("10.0.0.0/24", "10.0.0.255", "broadcast"),
+    ("10.0.0.0/24", "10.0.0.0", "network"),
+    ("10.0.0.0/30", "10.0.0.3", "broadcast"),
+])
+def test_the_subnets_own_network_and_broadcast_addresses_are_refused(subnet, address, what):
+    expected = f"{address} is the {what} address of subnet_cidr {subnet}"
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip_body(address, {"subnet_cidr": subnet})
+    assert (e.value.message, e.value.details) == ("Invalid VIP", expected)
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip_body("10.0.0.1", {"subnet_cidr": subnet, "vrrp_ip": address})
+    assert e.value.details == "vrrp_ip: " + expected
+    with pytest.raises(InvalidRequest) as e:
+        parse_vip_body("10.0.0.1", {"subnet_cidr": subnet, "gateway": address})
+    assert e.value.details == "gateway: " + expected
+    with pytest.raises(InvalidRequest) as e:
+        parse_network_body({"fixed_ips": [{"ip_address": address, "subnet_cidr": subnet}]})
+    assert e.value.details == "fixed_ips[0].ip_address: " + expected
+
+
+def test_point_to_point_subnets_have_no_broadcast_address():
+    assert parse_vip_body("10.0.0.1", {"subnet_cidr": "10.0.0.0/31"}).addresses == ("10.0.0.1/31",)
+    assert parse_vip_body("10.0.0.0", {"subnet_cidr": "10.0.0.0/31"}).addresses == ("10.0.0.0/31",)
+    assert parse_vip_body("2001:db8::", {"subnet_cidr": "2001:db8::/64"}).addresses == ("2001:db8::/64",)
+
+
+def test_state_entries_with_unusable_addresses_are_skipped(tmp_path):
+    """plugged.json written by an agent that still accepted 0.0.0.0 is not re-applied at start."""
+    (tmp_path / "plugged.json").write_text(json.dumps({"interfaces": [
+        {"mac": MAC1, "addresses": ["0.0.0.0/32"], "vips": ["0.0.0.0"], "name": "eth1"},
+        {"mac": MAC2, "addresses": ["10.0.0.6/24"], "vips": [], "name": "eth2",
+         "host_routes": [{"destination": "1.0.0.0/8", "nexthop": "127.0.0.1"}]},
+        {"mac": MAC3, "addresses": ["10.0.0.5/24"], "vips": ["10.0.0.5"], "name": "eth3"}]}))
+    plugger, _ = make(tmp_path, [])
+    assert [e["mac"] for e in plugger.plugged()["interfaces"]] == [MAC3]
 
 
 def test_vip_without_body_is_a_host_address():
