@@ -32,7 +32,6 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 from twisted.internet.defer import DeferredLock, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 

@@ -24,7 +24,6 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -52,8 +51,13 @@ class HostFacts:
 
     @inlineCallbacks
     def load(self):
-        out, err, code = yield getProcessOutputAndValue(
-            self.config.haproxy.binary, ["-v"], env=dict(os.environ), reactor=self.reactor)
+        from amphora.process import run_bounded
+
+        try:
+            out, err, code = yield run_bounded(self.reactor, [self.config.haproxy.binary, "-v"],
+                                               env=dict(os.environ), timeout=10.0)
+        except Exception as e:  # a hung or missing binary must not stop the agent's start
+            out, err, code = b"", str(e).encode(), -1
         version = parse_haproxy_version(out + err)
         if code != 0 or version is None:
             log.error("cannot learn the haproxy version from {binary} -v (exit {code})",

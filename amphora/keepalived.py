@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
 from amphora.errors import OperationFailed
@@ -354,10 +353,16 @@ class Paths:
         self.vrrp_pid = os.path.join(d, "vrrp.pid")
 
 
+# keepalived -t and the other short commands: bounded, so a hung one cannot
+# stall a topology transition (it then fails and is rolled back).
+RUN_TIMEOUT = 30.0
+
+
 def run(reactor, namespace: str, argv: list[str]):
-    """Run a short command inside ``namespace``: Deferred (out, err, code)."""
-    full = exec_argv(namespace, argv)
-    return getProcessOutputAndValue(full[0], full[1:], env=ENV, reactor=reactor)
+    """Run a short command inside ``namespace``: Deferred (out, err, code); bounded by RUN_TIMEOUT."""
+    from amphora.process import run_bounded
+
+    return run_bounded(reactor, exec_argv(namespace, argv), env=ENV, timeout=RUN_TIMEOUT)
 
 
 def _text(out: bytes, err: bytes) -> str:

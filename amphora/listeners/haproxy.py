@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
-from twisted.internet.utils import getProcessOutputAndValue
 
 from amphora.listeners import stats
 from amphora.netns import exec_argv
-from amphora.process import run_bounded
+from amphora.process import CommandTimeout, run_bounded
+
+# The namespace bind check only lists sockets; seconds mean something is badly wrong.
+BIND_CHECK_TIMEOUT = 10.0
 
 TYPE_TCP = "TCP"
 TYPE_HTTP = "HTTP"
@@ -546,7 +548,10 @@ class HAProxy:
                                          "freebind": b.freebind} for b in binds], "pids": own_pids})
         argv = exec_argv(self.namespace, [sys.executable, "-m", "amphora.listeners.haproxy",
                                           "bind-check", request])
-        out, err, code = yield getProcessOutputAndValue(argv[0], argv[1:], env=self.env, reactor=self.reactor)
+        try:
+            out, err, code = yield run_bounded(self.reactor, argv, env=self.env, timeout=BIND_CHECK_TIMEOUT)
+        except CommandTimeout as e:
+            return [f"bind check in namespace {self.namespace} did not finish within {e.timeout:g} s"]
         if code != 0:
             return ([f"bind check failed in namespace {self.namespace}: "
                          f"{err.decode('utf-8', 'replace').strip()}"])
