@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -278,3 +279,24 @@ class BlockingAPI:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+class API:
+    """The listener routes of a running agent, through a treq client: (code, JSON or bytes)."""
+
+    def __init__(self, client, url):
+        self.client = client
+        self.url = url + "/v0.1"
+
+    async def call(self, method, path, data=None):
+        response = await self.client.request(method, self.url + path, data=data)
+        body = await response.content()
+        if response.headers.getRawHeaders(b"content-type", [b""])[0].startswith(b"application/json"):
+            return response.code, json.loads(body)
+        return response.code, body
+
+    async def upload(self, lid, text):
+        return await self.call("PUT", f"/listeners/{lid}/haproxy", text.encode() if isinstance(text, str) else text)
+
+    async def action(self, lid, action):
+        return await self.call("PUT", f"/listeners/{lid}/{action}")

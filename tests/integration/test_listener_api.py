@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 
@@ -14,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.listener_support import (Backend, eventually, http_config, http_get, new_id, port_open, tcp_config, tcp_echo)
+from tests.listener_support import (API, Backend, eventually, http_config, http_get, new_id, port_open, tcp_config, tcp_echo)
 
 
 @pytest.fixture
@@ -28,24 +27,6 @@ def listeners(listeners):
     listeners.supervision.update(backoff_initial=0.2, backoff_max=1.0, stable_after=5.0, poll_interval=0.2)
     return listeners
 
-
-class API:
-    def __init__(self, client, url):
-        self.client = client
-        self.url = url + "/v0.1"
-
-    async def call(self, method, path, data=None):
-        response = await self.client.request(method, self.url + path, data=data)
-        body = await response.content()
-        if response.headers.getRawHeaders(b"content-type", [b""])[0].startswith(b"application/json"):
-            return response.code, json.loads(body)
-        return response.code, body
-
-    async def upload(self, lid, text):
-        return await self.call("PUT", f"/listeners/{lid}/haproxy", text.encode() if isinstance(text, str) else text)
-
-    async def action(self, lid, action):
-        return await self.call("PUT", f"/listeners/{lid}/{action}")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ operation on the same listener proceeds.
 
 from __future__ import annotations
 
-import json
 import os
 
 import psutil
@@ -20,31 +19,13 @@ from twisted.internet.threads import deferToThread
 
 from tests import certificates_support as cs
 from tests.helpers import free_port
-from tests.listener_support import Backend, eventually, http_config, http_get, new_id
+from tests.listener_support import API, Backend, eventually, http_config, http_get, new_id
 
 
 @pytest.fixture
 def agent_config_extra(run_dir):
     return {"agent": {"run_dir": run_dir}, "haproxy": {"stop_timeout": "3", "start_timeout": "5"}}
 
-
-class API:
-    def __init__(self, client, url):
-        self.client = client
-        self.url = url + "/v0.1"
-
-    async def call(self, method, path, data=None):
-        response = await self.client.request(method, self.url + path, data=data)
-        body = await response.content()
-        if response.headers.getRawHeaders(b"content-type", [b""])[0].startswith(b"application/json"):
-            return response.code, json.loads(body)
-        return response.code, body
-
-    async def upload(self, lid, text):
-        return await self.call("PUT", f"/listeners/{lid}/haproxy", text.encode())
-
-    async def action(self, lid, action):
-        return await self.call("PUT", f"/listeners/{lid}/{action}")
 
 
 @pytest.fixture
