@@ -88,6 +88,7 @@ class AmphoraAgent(MultiService):
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
         self.site = AgentSite(self.api.app.resource(), clock=reactor, max_body_bytes=max_body,
                               timeout=300)
+        self.site.access_log = agent.access_log
         self.port = None
         self._ready: list[Deferred] = []
         self.is_ready = False

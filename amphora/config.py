@@ -138,6 +138,15 @@ def parse_controllers(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(result)
 
 
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"not a boolean (true/false): {raw!r}")
+
+
 def choice(*allowed: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip()
@@ -173,6 +182,7 @@ class AgentSection:
     max_certificate_bytes: int = opt(positive_int, 64 * 1024)
     packages: tuple = opt(parse_list, ())
     packages_max_age: float = opt(positive_float, 86400.0)
+    access_log: bool = opt(parse_bool, True)
 
 
 @dataclass(frozen=True)

@@ -121,27 +121,38 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-api-")
     pki = make_pki(os.path.join(tmp, "pki"))
     agent_port, base_port = free_port(), free_port()
+    quiet_port = free_port()
     config = write_config(pki, os.path.join(tmp, "agent"), agent_port)
+    quiet_config = write_config(pki, os.path.join(tmp, "agent-quiet"), quiet_port,
+                                {"agent": {"access_log": "false"}})
     env = dict(os.environ, PYTHONPATH=REPO)
     procs = []
     try:
         procs.append(subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(tmp, "agent.log"),
                                        "amphora-agent", "--config", config], env=env))
+        procs.append(subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile",
+                                       os.path.join(tmp, "agent-quiet.log"), "amphora-agent",
+                                       "--config", quiet_config], env=env))
         procs.append(subprocess.Popen([sys.executable, "-c", BASELINE, config, str(base_port)], env=env))
         wait_port(agent_port)
+        wait_port(quiet_port)
         wait_port(base_port)
         rows = []
         for clients in [int(c) for c in args.clients.split(",")]:
             base = measure(base_port, pki.paths, clients, args.seconds)
             agent = measure(agent_port, pki.paths, clients, args.seconds)
-            rows.append((clients, base, agent))
+            quiet = measure(quiet_port, pki.paths, clients, args.seconds)
+            rows.append((clients, base, agent, quiet))
         print(f"GET /info over mTLS (RSA-2048), keep-alive, {args.seconds:.0f}s per run, {os.cpu_count()} cores")
-        print(f"{'clients':>7} {'server':>10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-        for clients, base, agent in rows:
-            for name, r in (("bare-klein", base), ("agent", agent)):
-                print(f"{clients:>7} {name:>10} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
-            print(f"{clients:>7} {'ratio':>10} {agent['rps'] / base['rps']:>9.2f}  (agent / bare Klein req/s)")
-        print(json.dumps({"results": [{"clients": c, "baseline": b, "agent": a} for c, b, a in rows]}))
+        print(f"{'clients':>7} {'server':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+        for clients, base, agent, quiet in rows:
+            for name, r in (("bare-klein", base), ("agent", agent), ("agent-nolog", quiet)):
+                print(f"{clients:>7} {name:>11} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
+            print(f"{clients:>7} {'ratio':>11} {agent['rps'] / base['rps']:>9.2f}  (agent / bare Klein req/s)")
+            print(f"{clients:>7} {'ratio':>11} {quiet['rps'] / base['rps']:>9.2f}  "
+                  "(agent with [agent] access_log = false / bare Klein)")
+        print(json.dumps({"results": [{"clients": c, "baseline": b, "agent": a, "agent_no_access_log": q}
+                                      for c, b, a, q in rows]}))
     finally:
         for p in procs:
             p.terminate()

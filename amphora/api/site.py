@@ -171,8 +171,11 @@ class AgentSite(Site):
             return ErrorResource(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
         return super().getResourceFor(request)
 
+    access_log = True
+
     def log(self, request):
-        self.log_access(request, request.code)
+        if self.access_log:
+            self.log_access(request, request.code)
 
     def log_access(self, request, status: int) -> None:
         # This runs for every request and is most of the agent's own per-request

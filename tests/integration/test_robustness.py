@@ -115,3 +115,22 @@ async def test_client_hanging_up_does_not_abandon_a_start(agent, client, url, li
     finally:
         globalLogPublisher.removeObserver(events.append)
         backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_access_log_switch(agent, client, url):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        def access_lines():
+            return [e for e in events if e.get("log_namespace") == "amphora.access"]
+
+        await (await client.get(url + "/info")).content()
+        await deferLater(reactor, 0.05, lambda: None)
+        assert len(access_lines()) == 1
+        agent.site.access_log = False  # what [agent] access_log = false sets
+        await (await client.get(url + "/info")).content()
+        await deferLater(reactor, 0.05, lambda: None)
+        assert len(access_lines()) == 1
+    finally:
+        globalLogPublisher.removeObserver(events.append)

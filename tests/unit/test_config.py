@@ -121,3 +121,13 @@ def test_heartbeat_key_is_not_in_the_configuration_repr(pki, root):
                                                        "key": "s3cr3t-hmac-key"}}))
     assert cfg.heartbeat.key == "s3cr3t-hmac-key"
     assert "s3cr3t-hmac-key" not in repr(cfg)
+
+
+@pytest.mark.parametrize("raw, expected", [("true", True), ("off", False), ("0", False), ("yes", True)])
+def test_access_log_switch_parses(pki, root, raw, expected):
+    assert parse_config(text(pki, root, {"agent": {"access_log": raw}})).agent.access_log is expected
+
+
+def test_access_log_switch_rejects_garbage(pki, root):
+    with pytest.raises(ConfigError, match="agent.access_log: not a boolean"):
+        parse_config(text(pki, root, {"agent": {"access_log": "maybe"}}))
