@@ -5,7 +5,7 @@ EC P-256, each with a two-certificate chain) and for the largest allowed body,
 next to a baseline measured in the same run: md5 of the same bytes (what the
 agent must do anyway) and one atomic write to a temporary directory.
 
-    /work/main/.venv/bin/python bench/certificates_validate.py
+    .venv/bin/python bench/certificates_validate.py
 """
 
 from __future__ import annotations

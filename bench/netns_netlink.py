@@ -3,7 +3,7 @@ thread+setns socket vs pyroute2's own IPRoute(netns=...) (which forks a helper).
 
 Root needed; creates and removes one namespace of its own. Prints figures:
 
-    /work/main/.venv/bin/python bench/netns_netlink.py [iterations]
+    .venv/bin/python bench/netns_netlink.py [iterations]
 """
 
 from __future__ import annotations
