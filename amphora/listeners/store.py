@@ -10,7 +10,7 @@ Layout (DESIGN.md section 5)::
     <run_dir>/listeners/<uuid>/haproxy.pid      master pid (-p)
     <run_dir>/listeners/<uuid>/stats.sock       admin runtime API
     <run_dir>/listeners/<uuid>/master.sock      master CLI (-S)
-    <certs_dir>/<uuid>/                         certificates (owned by the certificates branch)
+    <certs_dir>/<uuid>/                         certificates (owned by amphora.certificates)
 
 Every path is built from an id that ``amphora.api.params.listener_id`` (or
 ``is_listener_id`` here) accepted, so nothing a client sends can point outside

@@ -16,15 +16,7 @@ from amphora.heartbeat.receiver import HeartbeatReceiver, listen
 from amphora.listeners.stats import parse_show_stat
 from tests.helpers import free_port
 
-# Runs once the listener manager (branch `listeners`) is merged; until then it is reported
-# as skipped with this reason (the heartbeat itself is tested with real haproxy in
-# test_heartbeat.py either way).
-pytest.importorskip("amphora.listeners.manager", reason="listener manager not merged yet")
-_support = pytest.importorskip("tests.listener_support", reason="listener manager not merged yet")
-Backend, eventually, http_config, http_get = (_support.Backend, _support.eventually, _support.http_config,
-                                              _support.http_get)
-kill_listeners, new_id, remove_dir, short_dir = (_support.kill_listeners, _support.new_id, _support.remove_dir,
-                                                 _support.short_dir)
+from tests.listener_support import Backend, eventually, http_config, http_get, kill_listeners, new_id
 
 KEY = "listeners-heartbeat-key"
 
