@@ -29,9 +29,15 @@ from twisted.python.failure import Failure
 from amphora.api.app import AgentAPI
 from amphora.api.site import AgentSite
 from amphora.api.tls import ServerContextFactory
+from amphora.certificates import CertificateStore
 from amphora.config import AgentConfig
 from amphora.fsutil import ensure_dir
-from amphora.host import HostFacts
+from amphora.heartbeat.emitter import make_heartbeat
+from amphora.host import HostFacts, HostSampler
+from amphora.keepalived import Keepalived, KeepalivedService
+from amphora.listeners.logs import ListenerLogs
+from amphora.listeners.manager import ListenerManager
+from amphora.network import NetworkPlugger
 from amphora.topology import Topology
 
 log = Logger()
@@ -51,39 +57,23 @@ class AmphoraAgent(MultiService):
             ensure_dir(path, mode)
         self.facts = HostFacts(config, reactor)
         self.topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
-        # Domain objects, one slot each (keep the slot markers: they keep merges apart).
-        # slot: network (plug VIP / network)
-        from amphora.network import NetworkPlugger  # imported here: keeps the slots' merges apart
+        # Order matters: the listener manager needs nothing else; certificates and
+        # logs hook into it; the sampler and heartbeat read everything.
         self.network = NetworkPlugger(config, reactor)
-        # slot: listeners (haproxy per listener)
-        from amphora.listeners.manager import ListenerManager
         self.listeners = ListenerManager(config, reactor)
         self.listeners.setServiceParent(self)
-        # slot: certificates
-        from amphora.certificates import CertificateStore
         self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
         self.certificates.check_storage()
-        if self.listeners is not None:  # deleting a listener deletes its certificates
-            self.listeners.delete_hooks.append(self.certificates.delete_all)
-        # slot: listener logs
-        from amphora.listeners.logs import ListenerLogs
+        self.listeners.delete_hooks.append(self.certificates.delete_all)  # a deleted listener's keys go too
         self.logs = ListenerLogs(config, reactor)
         self.logs.setServiceParent(self)
         self.logs.attach(self.listeners)  # hooks into listeners.config_hooks / delete_hooks
-        # slot: host details sampler
-        from amphora.host import HostSampler  # here, not at the top: slot edits only
         self.sampler = HostSampler.for_agent(self)
         self.sampler.setServiceParent(self)
-        # slot: keepalived (ACTIVE-STANDBY)
-        from amphora.keepalived import Keepalived, KeepalivedService
-        self.keepalived = Keepalived(config, reactor, vip_interface=lambda ip: getattr(
-            self.network, "vip_interface", lambda _: None)(ip))
+        self.keepalived = Keepalived(config, reactor, vip_interface=self.network.vip_interface)
         KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
         self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
-        # slot: heartbeat
-        from amphora.heartbeat.emitter import make_heartbeat  # local: keeps merges inside the slot
         self.heartbeat = make_heartbeat(self)
-        # end of slots
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
         self.site = AgentSite(self.api.app.resource(), clock=reactor, max_body_bytes=max_body,

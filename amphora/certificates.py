@@ -37,6 +37,7 @@ from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
 from amphora.fsutil import atomic_write, ensure_dir, fsync_dir
+from amphora.listeners.store import check_listener_id
 
 log = Logger()
 
@@ -47,7 +48,6 @@ NAME_MAX_BYTES = 255
 # dot (hidden files, our own ".tmp-" files), no "..", no empty stem, ASCII only.
 # The spec's "WILDCARD.example.com.pem" (for "*.example.com") is just such a name.
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.pem")
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def check_name(raw: object) -> str:
@@ -61,10 +61,6 @@ def check_name(raw: object) -> str:
     return raw
 
 
-def check_listener_id(raw: object) -> str:
-    if not isinstance(raw, str) or not _UUID.fullmatch(raw):
-        raise InvalidRequest(f"Invalid listener id: {raw!r} is not a canonical UUID")
-    return raw
 
 
 # -- PEM validation -------------------------------------------------------------

@@ -78,7 +78,6 @@ MIN_MTU_IPV6 = 1280
 MAX_MTU = 65535
 
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 # -- validation (the edge) ----------------------------------------------------
@@ -768,10 +767,15 @@ class NetworkPlugger:
 
     def __init__(self, config, reactor, netlink=None, run_blocking=None):
         self.namespace = config.network.namespace
-        if self.namespace and (not _NAMESPACE.fullmatch(self.namespace) or self.namespace in (".", "..")):
-            from amphora.config import ConfigError
+        if self.namespace:
+            # Parsed configurations are checked already; this guards any other
+            # caller, with the parser's own definition (the name becomes a path).
+            from amphora.config import ConfigError, parse_namespace
 
-            raise ConfigError(f"network.namespace: not a usable namespace name: {self.namespace!r}")
+            try:
+                parse_namespace(self.namespace)
+            except ValueError as e:
+                raise ConfigError(f"network.namespace: {e}") from None
         self.reactor = reactor
         self.path = os.path.join(config.agent.state_dir, STATE_FILE)
         self.netlink = netlink if netlink is not None else Netlink(self.namespace)

@@ -19,10 +19,16 @@ from twisted.python.failure import Failure
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import PathConverter
 
 from amphora import API_VERSION
+from amphora.api.openapi import document_bytes
+from amphora.api.params import json_body, listener_id, read_body
 from amphora.api.site import render_error, render_json
-from amphora.errors import AgentError, MethodNotAllowed, NotFound, OperationFailed
+from amphora.certificates import check_name
+from amphora.errors import (AgentError, InvalidRequest, ListenerNotFound, MethodNotAllowed, NotFound,
+                            OperationFailed, PayloadTooLarge)
+from amphora.network import parse_network_body, parse_vip, parse_vip_body
 
 log = Logger()
 
@@ -62,10 +68,19 @@ class AgentKlein(Klein):
         return answer
 
 
+class _Rest(PathConverter):
+    """The rest of the path, even empty, with slashes and newlines (percent-decoded
+    ones too): routes that must see every malformed value to refuse it with 400."""
+
+    regex = "(?s:.*)"
+    part_isolating = False
+
+
 class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
     app = AgentKlein()
+    app.url_map.converters["rest"] = _Rest
     # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
     # an unknown path is a 404 like any other.
     app.url_map.merge_slashes = False
@@ -130,7 +145,6 @@ class AgentAPI:
 
     @app.route(V + "/topology", methods=["POST"])
     def set_topology(self, request):
-        from amphora.api.params import json_body  # local: keeps the shared import block merge-free
         topology = self.agent.topology
         topology.check_gate()
         code = topology.request(json_body(request))
@@ -147,7 +161,6 @@ class AgentAPI:
         return render_json(request, self.agent.sampler.document(self.agent))
 
     # -- listeners ------------------------------------------------------------
-    # (params is imported inside each route: this section then merges without touching the imports)
 
     @app.route(V + "/listeners", methods=["GET"])
     def list_listeners(self, request):
@@ -155,30 +168,26 @@ class AgentAPI:
 
     @app.route(V + "/listeners/<lid>", methods=["GET"])
     async def get_listener(self, request, lid):
-        from amphora.api import params
-        doc = await self.agent.listeners.status(params.listener_id(lid))
+        doc = await self.agent.listeners.status(listener_id(lid))
         return render_json(request, doc)
 
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
     async def delete_listener(self, request, lid):
-        from amphora.api import params
         self.agent.topology.check_gate()
-        details = await self.agent.listeners.delete(params.listener_id(lid))
+        details = await self.agent.listeners.delete(listener_id(lid))
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
     async def put_haproxy(self, request, lid):
-        from amphora.api import params
         self.agent.topology.check_gate()
-        lid = params.listener_id(lid)
-        body = params.read_body(request, self.agent.config.haproxy.max_config_bytes)
+        lid = listener_id(lid)
+        body = read_body(request, self.agent.config.haproxy.max_config_bytes)
         details = await self.agent.listeners.upload(lid, body)
         return render_json(request, {"message": "OK", "details": details}, 201)
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
     def get_haproxy(self, request, lid):
-        from amphora.api import params
-        data = self.agent.listeners.get_config(params.listener_id(lid))
+        data = self.agent.listeners.get_config(listener_id(lid))
         request.setHeader(b"content-type", b"text/plain")
         return data
 
@@ -186,15 +195,13 @@ class AgentAPI:
     def listener_fallback(self, request, rest):
         """Paths no listener route matched, e.g. an id with an encoded slash (``..%2F..``):
         a malformed id is 400, anything else 404. Never a file path."""
-        from amphora.api import params
-        params.listener_id(rest.split("/", 1)[0])
+        listener_id(rest.split("/", 1)[0])
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
     async def listener_action(self, request, lid, action):
-        from amphora.api import params
         self.agent.topology.check_gate()
-        details = await self.agent.listeners.action(params.listener_id(lid), action)
+        details = await self.agent.listeners.action(listener_id(lid), action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
     # -- listener logs --
@@ -202,9 +209,6 @@ class AgentAPI:
     @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
     def get_listener_logs(self, request, lid):
         """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
-        from amphora.api.params import listener_id
-        from amphora.errors import InvalidRequest, ListenerNotFound
-
         lid = listener_id(lid)
         values = request.args.get(b"lines") or [b"100"]
         raw = values[-1].decode("ascii", "replace")
@@ -223,26 +227,12 @@ class AgentAPI:
 
     # -- certificates ---------------------------------------------------------
 
-    # Imports stay inside this section (one block per domain keeps merges apart).
-    from werkzeug.routing import PathConverter as _PathConverter
-
-    class _CertificateName(_PathConverter):
-        """Everything after ``certificates/``, slashes and newlines too, so every bad
-        name reaches ``check_name`` and gets its 400 instead of a routing 404."""
-
-        regex = "(?s:.*)"
-        part_isolating = False
-
-    app.url_map.converters["certname"] = _CertificateName
-    _CERTIFICATE = V + "/listeners/<lid>/certificates/<certname:filename>"
-    del _PathConverter, _CertificateName
+    # <rest:...> takes everything after certificates/, slashes and newlines too, so
+    # every bad name reaches check_name and gets its 400 instead of a routing 404.
+    _CERTIFICATE = V + "/listeners/<lid>/certificates/<rest:filename>"
 
     @app.route(_CERTIFICATE, methods=["PUT"])
     async def put_certificate(self, request, lid, filename):
-        from amphora.api.params import listener_id, read_body
-        from amphora.certificates import check_name
-        from amphora.errors import PayloadTooLarge
-
         self.agent.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         store = self.agent.certificates
@@ -257,9 +247,6 @@ class AgentAPI:
 
     @app.route(_CERTIFICATE, methods=["GET"])
     def get_certificate(self, request, lid, filename):
-        from amphora.api.params import listener_id
-        from amphora.certificates import check_name
-
         lid, filename = listener_id(lid), check_name(filename)
         md5sum = self.agent.certificates.md5sum(lid, filename)
         request.setHeader(b"etag", md5sum.encode())
@@ -267,9 +254,6 @@ class AgentAPI:
 
     @app.route(_CERTIFICATE, methods=["DELETE"])
     async def delete_certificate(self, request, lid, filename):
-        from amphora.api.params import listener_id
-        from amphora.certificates import check_name
-
         self.agent.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         details = await self.agent.certificates.delete(lid, filename)
@@ -285,32 +269,17 @@ class AgentAPI:
     @app.route(V + "/plug/vip/<ip>", methods=["POST"], endpoint="plug_vip")
     @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
     def plug_vip(self, request, ip):
-        from amphora.api.params import json_body
-        from amphora.network import parse_vip, parse_vip_body
-
         self.agent.topology.check_gate()
         vip = parse_vip(ip)
         spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_vip(vip, spec))
 
-    from werkzeug.routing import PathConverter as _PathConverter
-
-    class _AnyRest(_PathConverter):
-        """Everything after ``/plug/vip/``, even empty or starting with a (decoded) slash."""
-
-        regex = "(?s:.*)"
-        part_isolating = False
-
-    app.url_map.converters["plugrest"] = _AnyRest
-    del _PathConverter, _AnyRest
-
-    @app.route(V + "/plug/vip/<plugrest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
+    @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
     def plug_vip_fallback(self, request, rest):
         """Paths the VIP routes did not match. One raw segment whose decoded form has a slash
         (``..%2F..%2Fetc``, ``%2F``) or that is empty is a VIP that is not an address: 400
         "Invalid VIP", like any other bad VIP. More raw segments (``/plug/vip/<ip>/more``) are
         an unknown route: 404."""
-        from amphora.errors import InvalidRequest
 
         self.agent.topology.check_gate()
         raw = request.path.decode("ascii", "replace").split("/plug/vip/", 1)[-1]
@@ -322,9 +291,6 @@ class AgentAPI:
     @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
     @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
     def plug_network(self, request):
-        from amphora.api.params import json_body
-        from amphora.network import parse_network_body
-
         self.agent.topology.check_gate()
         spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_network(spec))
@@ -339,7 +305,5 @@ class AgentAPI:
     @app.route(V + "/openapi.json", methods=["GET"])
     def openapi(self, request):
         """The API contract (docs/openapi.yaml as JSON), behind the same mTLS as every route."""
-        from amphora.api.openapi import document_bytes
-
         request.setHeader(b"content-type", b"application/json")
         return document_bytes()

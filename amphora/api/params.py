@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 
 from amphora.errors import InvalidRequest, PayloadTooLarge
+from amphora.listeners.store import check_listener_id
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def listener_id(raw: str) -> str:
-    """A canonical (lower-case, hyphenated) UUID, or 400 naming what was sent."""
-    if not isinstance(raw, str) or not _UUID.fullmatch(raw):
-        raise InvalidRequest(f"Invalid listener id: {raw!r} is not a canonical UUID")
-    return raw
+# The one definition lives with the listener files it protects.
+listener_id = check_listener_id
 
 
 def read_body(request, limit: int) -> bytes:

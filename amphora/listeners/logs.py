@@ -54,6 +54,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from amphora.fsutil import ensure_dir
+from amphora.listeners.store import is_listener_id
 
 log = Logger()
 
@@ -89,7 +90,6 @@ SD_ID = "amphora@32473"
 #: haproxy's log facility on the agent's target (the priority it sends keeps its severity).
 FACILITY = "local0"
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # -- syslog parsing and formatting -------------------------------------------
@@ -905,7 +905,7 @@ class ListenerLogs(Service):
             names = os.listdir(self.socket_dir)
         except OSError:
             return []
-        return [n[:-5] for n in names if n.endswith(".sock") and _UUID.fullmatch(n[:-5])]
+        return [n[:-5] for n in names if n.endswith(".sock") and is_listener_id(n[:-5])]
 
     # -- paths ---------------------------------------------------------------------
 
@@ -1062,7 +1062,7 @@ class ListenerLogs(Service):
 
 def _check_id(lid: str) -> str:
     """Listener ids become paths here: only canonical UUIDs get that far."""
-    if not isinstance(lid, str) or not _UUID.fullmatch(lid):
+    if not is_listener_id(lid):
         raise ValueError(f"not a canonical listener UUID: {lid!r}")
     return lid
 

@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 
+from amphora.errors import InvalidRequest
 from amphora.fsutil import atomic_write, atomic_write_json, ensure_dir, fsync_dir, read_json
 from amphora.listeners.haproxy import MASTER_SOCKET, STATS_SOCKET
 
@@ -34,7 +35,15 @@ STOPPED = "stopped"
 
 
 def is_listener_id(text: str) -> bool:
+    """A canonical (lower-case, hyphenated) UUID: the only form a listener id takes."""
     return isinstance(text, str) and _UUID.fullmatch(text) is not None
+
+
+def check_listener_id(raw: object) -> str:
+    """``raw`` if it is a listener id, else the 400 that names what was sent."""
+    if not is_listener_id(raw):
+        raise InvalidRequest(f"Invalid listener id: {raw!r} is not a canonical UUID")
+    return raw
 
 
 class ListenerStore:
