@@ -230,6 +230,19 @@ class LogsSection:
 
 
 @dataclass(frozen=True)
+class OctaviaSection:
+    """Paths an Octavia controller names inside what it uploads (its ``[haproxy_amphora]``
+    ``base_path`` / ``base_cert_dir``): the agent makes them real for the 1.0 and 0.5 faces."""
+    base_path: str = opt(parse_path, "/var/lib/octavia")
+    # Empty: <base_path>/certs, as Octavia's own default.
+    base_cert_dir: str = opt(parse_str, "")
+
+    @property
+    def cert_dir(self) -> str:
+        return os.path.abspath(self.base_cert_dir) if self.base_cert_dir else os.path.join(self.base_path, "certs")
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     agent: AgentSection
     tls: TLSSection
@@ -238,6 +251,7 @@ class AgentConfig:
     heartbeat: HeartbeatSection
     network: NetworkSection
     logs: LogsSection
+    octavia: OctaviaSection
     source: str = ""
 
     @property
@@ -253,6 +267,7 @@ SECTIONS: dict[str, type] = {
     "heartbeat": HeartbeatSection,
     "network": NetworkSection,
     "logs": LogsSection,
+    "octavia": OctaviaSection,
 }
 
 
