@@ -221,8 +221,10 @@ class AgentAPI:
         request.setHeader(b"content-type", b"text/plain")
         if logs is None:
             return b""
-        for name, value in logs.counters(lid).items():  # what was lost, for operators
-            request.setHeader(name.encode(), str(value).encode())
+        losses = logs.losses(lid)  # what was lost, for operators
+        request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
+        if losses.forward_lost is not None:
+            request.setHeader(b"x-log-forward-lost", b"%d" % losses.forward_lost)
         return logs.tail(lid, int(raw))
 
     # -- certificates ---------------------------------------------------------
