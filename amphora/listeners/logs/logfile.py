@@ -78,11 +78,8 @@ class RotatingFile:
     """
 
     def __init__(self, path: str, max_bytes: int, backups: int, clock, mode: int = 0o640):
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
+        self.path, self.max_bytes, self.backups, self.mode = path, max_bytes, backups, mode
         self.clock = clock
-        self.mode = mode
         self.dropped = 0
         self._file: _LogFile | None = None
         self._pending: list[bytes] = []
