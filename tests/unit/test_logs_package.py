@@ -171,3 +171,16 @@ def test_udp_stop_cancels_a_pending_retry():
 def test_losses_are_plain_counters():
     assert Losses(file_dropped=2, forward_lost=None) == Losses(2, None)
     assert not any(name.startswith("x-") for name in Losses.__dataclass_fields__)
+
+
+def test_appends_even_when_another_writer_grew_the_file(tmp_path):
+    """O_APPEND, as before the split: lines written meanwhile by someone else are never overwritten."""
+    path = tmp_path / "l.log"
+    f = logfile.RotatingFile(str(path), 1000, 1, Clock())
+    f.append(b"one\n")
+    f.flush()
+    with open(path, "ab") as other:
+        other.write(b"other\n")
+    f.append(b"two\n")
+    f.flush()
+    assert path.read_bytes() == b"one\nother\ntwo\n"

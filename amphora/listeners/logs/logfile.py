@@ -38,9 +38,10 @@ class _LogFile(LogFile):
     - rotates before a write that would take a non-empty file past ``rotateLength``
       (so no file is larger than that, except one holding a single larger write);
     - ``maxRotatedFiles = 0`` keeps no backup (LogFile would still keep ``.1``);
-    - creates the file with ``os.open(..., mode)`` (the process umask applies)
-      instead of LogFile's temporary process-wide ``umask(0o777)``, which
-      would race with files other threads of the agent create.
+    - opens the file for appending (``O_APPEND``, as the agent always did; LogFile
+      opens ``rb+`` and seeks) and creates it with ``os.open(..., mode)`` (the
+      process umask applies) instead of LogFile's temporary process-wide
+      ``umask(0o777)``, which would race with files other threads create.
     """
 
     _incoming = 0
@@ -51,8 +52,14 @@ class _LogFile(LogFile):
         super().__init__(name, directory, rotateLength=max_bytes, maxRotatedFiles=backups)
 
     def _openFile(self):
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, self._mode))
-        super()._openFile()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._mode)
+        try:
+            self._file = open(fd, "ab", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.closed = False
+        self.size = os.fstat(fd).st_size
 
     def shouldRotate(self):
         return self.size > 0 and self.size + self._incoming > self.rotateLength
