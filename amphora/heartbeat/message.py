@@ -19,7 +19,9 @@ Body::
 current session count. These follow Octavia's health daemon, including its
 two status rules: a server that haproxy reports ``UP`` with weight 0 is
 ``DRAIN`` (Octavia drains members by setting their weight to 0, and haproxy
-still says UP), and the pool status is the BACKEND row's status.
+still says UP), and the pool status is the BACKEND row's status. Which
+backends are pools, DRAIN and DOWN come from ``amphora.listeners.pools``,
+the model the v0.1 status route renders too.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Iterable
 
 from amphora.fsutil import atomic_write_json, read_json
 from amphora.heartbeat import envelope
+from amphora.listeners import pools
 
 MSG_VER = 3
 UNKNOWN = "UNKNOWN"
@@ -48,26 +51,15 @@ def _int(value: Any) -> int:
     return number if number >= 0 else 0
 
 
-def _internal(proxy_name: str) -> bool:
-    # Octavia's own configs carry a prometheus exporter proxy; its traffic is
-    # not the tenant's and is not reported (same rule as Octavia's agent).
-    return "prometheus" in proxy_name
+def member_status(member: pools.Member) -> str:
+    """haproxy's raw status, except Octavia's DRAIN for exactly ``UP`` with weight 0 (the model's rule)."""
+    return "DRAIN" if member.drained else (member.raw or UNKNOWN)
 
 
-def member_status(row: dict) -> str:
-    status = (row.get("status") or "").strip() or UNKNOWN
-    if status == "UP" and (row.get("weight") or "").strip() == "0":
-        return "DRAIN"
-    return status
-
-
-def _pool_status(backend_row: dict | None, members: dict[str, str]) -> str:
-    if backend_row is not None:
-        return "UP" if (backend_row.get("status") or "").strip() == "UP" else "DOWN"
-    # No BACKEND row (a partial answer): UP when a member can take traffic.
-    if not members or any(s.startswith("UP") or s in ("DRAIN", "no check") for s in members.values()):
-        return "UP"
-    return "DOWN"
+def pool_entry(pool: pools.Pool) -> dict:
+    """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members)."""
+    return {"status": "DOWN" if pool.state == pools.DOWN else "UP",
+            "members": {m.name: member_status(m) for m in pool.members}}
 
 
 @dataclass
@@ -88,7 +80,8 @@ def summarize(listener_id: str, rows: list[dict]) -> Sample:
     haproxy serves exactly one listener. Backends named ``<pool>`` are keyed
     ``<pool>:<listener>`` like Octavia's.
     """
-    frontends = [r for r in rows if r.get("svname") == "FRONTEND" and not _internal(r.get("pxname", ""))]
+    model = pools.model(rows)
+    frontends = model.frontends
     named = [r for r in frontends if r.get("pxname") == listener_id]
     chosen = named or frontends
     counters = {c: sum(_int(r.get(c)) for r in chosen) for c in COUNTER_COLUMNS}
@@ -102,21 +95,9 @@ def summarize(listener_id: str, rows: list[dict]) -> Sample:
         status = "FULL"
     else:
         status = statuses[0] or UNKNOWN
-
-    backends: dict[str, dict] = {}
-    for row in rows:
-        px, sv = row.get("pxname", ""), row.get("svname", "")
-        if sv == "FRONTEND" or not px or _internal(px) or row.get("type") not in (None, "", "1", "2"):
-            continue
-        key = px if ":" in px else f"{px}:{listener_id}"
-        entry = backends.setdefault(key, {"row": None, "members": {}})
-        if sv == "BACKEND":
-            entry["row"] = row
-        else:
-            entry["members"][sv] = member_status(row)
-    pools = {key: {"status": _pool_status(e["row"], e["members"]), "members": e["members"]}
-             for key, e in backends.items()}
-    return Sample(status=status, counters=counters, scur=scur, pools=pools)
+    pool_entries = {(p.backend if p.listener_id is not None else f"{p.backend}:{listener_id}"): pool_entry(p)
+                    for p in model.pools}
+    return Sample(status=status, counters=counters, scur=scur, pools=pool_entries)
 
 
 def delta(current: int, last: int) -> int:

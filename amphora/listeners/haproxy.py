@@ -1,8 +1,8 @@
 """haproxy as the listener manager sees it: command lines, checks, master CLI, binds.
 
 Pure helpers (unit-tested without haproxy): the agent's configuration
-fragment, ``show proc`` parsing, listener type derivation, bind extraction,
-pool/member status mapping, and the bind-conflict finder. ``HAProxy`` wraps
+fragment, ``show proc`` parsing, listener type derivation, bind extraction
+and the bind-conflict finder (pool/member statuses: ``amphora.listeners.pools``). ``HAProxy`` wraps
 the binary: ``check()`` runs ``haproxy -c`` asynchronously, ``argv()`` builds
 the master-worker command line, ``show_proc()`` asks the master CLI.
 
@@ -25,13 +25,13 @@ import re
 import shutil
 import socket
 import sys
-import uuid as uuid_module
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
 from amphora.listeners import stats
+from amphora.listeners.pools import member_status, pool_status, pools_document  # noqa: F401 (re-exported)
 from amphora.netns import exec_argv
 from amphora.process import CommandTimeout, run_bounded
 
@@ -272,55 +272,6 @@ def bind_addresses(config: bytes | str) -> list[Bind]:
             seen.add(b)
             unique.append(b)
     return unique
-
-
-# -- statuses ---------------------------------------------------------------------
-
-def member_status(raw: str) -> str:
-    """haproxy's server status -> UP / DOWN / DRAIN / MAINT / NO_CHECK."""
-    value = (raw or "").strip().upper()
-    if value.startswith("MAINT"):
-        return "MAINT"
-    if value.startswith("DRAIN") or value.startswith("NOLB"):
-        return "DRAIN"
-    if value.startswith("NO CHECK") or value == "":
-        return "NO_CHECK"
-    if value.startswith("UP"):
-        return "UP"
-    return "DOWN"
-
-
-def pool_status(backend_raw: str | None, members: list[str]) -> str:
-    """DOWN if haproxy says the backend is down; DEGRADED if a member is DOWN; else UP."""
-    if backend_raw is not None and not (backend_raw or "").upper().startswith("UP"):
-        return "DOWN"
-    if backend_raw is None and members and all(m in ("DOWN", "MAINT") for m in members):
-        return "DOWN"
-    if any(m == "DOWN" for m in members):
-        return "DEGRADED"
-    return "UP"
-
-
-def is_uuid(text: str) -> bool:
-    try:
-        return str(uuid_module.UUID(text)) == text.lower()
-    except ValueError:
-        return False
-
-
-def pools_document(rows: list[dict]) -> list[dict]:
-    """``show stat`` rows -> the spec's ``pools`` list (backends named by pool UUID)."""
-    grouped = stats.group_stats(rows)
-    pools = []
-    for pool_uuid, pool in grouped["pools"].items():
-        if not is_uuid(pool_uuid):
-            continue  # e.g. a "listen stats" section: not an Octavia pool
-        members = [{m: member_status(row.get("status", ""))} for m, row in pool["members"].items()]
-        backend = pool["row"]["status"] if pool["row"] is not None else None
-        pools.append({"uuid": pool_uuid,
-                      "status": pool_status(backend, [next(iter(m.values())) for m in members]),
-                      "members": members})
-    return pools
 
 
 # -- bind conflicts -----------------------------------------------------------------
