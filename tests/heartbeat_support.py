@@ -81,6 +81,13 @@ class FakeListeners:
             return sorted(self.existing)
         return self.running_ids()
 
+    def all_listener_ids(self) -> list[str]:
+        return self.listener_ids()
+
+    def heartbeat_frontends(self, lid: str):
+        """None: every id here is a v0.1 listener (one heartbeat entry per haproxy)."""
+        return None
+
     def restore(self):
         """The agent's start-up step calls this on a real manager; nothing to adopt here."""
         return defer.succeed(None)

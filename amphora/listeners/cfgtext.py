@@ -41,33 +41,65 @@ def _config_lines(text: str):
         yield section, words
 
 
-def listener_type(config: bytes | str) -> str:
-    """TERMINATED_HTTPS if a bind has ``ssl``; else HTTP if a frontend is ``mode http``; else TCP."""
-    if isinstance(config, bytes):
-        config = config.decode("utf-8", "replace")
+def _proxies(config: str) -> list[dict]:
+    """Every frontend and listen section: its name, mode (own, else the defaults') and whether a bind has ssl."""
     default_mode = "tcp"
-    modes: list[str] = []
-    ssl = False
-    section = None
+    proxies: list[dict] = []
     for section, words in _config_lines(config):
         if words[0] == "__section__":
             if section in ("frontend", "listen"):
-                modes.append(default_mode)
+                proxies.append({"section": section, "name": words[1] if len(words) > 1 else "",
+                                "mode": default_mode, "ssl": False})
             elif section == "defaults":
                 default_mode = "tcp"
             continue
         if words[0] == "mode" and len(words) > 1:
             if section == "defaults":
                 default_mode = words[1]
-            elif section in ("frontend", "listen") and modes:
-                modes[-1] = words[1]
-        elif words[0] == "bind" and section in ("frontend", "listen") and "ssl" in words[2:]:
-            ssl = True
-    if ssl:
+            elif section in ("frontend", "listen") and proxies:
+                proxies[-1]["mode"] = words[1]
+        elif words[0] == "bind" and section in ("frontend", "listen") and "ssl" in words[2:] and proxies:
+            proxies[-1]["ssl"] = True
+    return proxies
+
+
+def _text(config: bytes | str) -> str:
+    return config.decode("utf-8", "replace") if isinstance(config, bytes) else config
+
+
+def listener_type(config: bytes | str) -> str:
+    """TERMINATED_HTTPS if a bind has ``ssl``; else HTTP if a frontend is ``mode http``; else TCP."""
+    proxies = _proxies(_text(config))
+    if any(p["ssl"] for p in proxies):
         return TYPE_TERMINATED_HTTPS
-    if "http" in modes:
+    if any(p["mode"] == "http" for p in proxies):
         return TYPE_HTTP
     return TYPE_TCP
+
+
+def frontends(config: bytes | str) -> list[tuple[str, str]]:
+    """(name, TCP | HTTP | TERMINATED_HTTPS) of every ``frontend`` section, in order.
+
+    A load balancer's frontends are its Octavia listeners (named by listener
+    id); the type follows Octavia's agent: TERMINATED_HTTPS when a bind has
+    ``ssl`` (``ssl crt-list ...``), else the frontend's mode. Octavia's
+    internal prometheus frontend is not a listener.
+    """
+    result = []
+    for p in _proxies(_text(config)):
+        if p["section"] != "frontend" or not p["name"] or "prometheus" in p["name"]:
+            continue
+        kind = TYPE_TERMINATED_HTTPS if p["ssl"] else TYPE_HTTP if p["mode"] == "http" else TYPE_TCP
+        result.append((p["name"], kind))
+    return result
+
+
+def global_setting(config: bytes | str, keyword: str) -> str | None:
+    """The arguments of the first ``keyword`` line in a ``global`` section (joined by spaces), or None."""
+    for section, words in _config_lines(_text(config)):
+        if section == "global" and words[0] == keyword:
+            return " ".join(words[1:])
+    return None
 
 
 @dataclass(frozen=True)
@@ -129,11 +161,9 @@ def _parse_address(item: str, freebind: bool) -> list[Bind]:
 
 def bind_addresses(config: bytes | str) -> list[Bind]:
     """The TCP addresses of every ``bind`` line in frontend and listen sections."""
-    if isinstance(config, bytes):
-        config = config.decode("utf-8", "replace")
     result: list[Bind] = []
     in_frontend = False
-    for section, words in _config_lines(config):
+    for section, words in _config_lines(_text(config)):
         if words[0] == "__section__":
             in_frontend = section in ("frontend", "listen")
             if section == "listen" and len(words) > 2:  # "listen name addr:port" (old syntax)

@@ -41,10 +41,11 @@ from twisted.internet.defer import DeferredList, fail, inlineCallbacks, maybeDef
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
+from amphora.errors import InvalidRequest, ListenerNotFound, LoadBalancerNotFound, OperationFailed
 from amphora.listeners.haproxy import HAProxy, pools_document
 from amphora.listeners.instance import (ACTIVE, ERROR, LISTENER, STATUS_STOPPED,  # noqa: F401 (re-exported)
                                         HaproxyInstance, listener_status)
+from amphora.listeners.loadbalancer import LOADBALANCER, LoadBalancerInstance
 from amphora.listeners.store import ListenerStore, is_listener_id
 
 log = Logger()
@@ -74,19 +75,35 @@ class ListenerManager(Service):
         # start_timeout fails anyway: a configuration that takes longer to check could never be
         # started or reloaded.
         self.check_timeout = config.haproxy.start_timeout
+        # 1.0 load balancers: Octavia's configurations can take ~25 s to check and to load.
+        self.lb_store = ListenerStore(agent.state_dir, agent.run_dir, config.octavia.cert_dir, kind="loadbalancers")
+        self.lb_check_timeout = config.haproxy.check_timeout
         self._instances: dict[str, HaproxyInstance] = {}
-        for lid in self.store.ids():
-            self._instance(lid, create=True).known = True
+        self._find_stored()
 
     # -- instances ---------------------------------------------------------------------------
 
-    def _new(self, iid: str) -> HaproxyInstance:
+    def _find_stored(self) -> set:
+        """Mark every instance with files as existing (a new object for ids not seen yet)."""
+        found = set()
+        for store, kind in ((self.store, LISTENER), (self.lb_store, LOADBALANCER)):
+            for iid in store.ids():
+                if iid not in found:
+                    found.add(iid)
+                    self._instance(iid, create=True, kind=kind).known = True
+        return found
+
+    def _new(self, iid: str, kind: str = LISTENER) -> HaproxyInstance:
+        if kind == LOADBALANCER:
+            return LoadBalancerInstance(self, iid, self.lb_store.files(iid), self.config.octavia.base_path)
         return HaproxyInstance(self, iid, self.store.files(iid))
 
-    def _instance(self, iid: str, create: bool = False) -> HaproxyInstance | None:
+    def _instance(self, iid: str, create: bool = False, kind: str = LISTENER) -> HaproxyInstance | None:
         inst = self._instances.get(iid)
+        if inst is not None and create and inst.kind != kind and not inst.known and not inst.lock.locked:
+            inst = None  # a transient lock holder of the other kind (e.g. a certificate upload)
         if inst is None and create:
-            inst = self._instances[iid] = self._new(iid)
+            inst = self._instances[iid] = self._new(iid, kind)
         return inst
 
     def _existing(self, kind: str | None = LISTENER) -> list[HaproxyInstance]:
@@ -94,10 +111,10 @@ class ListenerManager(Service):
                 if inst.known and (kind is None or inst.kind == kind)]
 
     def _get(self, iid: str, kind: str | None = LISTENER) -> HaproxyInstance:
-        """The existing instance ``iid`` of ``kind``, or its kind's 404."""
+        """The existing instance ``iid`` of ``kind`` (None: either), or that kind's 404."""
         inst = self._instances.get(iid)
         if inst is None or not inst.known or (kind is not None and inst.kind != kind):
-            raise ListenerNotFound(iid)
+            raise LoadBalancerNotFound(iid) if kind == LOADBALANCER else ListenerNotFound(iid)
         return inst
 
     @property
@@ -196,15 +213,68 @@ class ListenerManager(Service):
         """Check ``data`` with haproxy and store it; never touches a running haproxy."""
         inst = self._instance(lid, create=True)
         if inst.kind != LISTENER:
-            return fail(InvalidRequest(f"{lid} is a {inst.kind}, not a listener"))
+            return fail(ListenerNotFound(lid))  # a load balancer: v0.1 sees only listeners
         return self._run(inst, "upload", data)
 
-    def get_config(self, lid: str) -> bytes:
-        inst = self._instances.get(lid)
-        data = inst.files.read_config() if inst is not None else None
+    def get_config(self, lid: str, kind: str | None = None) -> bytes:
+        """The stored upload of a listener or load balancer (``kind`` None: either)."""
+        data = self._get(lid, kind).files.read_config()
         if data is None:
-            raise ListenerNotFound(lid)
+            raise LoadBalancerNotFound(lid) if kind == LOADBALANCER else ListenerNotFound(lid)
         return data
+
+    # -- 1.0 load balancers -----------------------------------------------------------------------
+
+    def kind(self, iid: str) -> str | None:
+        """"listener", "loadbalancer", or None when nothing with that id exists."""
+        inst = self._instances.get(iid)
+        return inst.kind if inst is not None and inst.known else None
+
+    def upload_loadbalancer(self, lb_id: str, amphora_id: str, body: bytes):
+        """``haproxy -c -L <peer>`` and store (atomically, last-known-good kept); no start or
+        reload. Deferred[None]; InvalidRequest (400, details = haproxy's output) when refused."""
+        if not is_listener_id(lb_id):
+            return fail(InvalidRequest(f"Invalid load balancer id: {lb_id!r} is not a canonical UUID"))
+        if self.kind(lb_id) == LISTENER:
+            return fail(InvalidRequest(f"{lb_id} is a v0.1 listener, not a load balancer"))
+        inst = self._instance(lb_id, create=True, kind=LOADBALANCER)
+        if inst.kind != LOADBALANCER:
+            return fail(InvalidRequest(f"{lb_id} is busy as a listener; try again"))
+        return self._run(inst, "upload_for", amphora_id, body).addCallback(lambda _: None)
+
+    def loadbalancer_action(self, lb_id: str, action: str):
+        """start / stop / reload (case-insensitive) with 1.0 semantics; Deferred[details]."""
+        name = action.lower() if isinstance(action, str) else ""
+        if name not in ACTIONS:
+            return fail(InvalidRequest(f"Unknown action: {action}", message="Invalid Request"))
+        try:
+            inst = self._get(lb_id, LOADBALANCER)
+        except LoadBalancerNotFound as e:
+            return fail(e)
+        return self._run(inst, name)
+
+    def frontends(self) -> list[dict]:
+        """One entry per frontend of every stored load balancer (``GET /1.0/listeners``)."""
+        return [{"status": ACTIVE, "uuid": name, "type": kind}
+                for inst in self._existing(LOADBALANCER) for name, kind in inst.frontends()]
+
+    def all_listener_ids(self) -> list[str]:
+        """v0.1 listeners and the frontends (Octavia listeners) of load balancers: for /details."""
+        return sorted(set(self.listener_ids()) | {f["uuid"] for f in self.frontends()})
+
+    def heartbeat_frontends(self, iid: str) -> list[str] | None:
+        """The frontend names a load balancer's heartbeat reports (its running configuration);
+        None for a v0.1 listener (one entry per haproxy)."""
+        inst = self._instances.get(iid)
+        if inst is None or inst.kind != LOADBALANCER:
+            return None
+        return [name for name, _ in inst.frontends(running=True)]
+
+    def connection_limits(self) -> dict[str, dict]:
+        """{lb id: {"maxconn", "fd_limit", "effective_maxconn"}} of every running load balancer
+        (from haproxy's ``show info`` after its last start or reload)."""
+        return {inst.id: dict(inst.limits) for inst in self._existing(LOADBALANCER)
+                if inst.running and inst.limits}
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -217,16 +287,17 @@ class ListenerManager(Service):
 
     # -- delete ---------------------------------------------------------------------------------
 
-    def delete(self, lid: str):
-        inst = self._get(lid)
+    def delete(self, lid: str, kind: str | None = None):
+        """Stop and remove a listener or load balancer (``kind`` None: either); Deferred[str]."""
+        inst = self._get(lid, kind)
         return self._run(inst, self._delete, inst)
 
     @inlineCallbacks
     def _delete(self, inst: HaproxyInstance):
-        errors = yield inst.delete(self.delete_hooks)
+        errors = yield inst.delete(self.delete_hooks if inst.kind == LISTENER else ())
         if errors:
-            raise OperationFailed("\n".join(errors), message="Error deleting listener")
-        return f"listener {inst.id} deleted"
+            raise OperationFailed("\n".join(errors), message=f"Error deleting {inst.kind}")
+        return f"{inst.kind} {inst.id} deleted"
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -255,9 +326,7 @@ class ListenerManager(Service):
 
     def restore(self):
         """Adopt still-running haproxy processes; start those that should run and do not."""
-        found = set(self.store.ids())
-        for iid in found:
-            self._instance(iid, create=True).known = True
+        found = self._find_stored()
         for inst in self._instances.values():
             inst.known = inst.known and inst.id in found
             inst.forget_caches()
