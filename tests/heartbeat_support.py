@@ -226,3 +226,19 @@ class RealHAProxy:
                 return f.read().decode(errors="replace")[-2000:]
         except OSError:
             return ""
+
+
+def heartbeat_receiver(key: str):
+    """A real receiver on a loopback port collecting decoded beats in ``.beats`` (generator: a fixture body)."""
+    import pytest_twisted
+    from twisted.internet import reactor
+
+    from amphora.heartbeat.receiver import HeartbeatReceiver, listen
+
+    r = HeartbeatReceiver(key)
+    r.beats = []
+    r.on_beat = r.beats.append
+    port = listen(reactor, r, "127.0.0.1", 0)
+    r.port = port.getHost().port
+    yield r
+    pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))

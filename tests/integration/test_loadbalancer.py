@@ -14,12 +14,11 @@ import resource
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 
-from amphora.heartbeat.receiver import HeartbeatReceiver, listen
 from amphora.listeners.loadbalancer import needs_relaxed_limits, peer_name
 from amphora.listeners.stats import parse_show_stat
+from tests.heartbeat_support import heartbeat_receiver
 from tests.helpers import free_port
 from tests.listener_support import (Backend, eventually, http_get, new_id, port_open, remove_dir, short_dir,
                                     tcp_echo)
@@ -29,13 +28,7 @@ KEY = "loadbalancer-heartbeat-key"
 
 @pytest.fixture
 def receiver():
-    r = HeartbeatReceiver(KEY)
-    r.beats = []
-    r.on_beat = r.beats.append
-    port = listen(reactor, r, "127.0.0.1", 0)
-    r.port = port.getHost().port
-    yield r
-    pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+    yield from heartbeat_receiver(KEY)
 
 
 @pytest.fixture
