@@ -29,6 +29,7 @@ the agent's sockets).
 from __future__ import annotations
 
 import base64
+import grp
 import hashlib
 import os
 import resource
@@ -44,6 +45,7 @@ from amphora.listeners.instance import HaproxyInstance
 log = Logger()
 
 LOADBALANCER = "loadbalancer"
+DROP_GROUP = "nogroup"
 # haproxy's maxsock is 2 x maxconn plus a few descriptors per listener, log target and socket.
 FD_RESERVE = 100
 
@@ -53,6 +55,14 @@ def peer_name(amphora_id: str) -> str:
     digest = hashlib.sha1(amphora_id.encode("utf-8")).digest()
     name = base64.b64encode(digest, altchars=b"_-").decode("ascii").rstrip("=")
     return "x" + name[1:] if name.startswith("-") else name
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 def fd_hard_limit() -> int:
@@ -153,10 +163,15 @@ class LoadBalancerInstance(HaproxyInstance):
 
     def fragment_extras(self) -> list[str]:
         config = self.files.read_config() or self.files.read_running() or b""
+        extras = []
         if needs_relaxed_limits(config, fd_hard_limit()):
-            return ["global\n    # maxconn needs more file descriptors than the host allows: start anyway\n"
-                    "    no strict-limits\n"]
-        return []
+            extras.append("global\n    # maxconn needs more file descriptors than the host allows: start anyway\n"
+                          "    no strict-limits\n")
+        if global_setting(config, "user") and global_setting(config, "group") is None and _group_exists(DROP_GROUP):
+            # As Octavia's agent does (its user/group file): workers that drop to "user nobody"
+            # must not keep the root group.
+            extras.append(f"global\n    group {DROP_GROUP}\n")
+        return extras
 
     def prepare(self, config: bytes) -> None:
         ensure_dir(self.base_path, 0o755)
@@ -222,6 +237,11 @@ class LoadBalancerInstance(HaproxyInstance):
         text = yield super().reload()
         yield self.measure_limits()
         return text
+
+    @inlineCallbacks
+    def restore(self):
+        yield super().restore()
+        yield self.measure_limits()  # an adopted haproxy: its limits were measured by the last agent
 
     @inlineCallbacks
     def measure_limits(self):

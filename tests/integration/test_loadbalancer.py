@@ -14,9 +14,11 @@ import resource
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from amphora.listeners.loadbalancer import needs_relaxed_limits, peer_name
+from amphora.listeners.manager import ListenerManager
 from amphora.listeners.stats import parse_show_stat
 from tests.heartbeat_support import heartbeat_receiver
 from tests.helpers import free_port
@@ -122,6 +124,11 @@ async def test_load_balancer_life_cycle(agent, listeners, receiver, backends, oc
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     assert b"-db" in argv and argv[argv.index(b"-L") + 1] == peer_name(amphora_id).encode()
+    info = (await listeners.runtime(lb, "show info")).decode()
+    worker = int(next(line.split(":")[1] for line in info.splitlines() if line.startswith("Pid:")))
+    with open(f"/proc/{worker}/status") as f:
+        creds = {line.split(":")[0]: line.split()[1] for line in f if line.startswith(("Uid:", "Gid:"))}
+    assert creds["Uid"] != "0" and creds["Gid"] != "0"  # user nobody, and not the root group
     assert (await deferToThread(http_get, ports[0])) == (200, "web")
     assert await deferToThread(tcp_echo, ports[1], b"ping") == b"echo:ping"
     assert os.path.exists(os.path.join(octavia_dir, f"{lb}.sock"))  # the configuration's own stats socket
@@ -140,6 +147,16 @@ async def test_load_balancer_life_cycle(agent, listeners, receiver, backends, oc
     details = await listeners.loadbalancer_action(lb, "Start")
     assert details == f"Configuration file is valid\nhaproxy daemon for {lb} started"
     assert listeners._procs[lb].pid == pid
+
+    # a restarted agent adopts the running load balancer (same pid) and knows its limits again
+    again = ListenerManager(agent.config, reactor)
+    try:
+        await again.restore()
+        assert again.kind(lb) == "loadbalancer" and again._procs[lb].pid == pid
+        assert again.connection_limits()[lb] == limits
+    finally:
+        for proc in again._procs.values():
+            proc.detach()
 
     # the heartbeat: one entry per frontend, pools keyed <pool>:<listener>
     await eventually(lambda: receiver.beats and set(receiver.beats[-1].body["listeners"]) == {l1, l2}
