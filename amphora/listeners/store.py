@@ -12,6 +12,10 @@ Layout (DESIGN.md section 5)::
     <run_dir>/listeners/<uuid>/master.sock      master CLI (-S)
     <certs_dir>/<uuid>/                         certificates (owned by amphora.certificates)
 
+A 1.0 load balancer keeps the same files under ``loadbalancers/`` instead of
+``listeners/`` (plus ``peer.json``), its certificates under
+``[octavia] base_cert_dir/<uuid>/`` (see ``amphora.listeners.loadbalancer``).
+
 Every path is built from an id that ``amphora.api.params.listener_id`` (or
 ``is_listener_id`` here) accepted, so nothing a client sends can point outside
 these directories.

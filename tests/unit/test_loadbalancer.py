@@ -179,6 +179,9 @@ def test_upload_stores_checks_with_peer_name_and_is_idempotent(registry):
     assert result_of(registry.upload_loadbalancer(LB, AMP, CONFIG.encode())) is None  # a re-send
     assert [extra for _, extra, _ in registry.checks] == [["-L", peer_name(AMP)]] * 2
     assert registry.checks[0][2] == registry.lb_check_timeout == 120.0  # [haproxy] check_timeout
+    inst = registry._instances[LB]  # ~25 s checks and loads (tune.ssl.cachesize) fit every bound
+    assert min(inst.check_timeout(), inst.start_timeout(), inst.reload_timeout()) >= 120.0
+    assert registry.check_timeout == registry.config.haproxy.start_timeout == 10.0  # v0.1 unchanged
     assert registry.kind(LB) == "loadbalancer" and registry.get_config(LB) == CONFIG.encode()
     assert os.path.isdir(registry.base / LB) and os.path.isdir(registry.base / "certs" / LB)
     assert oct(os.stat(registry.base / "certs" / LB).st_mode & 0o777) == "0o700"
