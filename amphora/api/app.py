@@ -174,7 +174,7 @@ class AgentAPI:
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
     async def delete_listener(self, request, lid):
         self.agent.topology.check_gate()
-        details = await self.agent.listeners.delete(listener_id(lid))
+        details = await self.agent.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
@@ -187,7 +187,7 @@ class AgentAPI:
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
     def get_haproxy(self, request, lid):
-        data = self.agent.listeners.get_config(listener_id(lid))
+        data = self.agent.listeners.get_config(listener_id(lid), kind="listener")
         request.setHeader(b"content-type", b"text/plain")
         return data
 
