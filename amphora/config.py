@@ -276,7 +276,7 @@ class HeartbeatSection:
 class NetworkSection:
     """Where plugged interfaces live (docs/api.rst, Plugging)."""
     namespace: str = opt(parse_namespace, "", help=(
-        "Network namespace for plugged interfaces, haproxy and keepalived (Octavia uses "
+        "Network namespace for plugged interfaces, haproxy (and its bind check) and keepalived (Octavia uses "
         "``amphora-haproxy``); created at start when missing. Empty: the agent's own."))
 
 

@@ -51,3 +51,15 @@ def test_generated_sample_is_a_valid_configuration(pki):
     text = configdoc.render_sample().replace("/etc/octavia/certs/server.pem", pki.paths["server"]).replace(
         "/etc/octavia/certs/client_ca.pem", pki.paths["ca"])
     assert parse_config(text).agent.amphora_id == "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce"
+
+
+def test_readme_minimal_configuration_is_valid(pki):
+    """The front page's minimal configuration is accepted as it stands (with real certificate files)."""
+    readme = open(os.path.join(REPO, "README.rst"), encoding="utf-8").read()
+    section = readme.split("A minimal configuration\n")[1].split("\nRoutes\n")[0]
+    block = section.split("::\n\n", 1)[1].split("\n\n", 3)
+    text = "\n".join(line[4:] for line in "\n\n".join(block[:3]).splitlines())
+    text = text.replace("/etc/octavia/certs/server.pem", pki.paths["server"]).replace(
+        "/etc/octavia/certs/client_ca.pem", pki.paths["ca"])
+    cfg = parse_config(text)
+    assert cfg.heartbeat.controllers == (("192.0.2.10", 5555),) and cfg.heartbeat.key
