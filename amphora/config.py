@@ -239,7 +239,8 @@ class HAProxySection:
 @dataclass(frozen=True)
 class KeepalivedSection:
     """VRRP for ACTIVE-STANDBY pairs (docs/api.rst, Topology)."""
-    binary: str = opt(parse_path, "/usr/sbin/keepalived", help="The keepalived binary, used in ACTIVE-STANDBY.")
+    binary: str = opt(parse_path, "/usr/sbin/keepalived", help=(
+        "The keepalived binary, used in ACTIVE-STANDBY."))
     advert_int: float = opt(positive_float, 1.0, help=(
         "VRRP advertisement interval (seconds). A non-integer value, or an IPv6 ha_ip, selects "
         "VRRPv3, which has no authentication: the VRRP secret is then not used."))
