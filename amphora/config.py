@@ -298,9 +298,8 @@ class OctaviaSection:
     """Paths an Octavia controller names inside what it uploads (its ``[haproxy_amphora]``
     ``base_path`` / ``base_cert_dir``): the agent makes them real for the 1.0 and 0.5 faces."""
     base_path: str = opt(parse_path, "/var/lib/octavia", help=(
-        "Octavia's ``[haproxy_amphora] base_path``: the directory its uploaded haproxy "
-        "configurations name (stats sockets, server-state files). The agent creates it and "
-        "keeps load balancers there."))
+        "Octavia's ``[haproxy_amphora] base_path``: the directory its uploaded haproxy configurations "
+        "name (stats sockets, server-state files). The agent creates it and keeps load balancers there."))
     base_cert_dir: str = opt(parse_str, "", help=(
         "Octavia's ``[haproxy_amphora] base_cert_dir`` (certificates and crt-lists). "
         "Empty: ``<base_path>/certs``, as Octavia's own default."))
