@@ -207,3 +207,25 @@ class AgentChannel(HTTPChannel):
     def connectionLost(self, reason):
         self._cancel_body_deadline()
         super().connectionLost(reason)
+
+
+_LISTENERS = b"/v0.1/listeners/"
+
+
+def listener_allow(path: bytes) -> tuple[str, ...] | None:
+    """The methods of a path under ``/v0.1/listeners/<id>`` (its ``Allow``), or None
+    when no route has that path: the answer to a wrong method or ``OPTIONS`` there
+    names that path's methods only, never the catch-all's."""
+    if not path.startswith(_LISTENERS):
+        return None
+    lid, sep, rest = path[len(_LISTENERS):].partition(b"/")
+    if not lid:
+        return None
+    if not sep:
+        return ("DELETE", "GET")
+    word, more, _ = rest.partition(b"/")
+    if word == b"certificates":
+        return ("DELETE", "GET", "PUT")
+    if more or not word:
+        return None
+    return {b"haproxy": ("GET", "PUT"), b"logs": ("GET",)}.get(word, ("PUT",))  # else an action

@@ -232,3 +232,72 @@ async def test_keep_alive_requests_still_work(agent, pki):
     request = b"GET /info HTTP/1.1\r\nHost: localhost\r\n\r\n"
     _, _, _, raw, _, _ = await send(agent, pki, request, request, wait=1.5)
     assert raw.count(b"HTTP/1.1 200 OK") == 2
+
+
+# -- methods under /v0.1/listeners/<id> --------------------------------------------------
+
+
+@pytest.mark.parametrize("method, tail, allow", [
+    ("PUT", "", "DELETE, GET"),
+    ("OPTIONS", "", "DELETE, GET"),
+    ("POST", "", "DELETE, GET"),
+    ("PUT", "/logs", "GET"),
+    ("OPTIONS", "/logs", "GET"),
+    ("DELETE", "/logs", "GET"),
+    ("OPTIONS", "/haproxy", "GET, PUT"),
+    ("DELETE", "/haproxy", "GET, PUT"),
+    ("GET", "/start", "PUT"),
+    ("OPTIONS", "/reload", "PUT"),
+    ("OPTIONS", "/certificates/a.pem", "DELETE, GET, PUT"),
+    ("POST", "/certificates/a.pem", "DELETE, GET, PUT"),
+])
+@pytest_twisted.ensureDeferred
+async def test_wrong_method_under_a_listener_is_405_with_that_paths_allow(client, url, method, tail, allow):
+    response = await client.request(method, f"{url}/v0.1/listeners/{new_id()}{tail}")
+    body = await response.json()
+    assert response.code == 405, body
+    assert response.headers.getRawHeaders("allow") == [allow]
+    assert allow in body["details"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_listener_paths_stay_404_and_bad_ids_400(client, url):
+    lid = new_id()
+    for method in ("GET", "PUT", "OPTIONS"):
+        response = await client.request(method, f"{url}/v0.1/listeners/{lid}/haproxy/more")
+        assert response.code == 404, (method, await response.text())
+    response = await client.put(f"{url}/v0.1/listeners/..%2F..")
+    assert response.code == 400
+    response = await client.put(f"{url}/v0.1/listeners/{lid}/bogus")
+    assert response.code == 400 and "Unknown action: bogus" in (await response.json())["details"]
+
+
+@pytest.mark.parametrize("body", [b"", b"  \n"])
+@pytest_twisted.ensureDeferred
+async def test_put_haproxy_with_an_empty_body_is_400(client, url, agent, body):
+    lid = new_id()
+    response = await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=body)
+    assert response.code == 400, await response.text()
+    assert not agent.listeners.exists(lid)
+
+
+# -- log lines ---------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_log_lines_name_methods_and_paths_as_text(client, url, agent, pki, log_events, monkeypatch):
+    from amphora.errors import OperationFailed
+
+    async def failing(lid):
+        raise OperationFailed("boom")
+
+    monkeypatch.setattr(agent.listeners, "status", failing)
+    lid = new_id()
+    response = await client.get(f"{url}/v0.1/listeners/{lid}")
+    assert response.code == 500
+    await send(agent, pki, b"GET /" + b"a" * 17_000 + b" HTTP/1.1\r\n\r\n")
+    await send(agent, pki, b"PUT /v0.1/listeners/x/haproxy HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+    lines = [formatEvent(e) for e in log_events]
+    assert any(f"GET /v0.1/listeners/{lid} failed" in line for line in lines), lines
+    assert any("PUT /v0.1/listeners/x/haproxy: 413" in line for line in lines), lines
+    assert not [line for line in lines if "b'" in line or 'b"' in line], lines
