@@ -34,19 +34,13 @@ from amphora.errors import AgentError, InvalidRequest, PayloadTooLarge
 log = Logger(namespace="amphora.http")
 
 
-class RequestTimeout(AgentError):
-    status = 408
-    message = "Request Timeout"
+def _error(name: str, status: int, message: str) -> type[AgentError]:
+    return type(name, (AgentError,), {"status": status, "message": message})
 
 
-class URITooLong(AgentError):
-    status = 414
-    message = "URI Too Long"
-
-
-class HeadersTooLarge(AgentError):
-    status = 431
-    message = "Request Header Fields Too Large"
+RequestTimeout = _error("RequestTimeout", 408, "Request Timeout")
+URITooLong = _error("URITooLong", 414, "URI Too Long")
+HeadersTooLarge = _error("HeadersTooLarge", 431, "Request Header Fields Too Large")
 
 
 def text(value) -> str:

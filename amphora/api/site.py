@@ -71,13 +71,13 @@ class AgentRequest(Request):
 
     body_too_large = False
     _body_seen = 0
-    # The agent takes JSON, PEM and haproxy configurations, never HTML forms: a
-    # form body is not parsed into args (where a malformed multipart one would be
-    # answered by Twisted itself), it reaches the route like any other body.
-    _parsePOSTFormSubmission = False
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
+        # The agent takes JSON, PEM and haproxy configurations, never HTML forms: a
+        # form body is not parsed into args (where a malformed multipart one would be
+        # answered by Twisted itself), it reaches the route like any other body.
+        self._parsePOSTFormSubmission = False
         self.started = channel.site.clock.seconds() if hasattr(channel, "site") else 0.0
 
     def _limit(self) -> int:
