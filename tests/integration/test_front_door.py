@@ -302,3 +302,15 @@ async def test_log_lines_name_methods_and_paths_as_text(client, url, agent, pki,
     assert any(f"GET /v0.1/listeners/{lid} failed" in line for line in lines), lines
     assert any("PUT /v0.1/listeners/x/haproxy: 413" in line for line in lines), lines
     assert not [line for line in lines if "b'" in line or 'b"' in line], lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_anything_escaping_a_resource_is_a_json_500_not_twisteds_html(agent, pki, monkeypatch):
+    def broken(request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(agent.site, "getResourceFor", broken)
+    status, headers, body, _, _, _ = await send(
+        agent, pki, b"GET /info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    doc = assert_json_error(status, headers, body, 500)
+    assert "a bug" not in json.dumps(doc) and "Traceback" not in json.dumps(doc)
