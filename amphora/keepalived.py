@@ -35,7 +35,6 @@ import errno
 import hashlib
 import hmac
 import ipaddress
-import json
 import os
 import re
 import signal
@@ -48,6 +47,7 @@ from twisted.logger import Logger
 
 from amphora.errors import OperationFailed
 from amphora.fsutil import atomic_write, ensure_dir
+from amphora.netlink import NetlinkQueries
 from amphora.netns import exec_argv
 
 log = Logger()
@@ -56,7 +56,6 @@ INSTANCE = "amphora"
 CHECK_NAME = "amphora_check"
 DEFAULT_PRIORITY = {"ACTIVE": 100, "STANDBY": 90}
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
-IP_BINARY = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
 
 _AUTH_CONTEXT = b"amphora-agent vrrp auth_pass v1"
 
@@ -408,7 +407,7 @@ class Keepalived:
     - ``wait_state() -> Deferred``: fires with the next reported state.
     """
 
-    def __init__(self, config, reactor, *, process_factory=None, runner=None, vip_interface=None):
+    def __init__(self, config, reactor, *, process_factory=None, runner=None, netlink=None, vip_interface=None):
         self.reactor = reactor
         self.binary = config.keepalived.binary
         self.advert_int = config.keepalived.advert_int
@@ -418,6 +417,8 @@ class Keepalived:
         self.listeners_run_dir = os.path.join(config.agent.run_dir, "listeners")
         self._process_factory = process_factory or _default_process_factory
         self._run = runner or run
+        # Address and route queries (``amphora.netlink.NetlinkQueries``): netlink in a thread.
+        self.netlink = netlink if netlink is not None else NetlinkQueries(reactor)
         # ``vip_interface(ip) -> name | None``: where the network side plugged that VIP.
         self._vip_interface = vip_interface
         self.process = None
@@ -566,15 +567,13 @@ class Keepalived:
 
     @defer.inlineCallbacks
     def holds_vip(self, ha_ip: str, interface: str):
-        out, err, code = yield self._run(self.reactor, self.namespace,
-                                         [IP_BINARY, "-j", "addr", "show", "dev", interface])
-        if code != 0:
+        try:
+            links = yield self.netlink.interfaces(self.namespace, interface)
+        except Exception as e:
+            log.warn("keepalived: cannot list the addresses of {interface}: {error}", interface=interface,
+                     error=e)
             return False
-        for link in json.loads(out or b"[]"):
-            for info in link.get("addr_info", ()):
-                if info.get("local") == ha_ip:
-                    return True
-        return False
+        return any(link.holds(ha_ip) for link in links)
 
     def _remove_pid_files(self):
         for path in (self.paths.pid, self.paths.vrrp_pid):
@@ -603,31 +602,27 @@ class Keepalived:
             name = self._vip_interface(ha_ip)
             if name:
                 return name
-        out, err, code = yield self._run(self.reactor, self.namespace, [IP_BINARY, "-j", "addr", "show"])
-        if code != 0:
-            raise OperationFailed(f"cannot list interfaces: {_text(out, err)}")
-        links = json.loads(out or b"[]")
+        try:
+            links = yield self.netlink.interfaces(self.namespace)
+        except Exception as e:
+            raise OperationFailed(f"cannot list interfaces: {e}") from None
         address = ipaddress.ip_address(ha_ip)
         candidates = []
         for link in links:
-            name = link.get("ifname", "")
-            if name == "lo" or "LOOPBACK" in link.get("flags", ()):
+            if link.name == "lo" or link.loopback:
                 continue
-            candidates.append(name)
-            for info in link.get("addr_info", ()):
-                try:
-                    net = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
-                except (KeyError, ValueError):
-                    continue
+            candidates.append(link.name)
+            for iface in link.addresses:
+                net = iface.network
                 if address in net and net.prefixlen < net.max_prefixlen:
-                    return name
-        out, err, code = yield self._run(self.reactor, self.namespace,
-                                         [IP_BINARY, "-j", "-" + str(address.version), "route", "show",
-                                          "default"])
-        if code == 0:
-            for route in json.loads(out or b"[]"):
-                if route.get("dev"):
-                    return route["dev"]
+                    return link.name
+        try:
+            devices = yield self.netlink.default_route_devices(self.namespace, address.version)
+        except Exception as e:
+            log.warn("keepalived: cannot list the default routes: {error}", error=e)
+            devices = []
+        if devices:
+            return devices[0]
         if len(candidates) == 1:
             return candidates[0]
         raise OperationFailed(f"no interface for ha_ip {ha_ip}: give 'interface' "
@@ -636,14 +631,12 @@ class Keepalived:
     @defer.inlineCallbacks
     def remove_vip(self, ha_ip: str, interface: str):
         """Best effort: delete ha_ip from interface (absent is fine)."""
-        prefix = 128 if ipaddress.ip_address(ha_ip).version == 6 else 32
         try:
-            out, err, code = yield self._run(self.reactor, self.namespace,
-                                             [IP_BINARY, "addr", "del", f"{ha_ip}/{prefix}", "dev", interface])
+            removed = yield self.netlink.remove_address(self.namespace, interface, ha_ip)
         except Exception as e:
             log.warn("keepalived: cannot remove {ha_ip}: {error}", ha_ip=ha_ip, error=e)
             return
-        if code == 0:
+        if removed:
             log.info("keepalived: removed {ha_ip} from {interface}", ha_ip=ha_ip, interface=interface)
 
     def _remove_vip_later(self, ha_ip, interface):
