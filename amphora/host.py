@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from amphora import API_VERSION
+from amphora.netlink import link_counters, netlink_socket
 from amphora.netns import NETNS_RUN_DIR
 from amphora.packages import PackageInventory
 
@@ -72,8 +73,8 @@ class HostFacts:
 #
 # The request handler only reads what the sampler published last; sampling
 # (procfs reads, statvfs, a netlink dump in the data-plane namespace) happens
-# on a timer, the namespace part in a dedicated thread because creating a
-# netlink socket in another namespace forks and may block.
+# on a timer, the namespace part in a dedicated thread because a netlink
+# socket in another namespace is opened by a thread that enters it.
 # =============================================================================
 
 _WRAP32 = 1 << 32
@@ -283,11 +284,11 @@ class _DaemonThreadPool(ThreadPool):
 
 
 class NamespaceCounters:
-    """Interface byte counters of one named network namespace, via pyroute2.
+    """Interface byte counters of one named network namespace, via the netlink adapter.
 
-    pyroute2 opens a netlink socket inside another namespace by forking a
-    helper, which may block; so every read runs in one dedicated thread
-    (pyroute2 objects are thread-bound) and hands back a Deferred. The socket
+    Opening a socket inside another namespace (``amphora.netlink``) takes a
+    short-lived thread; so every read runs in one dedicated thread (pyroute2
+    objects are thread-bound) and hands back a Deferred. The socket
     is kept between reads and reopened when the namespace is recreated (a
     socket pins the namespace it was made in: without the check we would
     report a dead namespace forever). A missing namespace reads as ``None``.
@@ -320,7 +321,6 @@ class NamespaceCounters:
             self._close_socket()
             from pyroute2 import IPRoute
 
-            from amphora.network import netlink_socket
             # A socket opened inside the namespace by a short-lived thread: unlike
             # IPRoute(netns=...), this forks no helper process from the threaded agent.
             self._sock = netlink_socket(self.namespace)
@@ -331,13 +331,7 @@ class NamespaceCounters:
         except Exception:
             self._close_socket()
             raise
-        result = {}
-        for link in links:
-            name = link.get_attr("IFLA_IFNAME")
-            stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS")
-            if name and stats:
-                result[name] = (link["index"], stats["tx_bytes"], stats["rx_bytes"])
-        return result
+        return link_counters(links)
 
     def _close_socket(self) -> None:
         ipr, self._ipr, self._identity = self._ipr, None, None
