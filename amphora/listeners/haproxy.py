@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import os
 import re
 import shutil
 import socket
-import sys
 import uuid as uuid_module
 from dataclasses import dataclass, field
 
@@ -32,11 +30,9 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 
 from amphora.listeners import stats
+from amphora.netlink import in_namespace
 from amphora.netns import exec_argv
-from amphora.process import CommandTimeout, run_bounded
-
-# The namespace bind check only lists sockets; seconds mean something is badly wrong.
-BIND_CHECK_TIMEOUT = 10.0
+from amphora.process import run_bounded
 
 TYPE_TCP = "TCP"
 TYPE_HTTP = "HTTP"
@@ -367,7 +363,8 @@ def _listening_sockets_proc(proc: str = "/proc") -> list[tuple[int, str, int, in
     result = []
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
-            with open(os.path.join(proc, "self", "net", name)) as f:
+            # thread-self: the bind check runs in a thread that entered the listener's namespace
+            with open(os.path.join(proc, "thread-self", "net", name)) as f:
                 lines = f.read().splitlines()[1:]
         except OSError:
             continue
@@ -475,14 +472,6 @@ def find_bind_conflicts(binds: list[Bind], own_pids, proc: str = "/proc") -> lis
     return problems
 
 
-def _bind_check_main(argv: list[str]) -> int:
-    """``python -m amphora.listeners.haproxy bind-check JSON``, run inside a namespace."""
-    request = json.loads(argv[0])
-    binds = [Bind(b["host"], b["port"], b["family"], b["freebind"]) for b in request["binds"]]
-    sys.stdout.write(json.dumps(find_bind_conflicts(binds, request["pids"])))
-    return 0
-
-
 # -- the binary --------------------------------------------------------------------------
 
 class HAProxy:
@@ -534,32 +523,19 @@ class HAProxy:
 
     @inlineCallbacks
     def bind_conflicts(self, binds: list[Bind], own_pids):
-        """``find_bind_conflicts`` off the reactor thread, in the right namespace."""
+        """``find_bind_conflicts`` in a thread, inside the listener's namespace (``amphora.netlink``).
+
+        Fast and bounded: a sock_diag dump of the listening sockets and a few
+        /proc reads; the work runs in a thread pool, never in the reactor thread.
+        """
         if not binds:
             return []
-        own_pids = sorted(own_pids)
-        if not self.namespace:
-            if self.threadpool is None:
-                self.threadpool = self.reactor.getThreadPool()
-            result = yield deferToThreadPool(self.reactor, self.threadpool,
-                                             find_bind_conflicts, binds, own_pids)
-            return result
-        request = json.dumps({"binds": [{"host": b.host, "port": b.port, "family": int(b.family),
-                                         "freebind": b.freebind} for b in binds], "pids": own_pids})
-        argv = exec_argv(self.namespace, [sys.executable, "-m", "amphora.listeners.haproxy",
-                                          "bind-check", request])
+        if self.threadpool is None:
+            self.threadpool = self.reactor.getThreadPool()
         try:
-            out, err, code = yield run_bounded(self.reactor, argv, env=self.env, timeout=BIND_CHECK_TIMEOUT)
-        except CommandTimeout as e:
-            return [f"bind check in namespace {self.namespace} did not finish within {e.timeout:g} s"]
-        if code != 0:
-            return ([f"bind check failed in namespace {self.namespace}: "
-                         f"{err.decode('utf-8', 'replace').strip()}"])
-        return json.loads(out)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "bind-check":
-        raise SystemExit(_bind_check_main(sys.argv[2:]))
-    sys.stderr.write("usage: python -m amphora.listeners.haproxy bind-check JSON\n")
-    raise SystemExit(2)
+            result = yield deferToThreadPool(self.reactor, self.threadpool, in_namespace, self.namespace,
+                                             find_bind_conflicts, binds, sorted(own_pids))
+        except OSError as e:  # the namespace is gone
+            return [f"bind check failed in namespace {self.namespace}: cannot enter it: "
+                    f"{e.strerror or e}"]
+        return result
