@@ -49,6 +49,8 @@ from amphora.errors import OperationFailed
 from amphora.fsutil import atomic_write, ensure_dir
 from amphora.netlink import NetlinkQueries
 from amphora.netns import exec_argv
+from amphora.process import SupervisedProcess, run_bounded
+from amphora.supervision import RUNNING, STARTING, STOPPED, STOPPING, SupervisionPolicy
 
 log = Logger()
 
@@ -359,8 +361,6 @@ RUN_TIMEOUT = 30.0
 
 def run(reactor, namespace: str, argv: list[str]):
     """Run a short command inside ``namespace``: Deferred (out, err, code); bounded by RUN_TIMEOUT."""
-    from amphora.process import run_bounded
-
     return run_bounded(reactor, exec_argv(namespace, argv), env=ENV, timeout=RUN_TIMEOUT)
 
 
@@ -368,12 +368,13 @@ def _text(out: bytes, err: bytes) -> str:
     return (out + err).decode("utf-8", "replace").strip()[-2000:]
 
 
+# How keepalived is supervised: SIGTERM (it sends priority 0 and drops the VIP itself).
+SUPERVISION = SupervisionPolicy(start_timeout=10.0, stop_signal="TERM", stop_timeout=5.0, kill_grace=2.0,
+                                backoff_initial=1.0, backoff_max=30.0, max_restarts=8, stable_after=30.0)
+
+
 def _default_process_factory(reactor, name, argv, env):
-    # Imported late: amphora.process (the generic supervisor) is owned by the listener side.
-    from amphora.process import SupervisedProcess
-    return SupervisedProcess(reactor, name, argv, env=env, start_timeout=10.0, stop_signal="TERM",
-                             stop_timeout=5.0, kill_grace=2.0, backoff_initial=1.0, backoff_max=30.0,
-                             max_restarts=8, stable_after=30.0)
+    return SupervisedProcess(reactor, name, argv, env=env, policy=SUPERVISION)
 
 
 class KeepalivedService(Service):
@@ -671,11 +672,11 @@ class Keepalived:
                     log.failure("keepalived state observer failed")
 
     def _process_changed(self, process, old, new):
-        if new == "RUNNING" or old != "RUNNING" and old != "STARTING":
+        if new == RUNNING or old != RUNNING and old != STARTING:
             return
         # keepalived went away (crash, kill, stop): its state is unknown until it reports again.
         self._set_state(None)
-        if new == "STOPPING" or new == "STOPPED":
+        if new == STOPPING or new == STOPPED:
             return
         # Died unasked: a SIGKILLed keepalived leaves the VIP behind, and its VRRP child may
         # outlive it for a moment. Both would keep this node answering for ha_ip.
