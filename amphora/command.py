@@ -83,7 +83,9 @@ class BoundedCommand:
         return (bytes(data[2]) + bytes(data[1])).decode("utf-8", "replace").strip()
 
     def cancel(self) -> Deferred:
-        """Kill the command now (its group too); ``result`` errbacks CancelledError. Returns ``done``."""
+        """Kill the command now (its group too); once it is reaped ``result`` errbacks CancelledError.
+
+        Returns ``done``."""
         if not self.done.called and self._why is None:
             self._kill("cancelled")
         return self.done
