@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from twisted.internet.threads import deferToThreadPool
 
-from amphora.netns import CLONE_NEWNET, NETNS_RUN_DIR, setns
+from amphora.netns import CLONE_NEWNET, NETNS_RUN_DIR, enter
 
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
@@ -96,11 +96,7 @@ def in_namespace(namespace: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
     def inside():
-        fd = os.open(namespace_path(namespace), os.O_RDONLY)
-        try:
-            setns(fd, CLONE_NEWNET)
-        finally:
-            os.close(fd)
+        enter(namespace)
         return fn(*args, **kwargs)
 
     return _in_fresh_thread(inside)
