@@ -8,6 +8,7 @@ at start-up.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, replace
 
@@ -19,7 +20,7 @@ from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
 from amphora.fsutil import atomic_write_json, read_json
 from amphora.netlink import NetlinkFailure
 from amphora.network.links import NO_INTERFACE, Link, Netlink, choose_interface
-from amphora.network.parse import PlugSpec, parse_vip_body
+from amphora.network.parse import MIN_MTU_IPV6, PlugSpec, parse_vip_body
 
 log = Logger()
 
@@ -30,6 +31,17 @@ VIP_FAILED = "Error plugging VIP"
 PORT_FAILED = "Error plugging Port"
 
 # -- the domain object ------------------------------------------------------------
+
+def check_mtu(spec: PlugSpec, name: str) -> None:
+    """400 if ``spec`` (what is plugged merged with a request) sets an MTU below 1280 on an interface
+    that carries IPv6: the kernel would drop every IPv6 address of the link, VIPs included."""
+    if spec.mtu is None or spec.mtu >= MIN_MTU_IPV6:
+        return
+    ipv6 = [a for a in dict.fromkeys((*spec.addresses, *spec.vips)) if ipaddress.ip_interface(a).version == 6]
+    if ipv6:
+        raise InvalidRequest(f"mtu: {spec.mtu} is below {MIN_MTU_IPV6}, the minimum for IPv6, and interface "
+                             f"{name or spec.mac} carries IPv6 addresses: {', '.join(ipv6)}")
+
 
 @dataclass
 class _Entry:
@@ -130,6 +142,7 @@ class NetworkPlugger:
                 # authoritative and merged in.
                 bare = vip is not None and spec == parse_vip_body(vip, None)
                 target = existing.spec if already and bare else existing.spec.merged(spec)
+                check_mtu(target, existing.name)  # before anything changes
                 link = yield self._run(self._apply_existing, target)
             else:
                 link, target = yield self._run(self._apply_new, spec, plugged_macs)
