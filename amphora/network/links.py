@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from amphora.errors import NotFound
 from amphora.netlink import (IFF_LOOPBACK, IFF_UP, NetlinkFailure, allow_nonlocal_bind, create_namespace,
                              iproute, namespace_path)
+from amphora.network.linkstate import IFA_F_NODAD, LinkState, address_of
 from amphora.network.parse import PlugSpec
 
 log = Logger()
@@ -24,7 +25,6 @@ log = Logger()
 NO_INTERFACE = "No suitable network interface found"
 
 ARPHRD_ETHER = 1
-IFA_F_NODAD = 0x02
 # Interfaces a Neutron port can appear as: a NIC (virtio, SR-IOV VF: no link
 # kind) or a veth (containers, tests). Bridges, bonds, VLANs, dummies, ifb and
 # tunnel fallback devices (tunl0, sit0: not Ethernet anyway) are never ports,
@@ -170,90 +170,101 @@ class Netlink:
     def apply(self, link: Link, spec: PlugSpec) -> Link:
         """Move ``link`` into the target namespace if needed and configure it per ``spec``.
 
-        Idempotent: addresses already present are kept, routes are replaced.
-        On failure the addresses this call added are removed and the link is
-        put back down (so a retry finds it again); the error is raised.
+        Idempotent: addresses already present (compared as addresses) are kept,
+        routes are replaced. On any failure the link is put back exactly as it
+        was (namespace, name, MTU, state, addresses, routes: ``LinkState``) and
+        the error is raised.
         """
-        if link.namespace != self.namespace:
-            link = self._move(link)
-        added = []
-        with iproute(self._ns(self.namespace)) as ipr:
-            try:
-                if spec.mtu is not None:
-                    self._step(f"setting MTU {spec.mtu} on {link.name}", ipr.link, "set",
-                               index=link.index, mtu=spec.mtu)
-                present = {}
-                for msg in self._step(f"listing addresses of {link.name}", ipr.get_addr, index=link.index):
-                    present.setdefault(msg.get("address"), []).append(msg["prefixlen"])
-                for cidr in spec.addresses:
-                    iface = ipaddress.ip_interface(cidr)
-                    ip, prefixlen = str(iface.ip), iface.network.prefixlen
-                    if prefixlen in present.get(ip, ()):
-                        continue
-                    for other in present.get(ip, ()):  # same address, other prefix: replace it
-                        self._step(f"removing {ip}/{other} from {link.name}", ipr.addr, "del",
-                                   index=link.index, address=ip, prefixlen=other)
-                    extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
-                    # NODAD: the VIP belongs to this port (Neutron guarantees it); a
-                    # tentative address would make haproxy's bind fail for a second or two.
-                    self._step(f"adding address {cidr} on {link.name}", ipr.addr, "add",
-                               index=link.index, address=ip, prefixlen=prefixlen, **extra)
-                    added.append((ip, prefixlen))
-                if not link.up:
-                    self._step(f"bringing up {link.name}", ipr.link, "set", index=link.index, state="up")
-                if spec.gateway:
-                    family = socket.AF_INET6 if ":" in spec.gateway else socket.AF_INET
-                    dst = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
-                    self._step(f"setting default route via {spec.gateway}", ipr.route, "replace",
-                               dst=dst, gateway=spec.gateway, oif=link.index, family=family)
-                for route in spec.routes:
-                    family = socket.AF_INET6 if ":" in route.nexthop else socket.AF_INET
-                    self._step(f"adding route {route.destination} via {route.nexthop}", ipr.route,
-                               "replace", dst=route.destination, gateway=route.nexthop, oif=link.index,
-                               family=family)
-            except NetlinkFailure:
-                self._undo(ipr, link, added)
-                raise
+        with iproute(self._ns(link.namespace)) as ipr:
+            before = self._step(f"reading the state of {link.name}", LinkState.read, ipr, link.index)
+        original = link
+        try:
+            if link.namespace != self.namespace:
+                link = self._move(link)
+            with iproute(self._ns(self.namespace)) as ipr:
+                self._configure(ipr, link, spec)
+        except Exception:
+            self._roll_back(before, original)
+            raise
         return replace(link, up=True)
 
-    def _undo(self, ipr, link: Link, added) -> None:
-        for ip, prefixlen in reversed(added):
-            try:
-                ipr.addr("del", index=link.index, address=ip, prefixlen=prefixlen)
-            except Exception as e:  # noqa: BLE001 - best effort, the original error matters
-                log.warn("could not remove {ip}/{prefixlen} from {name}: {error}", ip=ip, prefixlen=prefixlen,
-                         name=link.name, error=e)
+    def _configure(self, ipr, link: Link, spec: PlugSpec) -> None:
+        if spec.mtu is not None:
+            self._step(f"setting MTU {spec.mtu} on {link.name}", ipr.link, "set", index=link.index, mtu=spec.mtu)
+        present: dict = {}
+        for msg in self._step(f"listing addresses of {link.name}", ipr.get_addr, index=link.index):
+            iface = address_of(msg)  # as an address: the kernel writes ::3:1 as ::0.3.0.1
+            present.setdefault(iface.ip, []).append(iface.network.prefixlen)
+        for cidr in spec.addresses:
+            iface = ipaddress.ip_interface(cidr)
+            ip, prefixlen = str(iface.ip), iface.network.prefixlen
+            if prefixlen in present.get(iface.ip, ()):
+                continue
+            for other in present.get(iface.ip, ()):  # same address, other prefix: replace it
+                self._step(f"removing {ip}/{other} from {link.name}", ipr.addr, "del",
+                           index=link.index, address=ip, prefixlen=other)
+            extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
+            # NODAD: the VIP belongs to this port (Neutron guarantees it); a
+            # tentative address would make haproxy's bind fail for a second or two.
+            self._step(f"adding address {cidr} on {link.name}", ipr.addr, "add",
+                       index=link.index, address=ip, prefixlen=prefixlen, **extra)
         if not link.up:
-            try:
-                ipr.link("set", index=link.index, state="down")
-            except Exception as e:  # noqa: BLE001
-                log.warn("could not put {name} back down: {error}", name=link.name, error=e)
+            self._step(f"bringing up {link.name}", ipr.link, "set", index=link.index, state="up")
+        if spec.gateway:
+            family = socket.AF_INET6 if ":" in spec.gateway else socket.AF_INET
+            dst = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
+            self._step(f"setting default route via {spec.gateway}", ipr.route, "replace",
+                       dst=dst, gateway=spec.gateway, oif=link.index, family=family)
+        for route in spec.routes:
+            family = socket.AF_INET6 if ":" in route.nexthop else socket.AF_INET
+            self._step(f"adding route {route.destination} via {route.nexthop}", ipr.route,
+                       "replace", dst=route.destination, gateway=route.nexthop, oif=link.index,
+                       family=family)
 
-    def _move(self, link: Link) -> Link:
-        """Move ``link`` from the agent's namespace into the target one; the moved Link.
+    def _roll_back(self, before: LinkState, original: Link) -> None:
+        """Best effort: the link back where and as it was (``original``'s namespace and name, in
+        state ``before``); never raises, the plug's own error matters."""
+        mac = original.mac
+        try:
+            where = self.find(mac)
+            if where is None:
+                log.warn("rolling back: interface {mac} is gone", mac=mac)
+                return
+            if where.namespace != original.namespace:
+                where = self._move(where, original.namespace, original.name)
+            with iproute(self._ns(where.namespace)) as ipr:
+                before.restore(ipr, where.index, where.name)
+        except Exception as e:  # noqa: BLE001
+            log.warn("rolling back interface {mac}: {error}", mac=mac, error=e)
+
+    def _move(self, link: Link, target: str | None = None, name: str | None = None) -> Link:
+        """Move ``link`` into namespace ``target`` (default: the target one); the moved Link.
 
         The kernel names a hot-plugged NIC with the lowest free ``ethN`` of the
         namespace it appears in, so the second port is often ``eth1`` again
         while the first ``eth1`` already sits in the target namespace: such a
         port is renamed to the next free name there as it moves (as Octavia does).
+        ``name`` asks for a name (a rollback moving a port back under its own).
         """
-        target = self.namespace
-        with iproute(self._ns(self.namespace)) as ipr:
+        target = self.namespace if target is None else target
+        label = target or "of the agent"
+        with iproute(self._ns(target)) as ipr:
             taken = {m.get("ifname") for m in self._step("listing links", ipr.get_links)}
-        name = link.name if link.name not in taken else free_name(link.name, taken)
-        fd = self._step(f"opening namespace {self.namespace}", os.open, namespace_path(self.namespace),
-                        os.O_RDONLY)
+        wanted = name or link.name
+        name = wanted if wanted not in taken else free_name(wanted, taken)
+        path = namespace_path(self._ns(target)) if self._ns(target) else "/proc/self/ns/net"
+        fd = self._step(f"opening namespace {label}", os.open, path, os.O_RDONLY)
         try:
             with iproute(self._ns(link.namespace)) as ipr:
                 rename = {"ifname": name} if name != link.name else {}
-                self._step(f"moving {link.name} into namespace {target}", ipr.link, "set",
+                self._step(f"moving {link.name} into namespace {label}", ipr.link, "set",
                            index=link.index, net_ns_fd=fd, **rename)
         finally:
             os.close(fd)
-        with iproute(self._ns(self.namespace)) as ipr:
+        with iproute(self._ns(target)) as ipr:
             for msg in ipr.get_links():
-                moved = link_from_msg(msg, self.namespace)
+                moved = link_from_msg(msg, target)
                 if moved.mac == link.mac and not moved.loopback:
                     return moved
-        raise NetlinkFailure(f"moving {link.name} into namespace {target}",
+        raise NetlinkFailure(f"moving {link.name} into namespace {label}",
                              OSError(errno.ENODEV, "interface not found after the move"))
