@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import weakref
 from urllib.parse import unquote_to_bytes
 
 from twisted.web.resource import Resource
@@ -73,6 +74,11 @@ class AgentRequest(Request):
     def gotLength(self, length):
         # The headers are complete: this connection has made a request in time.
         self.channel.amphora_requests = getattr(self.channel, "amphora_requests", 0) + 1
+        deadline = getattr(self.channel, "amphora_deadline", None)
+        if deadline is not None:
+            self.channel.amphora_deadline = None
+            if deadline.active():
+                deadline.cancel()
         if length is not None and length > self._limit():
             self.body_too_large = True
             self.content = _Discard()
@@ -131,10 +137,15 @@ class AgentSite(Site):
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
         if protocol is not None and self.header_deadline:
-            self.clock.callLater(self.header_deadline, self._enforce_header_deadline, protocol)
+            # Cancelled by the first request's headers (gotLength), and holding the
+            # connection only weakly: a connection that closes before is freed at
+            # once, not kept until its deadline.
+            channel = getattr(protocol, "_channel", protocol)
+            channel.amphora_deadline = self.clock.callLater(
+                self.header_deadline, self._enforce_header_deadline, weakref.ref(protocol))
         return protocol
 
-    def _enforce_header_deadline(self, protocol) -> None:
+    def _enforce_header_deadline(self, ref) -> None:
         """A connection that has not completed a request's headers within the
         deadline (TLS handshake included) is dropped.
 
@@ -142,6 +153,9 @@ class AgentSite(Site):
         byte now and then, with or without a certificate, could hold a
         connection open indefinitely.
         """
+        protocol = ref()
+        if protocol is None:
+            return
         channel = getattr(protocol, "_channel", protocol)
         if getattr(channel, "amphora_requests", 0):
             return
