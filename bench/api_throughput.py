@@ -11,7 +11,9 @@ Starts, on loopback, with the same certificates (RSA-2048 from tests.helpers):
   (``verify required`` against the same CA);
 - ``agent``: the real agent, ``twistd -n amphora-agent`` with its default
   configuration (access log on, twistd's default log observer to a file);
-- ``agent-nolog`` (``--with-nolog``): the agent with ``[agent] access_log = false``.
+- ``agent-nolog`` (``--with-nolog``): the agent with ``[agent] access_log = false``;
+- ``agent-other`` (``--compare CHECKOUT``): the agent of another checkout
+  (PYTHONPATH), e.g. main, to see a change's effect in the same run.
 
 Modes: ``keepalive`` (each client one connection, requests back to back),
 ``newconn`` (a new TLS connection, full handshake, per request) and
@@ -187,13 +189,13 @@ def measure(pid: int, port: int, paths: dict, clients: int, seconds: float, mode
             "resumed": sum(r for _, _, r in results)}
 
 
-def start_servers(tmp: str, pki, with_nolog: bool) -> tuple[dict, list]:
+def start_servers(tmp: str, pki, with_nolog: bool, compare: str | None) -> tuple[dict, list]:
     env = dict(os.environ, PYTHONPATH=REPO)
     body = json.dumps(dict(DOC, uuid=pki.amphora_id))
     servers, procs = {}, []
 
-    def spawn(name, argv, port, **kw):
-        proc = subprocess.Popen(argv, env=env, **kw)
+    def spawn(name, argv, port, code=REPO, **kw):
+        proc = subprocess.Popen(argv, env=dict(env, PYTHONPATH=code), **kw)
         procs.append(proc)
         servers[name] = (proc.pid, port)
 
@@ -204,12 +206,16 @@ def start_servers(tmp: str, pki, with_nolog: bool) -> tuple[dict, list]:
     with open(cfg, "w") as f:
         f.write(HAPROXY_CFG.format(port=port, server=pki.paths["server"], ca=pki.paths["ca"], body=body))
     spawn("haproxy", [HAPROXY, "-db", "-f", cfg], port, stdout=subprocess.DEVNULL)
-    agents = [("agent", {})] + ([("agent-nolog", {"agent": {"access_log": "false"}})] if with_nolog else [])
-    for name, extra in agents:
+    agents = [("agent", {}, REPO)]
+    if with_nolog:
+        agents.append(("agent-nolog", {"agent": {"access_log": "false"}}, REPO))
+    if compare:
+        agents.append(("agent-other", {}, os.path.abspath(compare)))
+    for name, extra, code in agents:
         port = free_port()
         config = write_config(pki, os.path.join(tmp, name), port, extra)
         spawn(name, [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(tmp, name + ".log"),
-                     "amphora-agent", "--config", config], port)
+                     "amphora-agent", "--config", config], port, code)
     for _, port in servers.values():
         wait_port(port)
     return servers, procs
@@ -226,11 +232,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--with-nolog", action="store_true", help="also the agent with access_log = false")
+    parser.add_argument("--compare", metavar="CHECKOUT", help="also the agent of another checkout (agent-other)")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="bench-api-")
     pki = make_pki(os.path.join(tmp, "pki"))
-    servers, procs = start_servers(tmp, pki, args.with_nolog)
+    servers, procs = start_servers(tmp, pki, args.with_nolog, args.compare)
     names = list(servers)
     try:
         time.sleep(1.0)
@@ -276,9 +283,12 @@ def report(args, names, runs, pss_idle, pss_after) -> None:
             print(f"{'':>9} {'':>2} {'resumed':>12}" + "".join(
                 f"{sum(r['resumed'] for r in rounds[n]) / max(1, sum(r['requests'] for r in rounds[n])):>13.0%}"
                 for n in names))
-        if "agent-nolog" in names:
-            nolog = [q["rps"] / a["rps"] for q, a in zip(rounds["agent-nolog"], rounds["agent"])]
-            print(f"{'':>9} {'':>2} {'log cost':>12}  agent-nolog / agent req/s: {ratio_cell(nolog)}")
+        for other, label in (("agent-nolog", "log cost"), ("agent-other", "vs other")):
+            if other in names:
+                rps = [o["rps"] / a["rps"] for o, a in zip(rounds[other], rounds["agent"])]
+                cpu = [a["cpu_ms"] / o["cpu_ms"] for o, a in zip(rounds[other], rounds["agent"])]
+                print(f"{'':>9} {'':>2} {label:>12}  {other} / agent req/s: {ratio_cell(rps)}; "
+                      f"agent / {other} cpu: {ratio_cell(cpu)}")
     print(f"agent PSS: {pss_idle / 1024:.1f} MiB idle, {pss_after / 1024:.1f} MiB after the runs")
     print(json.dumps({"results": summary, "agent_pss_kib": {"idle": pss_idle, "after": pss_after}}))
 
