@@ -22,6 +22,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import PathConverter
 
 from amphora import API_VERSION
+from amphora.api.http import listener_allow, text
 from amphora.api.openapi import document_bytes
 from amphora.api.params import json_body, listener_id, read_body
 from amphora.api.site import render_error, render_json
@@ -61,11 +62,17 @@ class AgentKlein(Klein):
                     answer.callback(outcome)
             elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
                 log.failure("{method} {path} failed after its client went away", outcome,
-                            method=request.method, path=request.path)
+                            method=text(request.method), path=text(request.path))
             return None
 
         result.addBoth(forward)
         return answer
+
+
+def _not_allowed(request, allowed) -> MethodNotAllowed:
+    """405 naming ``allowed`` in the Allow header and the details."""
+    request.setHeader(b"allow", ", ".join(allowed).encode())
+    return MethodNotAllowed(f"{text(request.method)} is not allowed here; allowed: {', '.join(allowed)}")
 
 
 class _Rest(PathConverter):
@@ -94,7 +101,7 @@ class AgentAPI:
     def _agent_error(self, request, failure):
         error = failure.value
         if error.status >= 500:
-            log.warn("{method} {path} failed: {error}", method=request.method, path=request.path,
+            log.warn("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
                      error=error)
         return render_error(request, error)
 
@@ -105,16 +112,19 @@ class AgentAPI:
     @app.handle_errors(WerkzeugMethodNotAllowed)
     def _method_not_allowed(self, request, failure):
         allowed = sorted(failure.value.valid_methods or ())
-        request.setHeader(b"allow", ", ".join(allowed).encode())
-        return render_error(request, MethodNotAllowed(
-            f"{request.method.decode('ascii', 'replace')} is not allowed here; allowed: {', '.join(allowed)}"))
+        if request.path.startswith(b"/v0.1/listeners/"):
+            # The catch-all route's methods are not this path's (see listener_allow).
+            allowed = listener_allow(request.path)
+            if allowed is None:
+                return self._not_found(request, failure)
+        return render_error(request, _not_allowed(request, allowed))
 
     @app.handle_errors(OSError)
     def _os_error(self, request, failure):
         # A full disk, a read-only filesystem, a permission problem (the spec's
         # "usually indicates a permissions problem"): say which, without a traceback.
         error = failure.value
-        log.error("{method} {path} failed: {error}", method=request.method, path=request.path,
+        log.error("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
                   error=error)
         return render_error(request, OperationFailed(
             f"{error.strerror or type(error).__name__} (errno {error.errno})",
@@ -123,7 +133,7 @@ class AgentAPI:
     @app.handle_errors
     def _unexpected(self, request, failure):
         log.failure("unhandled error in {method} {path}", failure=failure,
-                    method=request.method, path=request.path)
+                    method=text(request.method), path=text(request.path))
         return render_error(request, OperationFailed("unexpected error; see the agent log",
                                                      message="Internal Server Error"))
 
@@ -174,7 +184,7 @@ class AgentAPI:
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
     async def delete_listener(self, request, lid):
         self.agent.topology.check_gate()
-        details = await self.agent.listeners.delete(listener_id(lid))
+        details = await self.agent.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
@@ -182,26 +192,36 @@ class AgentAPI:
         self.agent.topology.check_gate()
         lid = listener_id(lid)
         body = read_body(request, self.agent.config.haproxy.max_config_bytes)
+        if not body.strip():  # the document says the body is required
+            raise InvalidRequest("a haproxy configuration body is required")
         details = await self.agent.listeners.upload(lid, body)
         return render_json(request, {"message": "OK", "details": details}, 201)
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
     def get_haproxy(self, request, lid):
-        data = self.agent.listeners.get_config(listener_id(lid))
+        data = self.agent.listeners.get_config(listener_id(lid), kind="listener")
         request.setHeader(b"content-type", b"text/plain")
         return data
 
     @app.route(V + "/listeners/<path:rest>", methods=["GET", "PUT", "DELETE"])
     def listener_fallback(self, request, rest):
         """Paths no listener route matched, e.g. an id with an encoded slash (``..%2F..``):
-        a malformed id is 400, anything else 404. Never a file path."""
+        a malformed id is 400, a wrong method on a listener path 405, anything else 404.
+        Never a file path."""
         listener_id(rest.split("/", 1)[0])
+        allowed = listener_allow(request.path)
+        if allowed is not None:
+            raise _not_allowed(request, allowed)
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
     async def listener_action(self, request, lid, action):
+        lid = listener_id(lid)
+        allowed = listener_allow(request.path)
+        if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
+            raise _not_allowed(request, allowed)
         self.agent.topology.check_gate()
-        details = await self.agent.listeners.action(listener_id(lid), action)
+        details = await self.agent.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
     # -- listener logs --
@@ -221,8 +241,10 @@ class AgentAPI:
         request.setHeader(b"content-type", b"text/plain")
         if logs is None:
             return b""
-        for name, value in logs.counters(lid).items():  # what was lost, for operators
-            request.setHeader(name.encode(), str(value).encode())
+        losses = logs.losses(lid)  # what was lost, for operators
+        request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
+        if losses.forward_lost is not None:
+            request.setHeader(b"x-log-forward-lost", b"%d" % losses.forward_lost)
         return logs.tail(lid, int(raw))
 
     # -- certificates ---------------------------------------------------------
