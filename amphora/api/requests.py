@@ -79,6 +79,13 @@ def _body(body, known: tuple[str, ...]) -> dict:
     return {k: body[k] for k in known if body.get(k) is not None}
 
 
+def _host_of(ip, subnet, field: str | None, error=InvalidRequest) -> None:
+    """Refuse ``ip`` when it is ``subnet``'s IPv4 network or broadcast address."""
+    problem = subnet_problem(ip, subnet)
+    if problem:
+        raise error(f"{field}: {ip} is {problem}" if field else f"{ip} is {problem}")
+
+
 def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
     """The optional plug-VIP body -> what to apply; 400 naming the field when malformed.
 
@@ -100,9 +107,7 @@ def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
             raise InvalidRequest(f"subnet_cidr: IPv{subnet.version} subnet for an IPv{address.version} VIP")
         if address not in subnet:
             raise InvalidRequest(f"subnet_cidr: VIP {vip} is not in {subnet}")
-        problem = subnet_problem(address, subnet)
-        if problem:
-            raise InvalidVIP(f"{vip} is {problem}")
+        _host_of(address, subnet, None, InvalidVIP)
         prefixlen = subnet.prefixlen
     gateway = None
     if "gateway" in b:
@@ -114,9 +119,7 @@ def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
             raise InvalidRequest("gateway: needs subnet_cidr (the gateway must be on the VIP's subnet)")
         if gw not in subnet:
             raise InvalidRequest(f"gateway: {gw} is not in subnet_cidr {subnet}")
-        problem = subnet_problem(gw, subnet)
-        if problem:
-            raise InvalidRequest(f"gateway: {gw} is {problem}")
+        _host_of(gw, subnet, "gateway")
         gateway = str(gw)
     mtu = parse_mtu(b["mtu"], "mtu", address.version == 6) if "mtu" in b else None
     routes = parse_routes(b.get("host_routes", []), "host_routes", address.version)
@@ -127,9 +130,7 @@ def parse_vip_body(vip: str, body: dict | None) -> PlugSpec:
             raise InvalidRequest(f"vrrp_ip: IPv{on_link.version} address for an IPv{address.version} VIP")
         if subnet is not None and on_link not in subnet:
             raise InvalidRequest(f"vrrp_ip: {on_link} is not in subnet_cidr {subnet}")
-        problem = subnet_problem(on_link, subnet)
-        if problem:
-            raise InvalidRequest(f"vrrp_ip: {on_link} is {problem}")
+        _host_of(on_link, subnet, "vrrp_ip")
         if on_link == address:
             raise InvalidRequest("vrrp_ip: must differ from the VIP")
     return PlugSpec(mac=mac, addresses=(f"{on_link}/{prefixlen}",), vips=(vip,), mtu=mtu, gateway=gateway,
@@ -154,9 +155,7 @@ def parse_network_body(body: dict | None) -> PlugSpec:
             subnet = parse_cidr(item["subnet_cidr"], f"{where}.subnet_cidr")
             if ip not in subnet:
                 raise InvalidRequest(f"{where}.subnet_cidr: {ip} is not in {subnet}")
-            problem = subnet_problem(ip, subnet)
-            if problem:
-                raise InvalidRequest(f"{where}.ip_address: {ip} is {problem}")
+            _host_of(ip, subnet, f"{where}.ip_address")
             prefixlen = subnet.prefixlen
         if item.get("host_routes") is not None:
             routes.extend(parse_routes(item["host_routes"], f"{where}.host_routes", ip.version))
@@ -194,14 +193,19 @@ def _optional_integer(body, name, low, high, problems) -> int:
         return 0
 
 
+def _loose_ip(raw):
+    """An address from a string, surrounding blanks allowed (the topology's habit); None if it is none."""
+    try:
+        return ipaddress.ip_address(raw.strip()) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+
+
 def _ha_ip(ha_ip, problems):
     if not _given(ha_ip):
         problems.append("ha_ip: required for ACTIVE-STANDBY")
         return None
-    try:
-        address = ipaddress.ip_address(ha_ip.strip()) if isinstance(ha_ip, str) else None
-    except ValueError:
-        address = None
+    address = _loose_ip(ha_ip)
     if address is None:
         problems.append(f"ha_ip: not an IP address: {ha_ip!r}")
     elif _unusable(address):
@@ -218,10 +222,7 @@ def _peers(peers, address, problems) -> tuple[str, ...]:
         problems.append(f"peers: must be a list of at most {MAX_PEERS} IP addresses")
         return ()
     for i, peer in enumerate(peers):
-        try:
-            ip = ipaddress.ip_address(peer.strip()) if isinstance(peer, str) else None
-        except ValueError:
-            ip = None
+        ip = _loose_ip(peer)
         if ip is None:
             problems.append(f"peers[{i}]: not an IP address: {peer!r}")
         elif _unusable(ip, link_local=True):
