@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from amphora.errors import InvalidRequest
 
@@ -25,6 +25,7 @@ MAX_MTU = 65535
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _LIMITED_BROADCAST = ipaddress.ip_address("255.255.255.255")
+DEFAULT_ROUTE = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 # -- the domain specs ---------------------------------------------------------
@@ -38,9 +39,22 @@ class Route:
         return {"destination": self.destination, "nexthop": self.nexthop}
 
 
+def host_address(ip: str) -> str:
+    """``ip`` as a host address: /32 or /128."""
+    return f"{ip}/{ipaddress.ip_address(ip).max_prefixlen}"
+
+
 @dataclass(frozen=True)
 class PlugSpec:
-    """What one interface should carry: the unit that is applied and persisted."""
+    """What one interface should carry: the unit that is applied and persisted.
+
+    ``addresses`` are always configured (port addresses, the VRRP address);
+    ``vips`` are the load balancer's addresses. A VIP that is no port address
+    is configured as a host address (``configured``) unless keepalived owns the
+    VIPs (ACTIVE-STANDBY: it adds them on the MASTER alone). ``links`` are
+    subnets reached on the link without an address of their own (an additional
+    VIP's subnet); ``routes`` may hold default routes of further address families.
+    """
 
     mac: str | None = None
     addresses: tuple[str, ...] = ()  # "ip/prefixlen"
@@ -48,11 +62,24 @@ class PlugSpec:
     mtu: int | None = None
     gateway: str | None = None
     routes: tuple[Route, ...] = ()
+    links: tuple[str, ...] = ()  # subnets in CIDR form
 
     @classmethod
     def host_vip(cls, vip: str) -> "PlugSpec":
         """``vip`` as a host address (/32 or /128) on the newly attached link: a plug without a body."""
-        return cls(addresses=(f"{vip}/{ipaddress.ip_address(vip).max_prefixlen}",), vips=(vip,))
+        return cls(addresses=(host_address(vip),), vips=(vip,))
+
+    def vip_host_addresses(self) -> tuple[str, ...]:
+        """The VIPs that are no port address, as host addresses: what the VIP owner adds."""
+        on_port = {a.split("/")[0] for a in self.addresses}
+        return tuple(host_address(v) for v in self.vips if v not in on_port)
+
+    def configured(self, keepalived_owns_vips: bool) -> "PlugSpec":
+        """What goes on the interface: the addresses, plus the VIPs as host addresses unless
+        keepalived owns them. Not persisted: the topology decides at every apply."""
+        if keepalived_owns_vips:
+            return self
+        return replace(self, addresses=self.addresses + self.vip_host_addresses())
 
     def merged(self, other: "PlugSpec") -> "PlugSpec":
         """This spec plus ``other``'s additions; ``other`` wins on MTU and gateway.
@@ -73,10 +100,11 @@ class PlugSpec:
             mtu=other.mtu if other.mtu is not None else self.mtu,
             gateway=other.gateway or self.gateway,
             routes=tuple(routes.values()),
+            links=self.links + tuple(n for n in other.links if n not in self.links),
         )
 
     def to_json(self, name: str) -> dict:
-        return {
+        doc = {
             "mac": self.mac,
             "name": name,
             "vips": list(self.vips),
@@ -85,6 +113,9 @@ class PlugSpec:
             "gateway": self.gateway,
             "host_routes": [r.to_json() for r in self.routes],
         }
+        if self.links:
+            doc["links"] = list(self.links)
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict) -> "PlugSpec":
@@ -102,7 +133,9 @@ class PlugSpec:
         gateway = (str(parse_ip(doc["gateway"], "gateway", usable=True, link_local=True))
                    if doc.get("gateway") else None)
         routes = tuple(parse_routes(doc.get("host_routes") or [], "host_routes", None))
-        return cls(mac=mac, addresses=tuple(addresses), vips=vips, mtu=mtu, gateway=gateway, routes=routes)
+        links = tuple(str(parse_cidr(n, f"links[{i}]")) for i, n in enumerate(doc.get("links") or ()))
+        return cls(mac=mac, addresses=tuple(addresses), vips=vips, mtu=mtu, gateway=gateway, routes=routes,
+                   links=links)
 
 
 # -- the one rule for addresses -------------------------------------------------

@@ -82,8 +82,11 @@ def _discard(d: defer.Deferred) -> None:
 class Topology:
     """The topology in force, its transitions and the 503 gate.
 
-    ``attach(keepalived, clock, timeout)`` connects the keepalived adapter
+    ``attach(keepalived, clock, timeout, network)`` connects the keepalived adapter
     (amphora.keepalived.Keepalived); without it ACTIVE-STANDBY cannot be set.
+    ``network`` (the plugger) is told when the VIPs change hands
+    (``sync_vips``): the agent configures them outside ACTIVE-STANDBY,
+    keepalived inside it (``keepalived_owns_vips``).
     """
 
     def __init__(self, state_dir: str, hostname: str, amphora_id: str):
@@ -96,6 +99,8 @@ class Topology:
         self.status = STATUS_OK
         self.last_error = None
         self.keepalived = None
+        self.network = None
+        self._handed_over = False  # during a transition: the VIPs changed hands already
         self.clock = None
         self.transition_timeout = 60.0
         self.transition: defer.Deferred | None = None
@@ -116,12 +121,19 @@ class Topology:
             self.configured_role = self.settings.role
         self.topology = topology
 
-    def attach(self, keepalived, clock, transition_timeout: float) -> None:
+    def attach(self, keepalived, clock, transition_timeout: float, network=None) -> None:
         self.keepalived = keepalived
         self.clock = clock
         self.transition_timeout = transition_timeout
+        self.network = network
 
     # -- what the rest of the agent reads ---------------------------------------
+
+    @property
+    def keepalived_owns_vips(self) -> bool:
+        """In ACTIVE-STANDBY keepalived adds the VIPs on the MASTER alone; otherwise the
+        agent configures them itself (a VIP on both amphorae would answer ARP/ND from both)."""
+        return self.topology == ACTIVE_STANDBY
 
     @property
     def ha_ip(self) -> str:
@@ -214,8 +226,9 @@ class Topology:
 
     @defer.inlineCallbacks
     def _transition(self, previous, topology, settings):
+        self._handed_over = False
         try:
-            yield self._with_timeout(self._enact(settings))
+            yield self._with_timeout(self._enact(settings, previous[0]))
         except Exception as e:
             error = self._describe(e)
             log.error("topology: transition to {new} failed, rolling back to {old}: {error}",
@@ -235,11 +248,14 @@ class Topology:
         return getattr(e, "details", None) or str(e) or type(e).__name__
 
     @defer.inlineCallbacks
-    def _enact(self, settings):
-        """Make keepalived match ``settings`` (None = no keepalived)."""
+    def _enact(self, settings, previous_topology):
+        """Make keepalived match ``settings`` (None = no keepalived); hand the VIPs over."""
         if settings is None:
             yield self.keepalived.stop()
+            yield self._hand_over()  # after keepalived let go of them: the agent holds them again
             return
+        if previous_topology != ACTIVE_STANDBY:
+            yield self._hand_over()  # before keepalived starts: only its MASTER may hold them
         state = self.keepalived.wait_state()
         try:
             was_running = self.keepalived.running
@@ -259,13 +275,24 @@ class Topology:
         from twisted.internet.task import deferLater
         return deferLater(self.clock, 1.0, lambda: None)
 
+    def _hand_over(self):
+        """Let the plugger put the VIPs where the topology in force says (it never fails)."""
+        self._handed_over = True
+        return self.network.sync_vips() if self.network is not None else defer.succeed(None)
+
     @defer.inlineCallbacks
     def _rollback(self, previous):
         topology, settings = previous
+        self.topology = topology  # the VIP owner is the previous one again
+        handed_over, self._handed_over = self._handed_over, False
         try:
             if settings is None:
                 yield self.keepalived.stop()
+                if handed_over:
+                    yield self._hand_over()
             else:
+                if handed_over:  # before keepalived is back: the agent's copies go first
+                    yield self._hand_over()
                 yield self.keepalived.apply(settings)
         except Exception as e:
             log.error("topology: rollback to {old} failed too: {error}", old=topology, error=self._describe(e))

@@ -243,3 +243,73 @@ def test_restore_timeout_releases_the_gate(topo, clock, fake, tmp_path):
 def test_single_restore_only_stops_a_leftover_keepalived(topo, fake):
     assert topo.restore().called
     assert fake.calls == [("stop_leftover",)] and topo.status == STATUS_OK
+
+
+# -- who holds the VIPs -------------------------------------------------------------
+
+class FakeNetwork:
+    """Stands in for the plugger: records each VIP hand-over with what keepalived did then."""
+
+    def __init__(self, topo, fake):
+        self.topo, self.fake, self.syncs = topo, fake, []
+
+    def sync_vips(self):
+        self.syncs.append((self.topo.keepalived_owns_vips, self.fake.running))
+        return defer.succeed(None)
+
+
+@pytest.fixture
+def network(topo, fake, clock):
+    net = FakeNetwork(topo, fake)
+    topo.attach(fake, clock, 10.0, network=net)
+    return net
+
+
+def test_vips_go_to_keepalived_before_it_starts_and_back_after_it_stops(topo, clock, fake, network):
+    assert topo.keepalived_owns_vips is False
+    to_active_standby(topo, clock, fake)
+    assert network.syncs == [(True, False)]  # withdrawn while keepalived was not running yet
+    assert topo.keepalived_owns_vips is True
+    assert topo.request(parse_topology(dict(AS_STANDBY))) is Outcome.STARTED  # a reconfiguration
+    clock.advance(1.0)
+    assert len(network.syncs) == 1  # keepalived keeps them: nothing handed over
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.STARTED
+    assert network.syncs[-1] == (False, False)  # configured by the agent once keepalived stopped
+    assert topo.keepalived_owns_vips is False
+
+
+def test_active_active_keeps_the_vips_with_the_agent(topo, fake, network):
+    assert topo.request(parse_topology({"topology": "ACTIVE-ACTIVE"})) is Outcome.APPLIED
+    assert network.syncs == [] and topo.keepalived_owns_vips is False
+
+
+def test_failed_handover_to_keepalived_gives_the_vips_back(topo, clock, fake, network):
+    fake.fail_apply = "boom"
+    assert topo.request(parse_topology(dict(AS_ACTIVE))) is Outcome.STARTED
+    clock.advance(0)
+    assert topo.topology == "SINGLE"
+    assert network.syncs == [(True, False), (False, False)]
+
+
+def test_timeout_after_the_handover_to_the_agent_takes_the_vips_back(topo, clock, fake, network):
+    to_active_standby(topo, clock, fake)
+    slow = [defer.Deferred()]  # the plugger takes longer than the timeout, once
+    network.sync_vips = lambda: (network.syncs.append((topo.keepalived_owns_vips, fake.running)),
+                                 slow.pop() if slow else defer.succeed(None))[1]
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.STARTED
+    clock.advance(11)
+    assert topo.topology == ACTIVE_STANDBY
+    assert network.syncs == [(True, False), (False, False), (True, False)]
+    assert fake.calls[-1][0] == "apply"
+
+
+def test_failed_return_to_single_takes_the_vips_back_from_the_agent(topo, clock, fake, network):
+    to_active_standby(topo, clock, fake)
+    fake.stop = lambda: defer.fail(OperationFailed("cannot stop"))
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.STARTED
+    clock.advance(0)
+    assert topo.topology == ACTIVE_STANDBY and "cannot stop" in topo.last_error
+    # withdrawn before keepalived started; no hand-over on the way back (stop failed first),
+    # so none on the rollback either: keepalived's MASTER keeps its VIPs
+    assert network.syncs == [(True, False)]
+    assert fake.calls[-1][0] == "apply"
