@@ -56,9 +56,16 @@ class CertificateNotFound(NotFound):
 
 
 class NoSuitableInterface(NotFound):
-    """No interface to plug: none newly attached, several to choose from, or the one named is gone."""
+    """No interface to plug: none newly attached, several to choose from, or the one named is gone.
+
+    The text is in ``details`` too, on every face: Octavia's controllers retry a 404
+    (a hot-plugged NIC can appear a second late) only when its ``details`` hold it.
+    """
 
     message = "No suitable network interface found"
+
+    def __init__(self, reason: str):
+        super().__init__(f"{self.message}: {reason}")
 
 
 class ListenerNotFound(NotFound):

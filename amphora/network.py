@@ -48,7 +48,7 @@ from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
+from amphora.errors import AgentError, InvalidRequest, NoSuitableInterface, OperationFailed
 from amphora.fsutil import atomic_write_json, read_json
 from amphora.netns import CLONE_NEWNET, NETNS_RUN_DIR, setns
 from amphora.netspec import PlugSpec
@@ -58,7 +58,6 @@ log = Logger()
 STATE_FILE = "plugged.json"
 STATE_VERSION = 1
 
-NO_INTERFACE = "No suitable network interface found"
 VIP_FAILED = "Error plugging VIP"
 PORT_FAILED = "Error plugging Port"
 
@@ -66,6 +65,7 @@ IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 ARPHRD_ETHER = 1
 IFA_F_NODAD = 0x02
+RT_SCOPE_LINK = 253
 # Interfaces a Neutron port can appear as: a NIC (virtio, SR-IOV VF: no link
 # kind) or a veth (containers, tests). Bridges, bonds, VLANs, dummies, ifb and
 # tunnel fallback devices (tunl0, sit0: not Ethernet anyway) are never ports,
@@ -113,7 +113,7 @@ def choose_interface(links: list[Link], plugged_macs, namespace: str = "", mac: 
     if mac is not None:
         matches = [l for l in links if l.mac == mac and not l.loopback]
         if not matches:
-            raise NotFound(f"no interface with MAC address {mac}", message=NO_INTERFACE)
+            raise NoSuitableInterface(f"no interface with MAC address {mac}")
         matches.sort(key=lambda l: l.namespace != namespace)  # the one in the target namespace first
         return matches[0]
     candidates = [l for l in links if is_candidate(l, plugged_macs)]
@@ -121,11 +121,10 @@ def choose_interface(links: list[Link], plugged_macs, namespace: str = "", mac: 
         inside = [l for l in candidates if l.namespace == namespace]
         candidates = inside or candidates
     if not candidates:
-        raise NotFound("no interface is down and unplugged", message=NO_INTERFACE)
+        raise NoSuitableInterface("no interface is down and unplugged")
     if len(candidates) > 1:
         names = ", ".join(l.describe() for l in sorted(candidates, key=lambda l: (l.namespace, l.name)))
-        raise NotFound(f"several candidate interfaces and no mac_address to choose by: {names}",
-                       message=NO_INTERFACE)
+        raise NoSuitableInterface(f"several candidate interfaces and no mac_address to choose by: {names}")
     return candidates[0]
 
 
@@ -381,6 +380,13 @@ class Netlink:
                     added.append((ip, prefixlen))
                 if not link.up:
                     self._step(f"bringing up {link.name}", ipr.link, "set", index=link.index, state="up")
+                on_port = {ipaddress.ip_interface(a).network for a in spec.addresses}
+                for subnet in spec.links:  # an additional VIP's subnet, reached on this link
+                    if ipaddress.ip_network(subnet) in on_port:
+                        continue  # the kernel's own prefix route is there: keep it (and its src)
+                    family = socket.AF_INET6 if ":" in subnet else socket.AF_INET
+                    self._step(f"adding on-link route {subnet}", ipr.route, "replace", dst=subnet,
+                               oif=link.index, family=family, scope=RT_SCOPE_LINK)
                 if spec.gateway:
                     family = socket.AF_INET6 if ":" in spec.gateway else socket.AF_INET
                     dst = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
@@ -395,6 +401,19 @@ class Netlink:
                 self._undo(ipr, link, added)
                 raise
         return replace(link, up=True)
+
+    def withdraw(self, link: Link, addresses) -> None:
+        """Remove ``addresses`` ("ip/prefixlen") from ``link`` where present: the VIP host
+        addresses the agent configured, when keepalived takes the VIPs over."""
+        with iproute(self._ns(self.namespace)) as ipr:
+            present = {(m.get("address"), m["prefixlen"])
+                       for m in self._step(f"listing addresses of {link.name}", ipr.get_addr, index=link.index)}
+            for cidr in addresses:
+                iface = ipaddress.ip_interface(cidr)
+                ip, prefixlen = str(iface.ip), iface.network.prefixlen
+                if (ip, prefixlen) in present:
+                    self._step(f"removing {cidr} from {link.name}", ipr.addr, "del", index=link.index,
+                               address=ip, prefixlen=prefixlen)
 
     def _undo(self, ipr, link: Link, added) -> None:
         for ip, prefixlen in reversed(added):
@@ -455,7 +474,7 @@ class NetworkPlugger:
     synchronous one together with a fake ``netlink``.
     """
 
-    def __init__(self, config, reactor, netlink=None, run_blocking=None):
+    def __init__(self, config, reactor, netlink=None, run_blocking=None, vip_owner=None):
         self.namespace = config.network.namespace
         if self.namespace:
             # Parsed configurations are checked already; this guards any other
@@ -473,6 +492,8 @@ class NetworkPlugger:
             def run_blocking(fn, *args):
                 return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
         self._run = run_blocking
+        # The topology: its keepalived_owns_vips says who configures the VIPs.
+        self.vip_owner = vip_owner
         self._lock = DeferredLock()
         self._entries: dict[str, _Entry] = self._load()
 
@@ -509,6 +530,9 @@ class NetworkPlugger:
                 return entry.name
         return None
 
+    def _keepalived_vips(self) -> bool:
+        return self.vip_owner is not None and self.vip_owner.keepalived_owns_vips
+
     def _entry_for_vip(self, vip: str) -> _Entry | None:
         return next((e for e in self._entries.values() if vip in e.spec.vips), None)
 
@@ -533,16 +557,16 @@ class NetworkPlugger:
         if existing is None and spec.mac is not None:
             existing = self._entries.get(spec.mac)
         already = existing is not None and (vip is None or vip in existing.spec.vips)
-        plugged_macs = set(self._entries)
+        plugged_macs, owned = set(self._entries), self._keepalived_vips()
         try:
             if existing is not None:
                 # A bare replug (no body) re-applies what is recorded; a body is
                 # authoritative and merged in.
                 bare = vip is not None and spec == PlugSpec.host_vip(vip)
                 target = existing.spec if already and bare else existing.spec.merged(spec)
-                link = yield self._run(self._apply_existing, target)
+                link = yield self._run(self._apply_existing, target, owned)
             else:
-                link, target = yield self._run(self._apply_new, spec, plugged_macs)
+                link, target = yield self._run(self._apply_new, spec, plugged_macs, owned)
         except AgentError:
             raise
         except NetlinkFailure as e:
@@ -564,20 +588,20 @@ class NetworkPlugger:
             return f"VIP {vip} already plugged on interface {link.name}"
         return f"VIP {vip} plugged on interface {link.name}"
 
-    def _apply_new(self, spec: PlugSpec, plugged_macs):
+    def _apply_new(self, spec: PlugSpec, plugged_macs, keepalived_vips: bool):
         """Thread: choose the interface, then configure it."""
         self.netlink.ensure_namespace()
         link = choose_interface(self.netlink.links(), plugged_macs, self.namespace, spec.mac)
         target = replace(spec, mac=link.mac)
-        return self.netlink.apply(link, target), target
+        return self.netlink.apply(link, target.configured(keepalived_vips)), target
 
-    def _apply_existing(self, spec: PlugSpec) -> Link:
+    def _apply_existing(self, spec: PlugSpec, keepalived_vips: bool) -> Link:
         """Thread: re-apply an already plugged interface (found by MAC); 404 if it vanished."""
         self.netlink.ensure_namespace()
         link = self.netlink.find(spec.mac)
         if link is None:
-            raise NotFound(f"the interface plugged with MAC address {spec.mac} is gone", message=NO_INTERFACE)
-        return self.netlink.apply(link, spec)
+            raise NoSuitableInterface(f"the interface plugged with MAC address {spec.mac} is gone")
+        return self.netlink.apply(link, spec.configured(keepalived_vips))
 
     def restore(self):
         """Re-apply everything in plugged.json (start-up, before listeners); never fails.
@@ -597,10 +621,10 @@ class NetworkPlugger:
             log.error("cannot prepare network namespace {namespace}: {error}", namespace=self.namespace,
                       error=e)
             return
-        changed = False
+        changed, owned = False, self._keepalived_vips()
         for mac, entry in sorted(self._entries.items()):
             try:
-                link = yield self._run(self._restore_one, entry.spec)
+                link = yield self._run(self._restore_one, entry.spec, owned)
             except Exception as e:  # noqa: BLE001
                 log.error("cannot restore interface {mac} ({name}): {error}", mac=mac, name=entry.name,
                           error=e)
@@ -616,7 +640,38 @@ class NetworkPlugger:
         if changed:
             self._save()
 
-    def _restore_one(self, spec: PlugSpec) -> Link | None:
+    def _restore_one(self, spec: PlugSpec, keepalived_vips: bool) -> Link | None:
         link = self.netlink.find(spec.mac)
-        return None if link is None else self.netlink.apply(link, spec)
+        return None if link is None else self.netlink.apply(link, spec.configured(keepalived_vips))
+
+    def sync_vips(self):
+        """Put every recorded VIP where the topology now says (``vip_owner``): on its interface
+        as a host address, or -- keepalived's, in ACTIVE-STANDBY -- off it. Called by the
+        topology when the VIPs change hands; never fails (a problem is logged)."""
+        return self._lock.run(self._sync_vips)
+
+    @inlineCallbacks
+    def _sync_vips(self):
+        owned = self._keepalived_vips()
+        holder = "keepalived" if owned else "the agent"
+        for mac, entry in sorted(self._entries.items()):
+            if not entry.spec.vip_host_addresses():
+                continue  # its VIPs are port addresses: they stay whoever holds the others
+            try:
+                yield self._run(self._sync_one, entry.spec, owned)
+            except Exception as e:  # noqa: BLE001 - the topology change goes on; this is logged
+                log.error("cannot hand the VIPs of {name} ({mac}) to {holder}: {error}", name=entry.name,
+                          mac=mac, holder=holder, error=e)
+                continue
+            log.info("VIPs {vips} on {name} now held by {holder}", vips=", ".join(entry.spec.vips),
+                     name=entry.name, holder=holder)
+
+    def _sync_one(self, spec: PlugSpec, keepalived_vips: bool) -> None:
+        link = self.netlink.find(spec.mac)
+        if link is None:
+            return
+        if keepalived_vips:
+            self.netlink.withdraw(link, spec.vip_host_addresses())
+        else:
+            self.netlink.apply(link, spec.configured(False))
 

@@ -133,13 +133,16 @@ class FakeNetlink:
         self.applied.append((link.name, spec))
         return moved
 
+    def withdraw(self, link, addresses):
+        self.applied.append((link.name, "withdraw", tuple(addresses)))
 
-def make(tmp_path, links, namespace=""):
+
+def make(tmp_path, links, namespace="", vip_owner=None):
     config = SimpleNamespace(network=SimpleNamespace(namespace=namespace),
                              agent=SimpleNamespace(state_dir=str(tmp_path)))
     fake = FakeNetlink(links, namespace)
     plugger = NetworkPlugger(config, reactor=None, netlink=fake,
-                             run_blocking=lambda fn, *a: maybeDeferred(fn, *a))
+                             run_blocking=lambda fn, *a: maybeDeferred(fn, *a), vip_owner=vip_owner)
     return plugger, fake
 
 
@@ -310,3 +313,58 @@ def test_netlink_failure_text():
 def test_free_name(name, taken, expected):
     assert free_name(name, taken) == expected
     assert len(expected) <= 15
+
+
+# -- who configures the VIPs: the agent (SINGLE, ACTIVE-ACTIVE) or keepalived (ACTIVE-STANDBY) --
+
+VRRP_BODY = {"mac_address": MAC1, "subnet_cidr": "203.0.113.0/24", "vrrp_ip": "203.0.113.9"}
+
+
+def test_single_topology_configures_the_vip_even_with_a_vrrp_ip(tmp_path):
+    """Every controller since 2016 sends vrrp_ip for every amphora: a SINGLE one still needs its VIP."""
+    owner = SimpleNamespace(keepalived_owns_vips=False)
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1)], vip_owner=owner)
+    result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", VRRP_BODY)))
+    assert fake.applied[-1][1].addresses == ("203.0.113.9/24", "203.0.113.2/32")
+    # what is recorded is the request, not the topology's reading of it
+    assert plugger.plugged()["interfaces"][0]["addresses"] == ["203.0.113.9/24"]
+    assert plugger.vip_interface("203.0.113.2") == "eth1"
+
+
+def test_active_standby_leaves_the_vip_to_keepalived(tmp_path):
+    owner = SimpleNamespace(keepalived_owns_vips=True)
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1)], vip_owner=owner)
+    result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", VRRP_BODY)))
+    assert fake.applied[-1][1].addresses == ("203.0.113.9/24",)
+    # without vrrp_ip the VIP is the port's own address: configured whoever owns VIPs
+    result(plugger.plug_vip("2001:db8::5", parse_vip_body("2001:db8::5", {"mac_address": MAC1})))
+    assert fake.applied[-1][1].addresses == ("203.0.113.9/24", "2001:db8::5/128")
+
+
+def test_sync_hands_the_vips_over_and_restore_follows_the_topology(tmp_path):
+    owner = SimpleNamespace(keepalived_owns_vips=False)
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1), down(4, "eth2", MAC2)], vip_owner=owner)
+    result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", VRRP_BODY)))
+    result(plugger.plug_network(parse_network_body({"mac_address": MAC2})))  # no VIPs: never touched
+    owner.keepalived_owns_vips = True
+    assert result(plugger.sync_vips()) is None
+    assert fake.applied[-1] == ("eth1", "withdraw", ("203.0.113.2/32",))
+    owner.keepalived_owns_vips = False
+    result(plugger.sync_vips())
+    assert fake.applied[-1][0] == "eth1" and fake.applied[-1][1].addresses == ("203.0.113.9/24", "203.0.113.2/32")
+    assert len(fake.applied) == 4
+    fake.fail = NetlinkFailure("adding address 203.0.113.2/32 on eth1", OSError(1, "Operation not permitted"))
+    assert result(plugger.sync_vips()) is None  # logged, never raised: the topology change goes on
+    again, fake2 = make(tmp_path, [down(7, "eth1", MAC1)], vip_owner=SimpleNamespace(keepalived_owns_vips=True))
+    result(again.restore())
+    assert fake2.applied == [("eth1", PlugSpec(mac=MAC1, addresses=("203.0.113.9/24",), vips=("203.0.113.2",)))]
+
+
+def test_no_interface_says_so_in_details_too(tmp_path):
+    """Controllers retry a 404 only when its details hold the text (a NIC can appear late)."""
+    plugger, _ = make(tmp_path, [])
+    with pytest.raises(NotFound) as e:
+        result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", {"mac_address": MAC1})))
+    assert e.value.message == "No suitable network interface found"
+    assert e.value.details == f"No suitable network interface found: no interface with MAC address {MAC1}"
+
