@@ -22,17 +22,8 @@ from twisted.internet.threads import deferToThread
 from amphora.api.requests import parse_network_request, parse_vip_request
 from tests.integration.test_network import (PORT, agent, agent_ns, fetch, home, peer, post,  # noqa: F401
                                             subnet)
+from tests.integration.test_topology import slow_keepalived  # noqa: F401 - the fixture
 from tests.network_support import PYTHON, netlab, wait_for  # noqa: F401 - the fixture
-
-
-@pytest.fixture
-def slow_keepalived(tmp_path):
-    """A 'keepalived' that passes the configuration check and then never reports a state."""
-    path = tmp_path / "fake-keepalived"
-    path.write_text('#!/bin/sh\nprev=\nfor a; do\n  [ "$a" = -t ] && exit 0\n'
-                    '  [ "$prev" = -p ] && echo $$ > "$a"\n  prev=$a\ndone\nexec sleep 600\n')
-    path.chmod(0o755)
-    return str(path)
 
 
 @pytest.fixture
