@@ -25,7 +25,7 @@ from werkzeug.routing import PathConverter
 from amphora import API_VERSION
 from amphora.api.openapi import document_bytes
 from amphora.api.params import json_body, listener_id, read_body
-from amphora.api.requests import parse_lines, parse_network_body, parse_topology, parse_vip, parse_vip_body
+from amphora.api.requests import V0_1, parse_lines, parse_network_request, parse_topology, parse_vip, parse_vip_request
 from amphora.api.site import render_error, render_json
 from amphora.certificates import check_name
 from amphora.errors import (AgentError, InvalidVIP, ListenerNotFound, MethodNotAllowed, NotFound,
@@ -279,8 +279,8 @@ class AgentAPI:
     @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
     @gated
     def plug_vip(self, request, ip):
-        vip = parse_vip(ip)
-        spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
+        vip = parse_vip(ip)  # before the body: a bad VIP is "Invalid VIP" whatever the body
+        spec = parse_vip_request(V0_1, vip, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_vip(vip, spec))
 
     @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
@@ -300,7 +300,7 @@ class AgentAPI:
     @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
     @gated
     def plug_network(self, request):
-        spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
+        spec = parse_network_request(V0_1, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_network(spec))
 
     @staticmethod
