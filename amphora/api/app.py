@@ -11,7 +11,6 @@ touch another's routes.
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 from klein import Klein
@@ -24,7 +23,7 @@ from werkzeug.routing import PathConverter
 
 from amphora import API_VERSION
 from amphora.api.openapi import document_bytes
-from amphora.api.params import json_body, listener_id, read_body
+from amphora.api.params import gated, json_body, listener_id, read_body
 from amphora.api.requests import V0_1, parse_lines, parse_network_request, parse_topology, parse_vip, parse_vip_request
 from amphora.api.site import render_error, render_json
 from amphora.certificates import check_name
@@ -68,18 +67,6 @@ class AgentKlein(Klein):
 
         result.addBoth(forward)
         return answer
-
-
-def gated(route):
-    """The spec's 503 "Topology transition in progress" for a mutating route, checked
-    before the route reads anything of the request."""
-
-    @functools.wraps(route)
-    def gate(self, request, *args, **kwargs):
-        self.agent.topology.check_gate()
-        return route(self, request, *args, **kwargs)
-
-    return gate
 
 
 class _Rest(PathConverter):
