@@ -22,12 +22,13 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import PathConverter
 
 from amphora import API_VERSION
+from amphora.api.http import listener_allow, text
 from amphora.api.openapi import document_bytes
 from amphora.api.params import gated, json_body, listener_id, read_body
 from amphora.api.requests import V0_1, parse_lines, parse_network_request, parse_topology, parse_vip, parse_vip_request
 from amphora.api.site import render_error, render_json
 from amphora.certificates import check_name
-from amphora.errors import (AgentError, InvalidVIP, ListenerNotFound, MethodNotAllowed, NotFound,
+from amphora.errors import (AgentError, InvalidRequest, InvalidVIP, ListenerNotFound, MethodNotAllowed, NotFound,
                             OperationFailed, PayloadTooLarge)
 from amphora.topology import Outcome
 
@@ -62,11 +63,17 @@ class AgentKlein(Klein):
                     answer.callback(outcome)
             elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
                 log.failure("{method} {path} failed after its client went away", outcome,
-                            method=request.method, path=request.path)
+                            method=text(request.method), path=text(request.path))
             return None
 
         result.addBoth(forward)
         return answer
+
+
+def _not_allowed(request, allowed) -> MethodNotAllowed:
+    """405 naming ``allowed`` in the Allow header and the details."""
+    request.setHeader(b"allow", ", ".join(allowed).encode())
+    return MethodNotAllowed(f"{text(request.method)} is not allowed here; allowed: {', '.join(allowed)}")
 
 
 class _Rest(PathConverter):
@@ -95,7 +102,7 @@ class AgentAPI:
     def _agent_error(self, request, failure):
         error = failure.value
         if error.status >= 500:
-            log.warn("{method} {path} failed: {error}", method=request.method, path=request.path,
+            log.warn("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
                      error=error)
         return render_error(request, error)
 
@@ -106,16 +113,19 @@ class AgentAPI:
     @app.handle_errors(WerkzeugMethodNotAllowed)
     def _method_not_allowed(self, request, failure):
         allowed = sorted(failure.value.valid_methods or ())
-        request.setHeader(b"allow", ", ".join(allowed).encode())
-        return render_error(request, MethodNotAllowed(
-            f"{request.method.decode('ascii', 'replace')} is not allowed here; allowed: {', '.join(allowed)}"))
+        if request.path.startswith(b"/v0.1/listeners/"):
+            # The catch-all route's methods are not this path's (see listener_allow).
+            allowed = listener_allow(request.path)
+            if allowed is None:
+                return self._not_found(request, failure)
+        return render_error(request, _not_allowed(request, allowed))
 
     @app.handle_errors(OSError)
     def _os_error(self, request, failure):
         # A full disk, a read-only filesystem, a permission problem (the spec's
         # "usually indicates a permissions problem"): say which, without a traceback.
         error = failure.value
-        log.error("{method} {path} failed: {error}", method=request.method, path=request.path,
+        log.error("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
                   error=error)
         return render_error(request, OperationFailed(
             f"{error.strerror or type(error).__name__} (errno {error.errno})",
@@ -124,7 +134,7 @@ class AgentAPI:
     @app.handle_errors
     def _unexpected(self, request, failure):
         log.failure("unhandled error in {method} {path}", failure=failure,
-                    method=request.method, path=request.path)
+                    method=text(request.method), path=text(request.path))
         return render_error(request, OperationFailed("unexpected error; see the agent log",
                                                      message="Internal Server Error"))
 
@@ -182,6 +192,8 @@ class AgentAPI:
     async def put_haproxy(self, request, lid):
         lid = listener_id(lid)
         body = read_body(request, self.agent.config.haproxy.max_config_bytes)
+        if not body.strip():  # the document says the body is required
+            raise InvalidRequest("a haproxy configuration body is required")
         details = await self.agent.listeners.upload(lid, body)
         return render_json(request, {"message": "OK", "details": details}, 201)
 
@@ -194,14 +206,22 @@ class AgentAPI:
     @app.route(V + "/listeners/<path:rest>", methods=["GET", "PUT", "DELETE"])
     def listener_fallback(self, request, rest):
         """Paths no listener route matched, e.g. an id with an encoded slash (``..%2F..``):
-        a malformed id is 400, anything else 404. Never a file path."""
+        a malformed id is 400, a wrong method on a listener path 405, anything else 404.
+        Never a file path."""
         listener_id(rest.split("/", 1)[0])
+        allowed = listener_allow(request.path)
+        if allowed is not None:
+            raise _not_allowed(request, allowed)
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
     @gated
     async def listener_action(self, request, lid, action):
-        details = await self.agent.listeners.action(listener_id(lid), action)
+        lid = listener_id(lid)
+        allowed = listener_allow(request.path)
+        if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
+            raise _not_allowed(request, allowed)
+        details = await self.agent.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
     # -- listener logs --
