@@ -170,6 +170,91 @@ def heartbeat_1_0():
             attempt("unwrap_envelope", status_message.unwrap_envelope, data, PARAMS["heartbeat_key"])
 
 
+# -- a load balancer built with Octavia 19's data models -------------------------
+#
+# PARAMS["lb"] describes it: {"id", "vip", "listeners": [{"id", "protocol", "port",
+# "pool": {"id", "protocol", "members": [{"id", "address", "port"}], "monitor": bool}}]}.
+# Each scenario rebuilds the same objects (the controller loads them from its
+# database for every task) and runs one controller flow.
+
+def load_balancer():
+    from octavia.common import constants as c
+    from octavia.common import data_models as dm
+
+    spec = PARAMS["lb"]
+    amp = amphora(role=c.ROLE_STANDALONE, load_balancer_id=spec["id"])
+    lb = dm.LoadBalancer(id=spec["id"], project_id=PARAMS.get("project_id", "test-project"), enabled=True,
+                         topology=c.TOPOLOGY_SINGLE,
+                         provisioning_status=c.ACTIVE, operating_status=c.ONLINE,
+                         vip=dm.Vip(load_balancer_id=spec["id"], ip_address=spec["vip"]),
+                         amphorae=[amp], listeners=[], pools=[], additional_vips=[])
+    for entry in spec["listeners"]:
+        pool_spec = entry["pool"]
+        pool = dm.Pool(id=pool_spec["id"], protocol=pool_spec["protocol"], lb_algorithm=c.LB_ALGORITHM_ROUND_ROBIN,
+                       enabled=True, load_balancer_id=lb.id, load_balancer=lb, members=[], listeners=[],
+                       provisioning_status=c.ACTIVE, operating_status=c.ONLINE, tls_enabled=False)
+        for m in pool_spec["members"]:
+            pool.members.append(dm.Member(id=m["id"], pool_id=pool.id, ip_address=m["address"],
+                                          protocol_port=m["port"], weight=1, backup=False, enabled=True,
+                                          operating_status=c.ONLINE, provisioning_status=c.ACTIVE, pool=pool))
+        if pool_spec.get("monitor"):
+            http = pool_spec["protocol"] == c.PROTOCOL_HTTP
+            pool.health_monitor = dm.HealthMonitor(
+                id=pool_spec["monitor_id"], pool_id=pool.id, type=c.HEALTH_MONITOR_HTTP if http else c.HEALTH_MONITOR_TCP,
+                delay=1, timeout=1, fall_threshold=2, rise_threshold=1, enabled=True,
+                http_method="GET" if http else None, url_path="/" if http else None,
+                expected_codes="200" if http else None, provisioning_status=c.ACTIVE, pool=pool)
+        listener = dm.Listener(id=entry["id"], protocol=entry["protocol"], protocol_port=entry["port"],
+                               enabled=True, load_balancer_id=lb.id, load_balancer=lb, default_pool=pool,
+                               default_pool_id=pool.id, pools=[pool], l7policies=[], sni_containers=[],
+                               insert_headers={}, provisioning_status=c.ACTIVE, operating_status=c.ONLINE,
+                               connection_limit=entry.get("connection_limit"),
+                               timeout_client_data=50000, timeout_member_connect=5000,
+                               timeout_member_data=50000, timeout_tcp_inspect=0)
+        pool.listeners.append(listener)
+        lb.listeners.append(listener)
+        lb.pools.append(pool)
+    return lb, amp
+
+
+def _driver():
+    from octavia.amphorae.drivers.haproxy import rest_api_driver as rad
+
+    return rad.HaproxyAmphoraLoadBalancerDriver()
+
+
+def lb_update():
+    """Listener create/update (update_amphora_listeners: info, details, upload, reload)."""
+    lb, amp = load_balancer()
+    attempt("update_amphora_listeners", _driver().update_amphora_listeners, lb, amp)
+
+
+def lb_failover_calls():
+    """The load balancer failover flow's ListenersStart, then the amphora failover's reload."""
+    lb, amp = load_balancer()
+    driver = _driver()
+    attempt("start", driver.start, lb, amp)
+    attempt("reload", driver.reload, lb, amp)
+
+
+def lb_delete_listener():
+    """Listener delete (driver.delete): its certificates, then an update, or DELETE
+    /1.0/listeners/<lb> when it was the last one."""
+    lb, amp = load_balancer()
+    listener = next(li for li in lb.listeners if li.id == PARAMS["delete"])
+    attempt("delete", _driver().delete, listener)
+
+
+def render_1_0():
+    """Only the configuration Octavia 19's template renders for PARAMS["lb"] (printed)."""
+    lb, amp = load_balancer()
+    driver = _driver()
+    amp.api_version = "1.0"
+    config = driver.jinja_combo.build_config(host_amphora=amp, listeners=lb.listeners, tls_certs={},
+                                             haproxy_versions=["2", "6"], amp_details={})
+    emit("build_config", True, result=config)
+
+
 def routes_0_5():
     """Every method of the release's AmphoraAPIClient (API 0.5) once: 4.0.0's or 0.5.2's."""
     from octavia.amphorae.drivers.haproxy import rest_api_driver as rad
