@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.internet.defer import DeferredLock, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
@@ -322,8 +322,9 @@ class CertificateStore:
     ``listeners`` is the agent's ListenerManager (or None while there is
     none): it tells which listeners exist and run, whether a listener's
     configuration uses a file, and carries runtime API commands. Operations on
-    one listener's certificates are serialised; different listeners proceed in
-    parallel.
+    one listener's certificates run under that listener's lock
+    (``listeners.serialised``): serialised with each other and with the
+    listener's own operations; different listeners proceed in parallel.
     """
 
     def __init__(self, certs_dir: str, reactor, listeners=None, max_bytes: int = 64 * 1024,
@@ -333,7 +334,6 @@ class CertificateStore:
         self.listeners = listeners
         self.max_bytes = max_bytes
         self.mountinfo_path = mountinfo_path
-        self._locks: dict[str, DeferredLock] = {}
 
     # -- start-up ------------------------------------------------------------
 
@@ -427,7 +427,8 @@ class CertificateStore:
     def delete_all(self, lid: str):
         """Remove every certificate of a listener (a listener delete hook); Deferred."""
         directory = self.listener_dir(lid)
-        return self._serialised(lid, self._delete_all, lid, directory)
+        # A delete hook: the listener manager runs it under the listener's lock already.
+        return maybeDeferred(self._delete_all, lid, directory)
 
     def _delete_all(self, lid, directory):
         if not os.path.lexists(directory):
@@ -563,24 +564,11 @@ class CertificateStore:
         return datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
 
     def _with_listener(self, lid, fn, *args):
-        """Serialise with the listener's own operations (upload, reload, delete) when there is a
-        listener manager, so a live swap never lands on a worker that a reload is replacing."""
-        serialised = getattr(self.listeners, "serialised", None)
-        if serialised is None:
-            return self._serialised(lid, fn, *args)
-        return serialised(lid, self._serialised, lid, fn, *args)
-
-    def _serialised(self, lid, fn, *args):
-        lock = self._locks.get(lid)
-        if lock is None:
-            lock = self._locks[lid] = DeferredLock()
-
-        def release(result):
-            if not lock.locked and not lock.waiting and self._locks.get(lid) is lock:
-                del self._locks[lid]
-            return result
-
-        return lock.run(maybeDeferred, fn, *args).addBoth(release)
+        """Under the listener's own lock (the one its upload, reload and delete hold), so a live
+        swap never lands on a worker that a reload is replacing."""
+        if self.listeners is None:
+            return maybeDeferred(fn, *args)
+        return self.listeners.serialised(lid, fn, *args)
 
 
 def _answer(answer) -> str:

@@ -198,6 +198,9 @@ class HAProxySection:
     max_config_bytes: int = opt(positive_int, 1024 * 1024)
     stop_timeout: float = opt(positive_float, 30.0)
     start_timeout: float = opt(positive_float, 10.0)
+    # Bound of haproxy -c, start and reload of a 1.0 load balancer: Octavia sizes tune.ssl.cachesize
+    # from the memory /details reports, and haproxy then needs ~25 s on a 24 GB host to allocate it.
+    check_timeout: float = opt(positive_float, 120.0)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,13 @@ class ListenerNotFound(NotFound):
         super().__init__(f"No listener with UUID: {listener_id}")
 
 
+class LoadBalancerNotFound(NotFound):
+    message = "Loadbalancer Not Found"
+
+    def __init__(self, lb_id: str):
+        super().__init__(f"No loadbalancer with UUID: {lb_id}")
+
+
 class MethodNotAllowed(AgentError):
     status = 405
     message = "Method Not Allowed"

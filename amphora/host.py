@@ -573,6 +573,6 @@ class HostSampler(MultiService):
             "load": self.load,
             "topology": topology.topology,
             "topology_status": topology.status,
-            "listeners": list(listeners.listener_ids()) if listeners is not None else [],
+            "listeners": list(listeners.all_listener_ids()) if listeners is not None else [],
             "packages": self.packages.document() if self.packages is not None else [],
         }

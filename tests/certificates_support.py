@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
-from twisted.internet.defer import succeed
+from twisted.internet.defer import DeferredLock, maybeDeferred, succeed
 from twisted.internet.task import deferLater
 
 from amphora import devpki
@@ -112,6 +112,17 @@ class FakeListeners:
         self.answers = answers  # canned answers by command verb, for unit tests
         self.calls: list[tuple[str, str]] = []
         self.delete_hooks: list = []
+        self._locks: dict = {}  # lid -> DeferredLock, as the manager's per-listener lock
+
+    def serialised(self, lid, fn, *args):
+        lock = self._locks.setdefault(lid, DeferredLock())
+
+        def release(result):
+            if not lock.locked and not lock.waiting and self._locks.get(lid) is lock:
+                del self._locks[lid]
+            return result
+
+        return lock.run(maybeDeferred, fn, *args).addBoth(release)
 
     def running_ids(self):
         return sorted(self.running)

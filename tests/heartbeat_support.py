@@ -81,6 +81,13 @@ class FakeListeners:
             return sorted(self.existing)
         return self.running_ids()
 
+    def all_listener_ids(self) -> list[str]:
+        return self.listener_ids()
+
+    def heartbeat_frontends(self, lid: str):
+        """None: every id here is a v0.1 listener (one heartbeat entry per haproxy)."""
+        return None
+
     def restore(self):
         """The agent's start-up step calls this on a real manager; nothing to adopt here."""
         return defer.succeed(None)
@@ -219,3 +226,19 @@ class RealHAProxy:
                 return f.read().decode(errors="replace")[-2000:]
         except OSError:
             return ""
+
+
+def heartbeat_receiver(key: str):
+    """A real receiver on a loopback port collecting decoded beats in ``.beats`` (generator: a fixture body)."""
+    import pytest_twisted
+    from twisted.internet import reactor
+
+    from amphora.heartbeat.receiver import HeartbeatReceiver, listen
+
+    r = HeartbeatReceiver(key)
+    r.beats = []
+    r.on_beat = r.beats.append
+    port = listen(reactor, r, "127.0.0.1", 0)
+    r.port = port.getHost().port
+    yield r
+    pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))

@@ -102,7 +102,7 @@ class AgentAPI:
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
     async def delete_listener(self, request, lid):
         self.agent.topology.check_gate()
-        details = await self.agent.listeners.delete(listener_id(lid))
+        details = await self.agent.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
@@ -115,7 +115,7 @@ class AgentAPI:
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
     def get_haproxy(self, request, lid):
-        data = self.agent.listeners.get_config(listener_id(lid))
+        data = self.agent.listeners.get_config(listener_id(lid), kind="listener")
         request.setHeader(b"content-type", b"text/plain")
         return data
 
@@ -149,8 +149,10 @@ class AgentAPI:
         request.setHeader(b"content-type", b"text/plain")
         if logs is None:
             return b""
-        for name, value in logs.counters(lid).items():  # what was lost, for operators
-            request.setHeader(name.encode(), str(value).encode())
+        losses = logs.losses(lid)  # what was lost, for operators
+        request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
+        if losses.forward_lost is not None:
+            request.setHeader(b"x-log-forward-lost", b"%d" % losses.forward_lost)
         return logs.tail(lid, int(raw))
 
     # -- certificates ---------------------------------------------------------

@@ -424,6 +424,8 @@ class HeartbeatService(Service):
 
         listeners = getattr(self.agent, "listeners", None)
         running = list(listeners.running_ids()) if listeners is not None else []
+        # A 1.0 load balancer reports one entry per frontend (its Octavia listeners).
+        frontends = {lid: listeners.heartbeat_frontends(lid) for lid in running}
         answers = yield defer.gatherResults([self._stat(listeners, lid) for lid in running])
         if not self.running:
             return None
@@ -431,7 +433,7 @@ class HeartbeatService(Service):
         # thread when there is one (zlib releases the GIL). Inputs are snapshots.
         composed = yield self._offload(msg.compose, self.amphora_id, self.state.seq, dict(zip(running, answers)),
                                        dict(self.state.listeners), dict(self.last_pools), self._extra(),
-                                       self._key, self.limit)
+                                       self._key, self.limit, frontends)
         if not self.running:
             return None
         for lid in composed.unreadable:
@@ -444,14 +446,15 @@ class HeartbeatService(Service):
         previous = dict(self.state.listeners)
         self.state.seq += 1
         self.state.listeners.update(composed.records)
-        self._prune(listeners, running)
+        reported = list(composed.samples)
+        self._prune(listeners, reported)
         self._save()  # before sending: a crash after the send must not re-send these deltas
         for lid, sample in composed.samples.items():
             if sample is not None:
                 self.last_pools[lid] = sample.pools
         if self._send(composed.packet) == 0:
             self.state.listeners = previous
-            self._prune(listeners, running)
+            self._prune(listeners, reported)
             self._save()
             return None
         self.beats_sent += 1
@@ -484,23 +487,25 @@ class HeartbeatService(Service):
         return {"topology": getattr(topology, "topology", None), "role": getattr(topology, "role", None),
                 "topology_status": getattr(topology, "status", None)}
 
-    def _prune(self, listeners, running: list[str]) -> None:
+    def _prune(self, listeners, reported: list[str]) -> None:
         """Forget counters of listeners that no longer exist.
 
         A listener that exists but is not running keeps its record: if its
         haproxy comes back with counters intact (it was only briefly not
         seen), counting from zero would report its whole history again.
+        ``reported`` are the entries of this beat (v0.1 listeners and load
+        balancers' frontends).
         """
         try:
-            known = set(listeners.listener_ids()) if listeners is not None else set()
+            known = set(listeners.all_listener_ids()) if listeners is not None else set()
         except Exception:
             known = set()
-        known.update(running)
+        known.update(reported)
         for lid in list(self.state.listeners):
             if lid not in known:
                 del self.state.listeners[lid]
         for lid in list(self.last_pools):
-            if lid not in running:
+            if lid not in reported:
                 del self.last_pools[lid]
 
     def _report_reduction(self, reduction: msg.Reduction | None) -> None:

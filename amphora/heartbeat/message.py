@@ -19,7 +19,9 @@ Body::
 current session count. These follow Octavia's health daemon, including its
 two status rules: a server that haproxy reports ``UP`` with weight 0 is
 ``DRAIN`` (Octavia drains members by setting their weight to 0, and haproxy
-still says UP), and the pool status is the BACKEND row's status.
+still says UP), and the pool status is the BACKEND row's status. Which
+backends are pools, DRAIN and DOWN come from ``amphora.listeners.pools``,
+the model the v0.1 status route renders too.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Iterable
 
 from amphora.fsutil import atomic_write_json, read_json
 from amphora.heartbeat import envelope
+from amphora.listeners import pools
 
 MSG_VER = 3
 UNKNOWN = "UNKNOWN"
@@ -48,26 +51,15 @@ def _int(value: Any) -> int:
     return number if number >= 0 else 0
 
 
-def _internal(proxy_name: str) -> bool:
-    # Octavia's own configs carry a prometheus exporter proxy; its traffic is
-    # not the tenant's and is not reported (same rule as Octavia's agent).
-    return "prometheus" in proxy_name
+def member_status(member: pools.Member) -> str:
+    """haproxy's raw status, except Octavia's DRAIN for exactly ``UP`` with weight 0 (the model's rule)."""
+    return "DRAIN" if member.drained else (member.raw or UNKNOWN)
 
 
-def member_status(row: dict) -> str:
-    status = (row.get("status") or "").strip() or UNKNOWN
-    if status == "UP" and (row.get("weight") or "").strip() == "0":
-        return "DRAIN"
-    return status
-
-
-def _pool_status(backend_row: dict | None, members: dict[str, str]) -> str:
-    if backend_row is not None:
-        return "UP" if (backend_row.get("status") or "").strip() == "UP" else "DOWN"
-    # No BACKEND row (a partial answer): UP when a member can take traffic.
-    if not members or any(s.startswith("UP") or s in ("DRAIN", "no check") for s in members.values()):
-        return "UP"
-    return "DOWN"
+def pool_entry(pool: pools.Pool) -> dict:
+    """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members)."""
+    return {"status": "DOWN" if pool.state == pools.DOWN else "UP",
+            "members": {m.name: member_status(m) for m in pool.members}}
 
 
 @dataclass
@@ -80,17 +72,8 @@ class Sample:
     pools: dict[str, dict] = field(default_factory=dict)   # "<pool>:<listener>" -> {"status", "members"}
 
 
-def summarize(listener_id: str, rows: list[dict]) -> Sample:
-    """Reduce a listener's ``show stat`` rows to its frontend figures and its pools.
-
-    The frontend named after the listener is used when present (Octavia's
-    naming); otherwise every frontend of that haproxy is summed, since each
-    haproxy serves exactly one listener. Backends named ``<pool>`` are keyed
-    ``<pool>:<listener>`` like Octavia's.
-    """
-    frontends = [r for r in rows if r.get("svname") == "FRONTEND" and not _internal(r.get("pxname", ""))]
-    named = [r for r in frontends if r.get("pxname") == listener_id]
-    chosen = named or frontends
+def _frontend_figures(chosen: list[dict]) -> tuple[str, dict[str, int], int]:
+    """(status, absolute counters, current sessions) of the FRONTEND rows ``chosen``, summed."""
     counters = {c: sum(_int(r.get(c)) for r in chosen) for c in COUNTER_COLUMNS}
     scur = sum(_int(r.get("scur")) for r in chosen)
     statuses = [(r.get("status") or "").strip() for r in chosen]
@@ -102,21 +85,44 @@ def summarize(listener_id: str, rows: list[dict]) -> Sample:
         status = "FULL"
     else:
         status = statuses[0] or UNKNOWN
+    return status, counters, scur
 
-    backends: dict[str, dict] = {}
-    for row in rows:
-        px, sv = row.get("pxname", ""), row.get("svname", "")
-        if sv == "FRONTEND" or not px or _internal(px) or row.get("type") not in (None, "", "1", "2"):
-            continue
-        key = px if ":" in px else f"{px}:{listener_id}"
-        entry = backends.setdefault(key, {"row": None, "members": {}})
-        if sv == "BACKEND":
-            entry["row"] = row
-        else:
-            entry["members"][sv] = member_status(row)
-    pools = {key: {"status": _pool_status(e["row"], e["members"]), "members": e["members"]}
-             for key, e in backends.items()}
-    return Sample(status=status, counters=counters, scur=scur, pools=pools)
+
+def summarize(listener_id: str, rows: list[dict]) -> Sample:
+    """Reduce a listener's ``show stat`` rows to its frontend figures and its pools.
+
+    The frontend named after the listener is used when present (Octavia's
+    naming); otherwise every frontend of that haproxy is summed, since each
+    haproxy serves exactly one listener. Backends named ``<pool>`` are keyed
+    ``<pool>:<listener>`` like Octavia's.
+    """
+    model = pools.model(rows)
+    named = [r for r in model.frontends if r.get("pxname") == listener_id]
+    status, counters, scur = _frontend_figures(named or model.frontends)
+    pool_entries = {(p.backend if p.listener_id is not None else f"{p.backend}:{listener_id}"): pool_entry(p)
+                    for p in model.pools}
+    return Sample(status=status, counters=counters, scur=scur, pools=pool_entries)
+
+
+def summarize_loadbalancer(rows: list[dict]) -> dict[str, Sample]:
+    """A 1.0 load balancer's rows: one sample per FRONTEND (an Octavia listener, by its name).
+
+    Pools keep their backend names (``<pool_id>:<listener_id>``, Octavia's);
+    each is carried by the sample of the frontend it names (else the first
+    one), so the beat holds every pool once. No frontend, no entry: a load
+    balancer without listeners reports none.
+    """
+    model = pools.model(rows)
+    samples: dict[str, Sample] = {}
+    for row in model.frontends:
+        status, counters, scur = _frontend_figures([row])
+        samples[row["pxname"]] = Sample(status=status, counters=counters, scur=scur)
+    if samples:
+        first = next(iter(samples.values()))
+        for pool in model.pools:
+            owner = samples.get(pool.listener_id or "", first)
+            owner.pools[pool.backend] = pool_entry(pool)
+    return samples
 
 
 def delta(current: int, last: int) -> int:
@@ -282,23 +288,29 @@ class Composed:
 
 
 def compose(amphora_id: str, seq: int, answers: dict[str, list | None], previous: dict[str, dict],
-            last_pools: dict[str, dict], extra: dict, key: str | bytes, limit: int) -> Composed:
-    """One beat from the listeners' ``show stat`` rows (``None`` = no answer) to the packet.
+            last_pools: dict[str, dict], extra: dict, key: str | bytes, limit: int,
+            frontends: dict[str, list[str] | None] | None = None) -> Composed:
+    """One beat from the instances' ``show stat`` rows (``None`` = no answer) to the packet.
 
-    Pure and self-contained, so the emitter can run it in a thread. Rows
-    that cannot be summarized count as no answer and are listed in
-    ``unreadable``.
+    ``frontends`` maps a 1.0 load balancer's id to its frontend names (its
+    entries in the beat, one per Octavia listener); an id absent or mapped to
+    None is a v0.1 listener (one entry under its own id). Pure and
+    self-contained, so the emitter can run it in a thread. Rows that cannot be
+    summarized count as no answer and are listed in ``unreadable``.
     """
     samples: dict[str, Sample | None] = {}
     unreadable = []
     for lid, rows in answers.items():
-        if rows is None:
-            samples[lid] = None
-            continue
+        names = (frontends or {}).get(lid)
         try:
-            samples[lid] = summarize(lid, rows)
+            if names is not None:
+                found = summarize_loadbalancer(rows) if rows is not None else {}
+                samples.update({name: found.get(name) for name in names})
+                samples.update(found)
+            else:
+                samples[lid] = summarize(lid, rows) if rows is not None else None
         except Exception:
-            samples[lid] = None
+            samples.update({name: None for name in (names if names is not None else [lid])})
             unreadable.append(lid)
     message, records = build(amphora_id, seq, samples, previous, last_pools, extra)
     packet, reduction = fit(message, key, limit)

@@ -1,10 +1,13 @@
 """haproxy as the listener manager sees it: command lines, checks, master CLI, binds.
 
 Pure helpers (unit-tested without haproxy): the agent's configuration
-fragment, ``show proc`` parsing, listener type derivation, bind extraction,
-pool/member status mapping, and the bind-conflict finder. ``HAProxy`` wraps
-the binary: ``check()`` runs ``haproxy -c`` asynchronously, ``argv()`` builds
-the master-worker command line, ``show_proc()`` asks the master CLI.
+fragment and ``show proc`` parsing. Reading an uploaded configuration (type,
+binds, frontends) is ``amphora.listeners.cfgtext``, the bind-conflict finder
+``amphora.listeners.binds``, pool/member statuses ``amphora.listeners.pools``;
+their names are re-exported here. ``HAProxy`` wraps the binary: ``check()``
+runs ``haproxy -c`` asynchronously, ``argv()`` builds the master-worker
+command line, ``show_proc()`` asks the master CLI, ``bind_conflicts()`` runs
+the finder in the right namespace.
 
 Facts about haproxy 2.6 this relies on (measured): ``-W -db`` keeps the
 master in the foreground with the pid we spawned; the master CLI (``-S``)
@@ -17,30 +20,28 @@ ignores SIGPIPE itself.
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import json
 import os
 import re
 import shutil
-import socket
 import sys
-import uuid as uuid_module
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 
+from amphora.errors import OperationFailed
 from amphora.listeners import stats
+from amphora.listeners.binds import find_bind_conflicts, _bind_check_main
+from amphora.listeners.cfgtext import (  # noqa: F401 (re-exported)
+    TYPE_HTTP, TYPE_TCP, TYPE_TERMINATED_HTTPS, Bind, bind_addresses, listener_type)
+from amphora.listeners.pools import member_status, pool_status, pools_document  # noqa: F401 (re-exported)
 from amphora.netns import exec_argv
-from amphora.process import CommandTimeout, run_bounded
+from amphora.process import RUNNING, CommandTimeout, process_identity, run_bounded
 
 # The namespace bind check only lists sockets; seconds mean something is badly wrong.
 BIND_CHECK_TIMEOUT = 10.0
-
-TYPE_TCP = "TCP"
-TYPE_HTTP = "HTTP"
-TYPE_TERMINATED_HTTPS = "TERMINATED_HTTPS"
 
 SETSID = shutil.which("setsid", path="/usr/bin:/bin:/usr/sbin:/sbin")
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
@@ -138,351 +139,6 @@ def parse_show_proc(answer: bytes | str) -> ProcInfo:
     return info
 
 
-# -- reading the uploaded configuration ------------------------------------------
-
-_SECTIONS = {"global", "defaults", "frontend", "listen", "backend", "peers", "resolvers", "userlist",
-             "mailers", "program", "http-errors", "ring", "cache", "fcgi-app"}
-
-
-def _config_lines(text: str):
-    """(section keyword, words) for every meaningful line, comments dropped.
-
-    A line whose first word is a section keyword opens that section and is
-    yielded as ``(section, ["__section__", *arguments])``; haproxy does not
-    care about indentation, so neither does this.
-    """
-    section = None
-    for raw in text.splitlines():
-        words = raw.split("#", 1)[0].split()
-        if not words:
-            continue
-        if words[0] in _SECTIONS:
-            section = words[0]
-            yield section, ["__section__", *words[1:]]
-            continue
-        yield section, words
-
-
-def listener_type(config: bytes | str) -> str:
-    """TERMINATED_HTTPS if a bind has ``ssl``; else HTTP if a frontend is ``mode http``; else TCP."""
-    if isinstance(config, bytes):
-        config = config.decode("utf-8", "replace")
-    default_mode = "tcp"
-    modes: list[str] = []
-    ssl = False
-    section = None
-    for section, words in _config_lines(config):
-        if words[0] == "__section__":
-            if section in ("frontend", "listen"):
-                modes.append(default_mode)
-            elif section == "defaults":
-                default_mode = "tcp"
-            continue
-        if words[0] == "mode" and len(words) > 1:
-            if section == "defaults":
-                default_mode = words[1]
-            elif section in ("frontend", "listen") and modes:
-                modes[-1] = words[1]
-        elif words[0] == "bind" and section in ("frontend", "listen") and "ssl" in words[2:]:
-            ssl = True
-    if ssl:
-        return TYPE_TERMINATED_HTTPS
-    if "http" in modes:
-        return TYPE_HTTP
-    return TYPE_TCP
-
-
-@dataclass(frozen=True)
-class Bind:
-    """One TCP address haproxy will listen on."""
-
-    host: str   # "" for the wildcard of ``family``
-    port: int
-    family: int  # socket.AF_INET or AF_INET6
-    freebind: bool = False
-
-    def __str__(self):
-        host = self.host or ("*" if self.family == socket.AF_INET else "::")
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-
-
-_TCP_PREFIXES = {"": None, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6, "tcp": None,
-                 "tcp4": socket.AF_INET, "tcp6": socket.AF_INET6}
-
-
-def _parse_address(item: str, freebind: bool) -> list[Bind]:
-    prefix, at, rest = item.partition("@")
-    if not at:
-        prefix, rest = "", item
-    prefix = prefix.lower()
-    if prefix not in _TCP_PREFIXES or rest.startswith("/") or "$" in rest:
-        return []  # unix, abns, fd, sockpair, udp, quic, or an environment variable
-    family = _TCP_PREFIXES[prefix]
-    if rest.startswith("["):
-        host, sep, ports = rest[1:].partition("]:")
-        if not sep:
-            return []
-    else:
-        host, sep, ports = rest.rpartition(":")
-        if not sep:
-            return []
-    if host in ("", "*"):
-        host = ""
-        family = family or socket.AF_INET
-    else:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return []  # a host name: haproxy resolves it; the bind test cannot guess
-        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-        host = str(ip)
-        if ip.is_unspecified:
-            host = ""
-    first, dash, last = ports.partition("-")
-    try:
-        low = int(first)
-        high = int(last) if dash else low
-    except ValueError:
-        return []
-    if not (0 < low <= high <= 65535) or high - low > 1024:
-        return []
-    return [Bind(host, port, family, freebind) for port in range(low, high + 1)]
-
-
-def bind_addresses(config: bytes | str) -> list[Bind]:
-    """The TCP addresses of every ``bind`` line in frontend and listen sections."""
-    if isinstance(config, bytes):
-        config = config.decode("utf-8", "replace")
-    result: list[Bind] = []
-    in_frontend = False
-    for section, words in _config_lines(config):
-        if words[0] == "__section__":
-            in_frontend = section in ("frontend", "listen")
-            if section == "listen" and len(words) > 2:  # "listen name addr:port" (old syntax)
-                for item in words[2].split(","):
-                    result.extend(_parse_address(item, False))
-            continue
-        if in_frontend and words[0] == "bind" and len(words) > 1:
-            freebind = "transparent" in words[2:] or "freebind" in words[2:]
-            for item in words[1].split(","):
-                result.extend(_parse_address(item, freebind))
-    seen, unique = set(), []
-    for b in result:
-        if b not in seen:
-            seen.add(b)
-            unique.append(b)
-    return unique
-
-
-# -- statuses ---------------------------------------------------------------------
-
-def member_status(raw: str) -> str:
-    """haproxy's server status -> UP / DOWN / DRAIN / MAINT / NO_CHECK."""
-    value = (raw or "").strip().upper()
-    if value.startswith("MAINT"):
-        return "MAINT"
-    if value.startswith("DRAIN") or value.startswith("NOLB"):
-        return "DRAIN"
-    if value.startswith("NO CHECK") or value == "":
-        return "NO_CHECK"
-    if value.startswith("UP"):
-        return "UP"
-    return "DOWN"
-
-
-def pool_status(backend_raw: str | None, members: list[str]) -> str:
-    """DOWN if haproxy says the backend is down; DEGRADED if a member is DOWN; else UP."""
-    if backend_raw is not None and not (backend_raw or "").upper().startswith("UP"):
-        return "DOWN"
-    if backend_raw is None and members and all(m in ("DOWN", "MAINT") for m in members):
-        return "DOWN"
-    if any(m == "DOWN" for m in members):
-        return "DEGRADED"
-    return "UP"
-
-
-def is_uuid(text: str) -> bool:
-    try:
-        return str(uuid_module.UUID(text)) == text.lower()
-    except ValueError:
-        return False
-
-
-def pools_document(rows: list[dict]) -> list[dict]:
-    """``show stat`` rows -> the spec's ``pools`` list (backends named by pool UUID)."""
-    grouped = stats.group_stats(rows)
-    pools = []
-    for pool_uuid, pool in grouped["pools"].items():
-        if not is_uuid(pool_uuid):
-            continue  # e.g. a "listen stats" section: not an Octavia pool
-        members = [{m: member_status(row.get("status", ""))} for m, row in pool["members"].items()]
-        backend = pool["row"]["status"] if pool["row"] is not None else None
-        pools.append({"uuid": pool_uuid,
-                      "status": pool_status(backend, [next(iter(m.values())) for m in members]),
-                      "members": members})
-    return pools
-
-
-# -- bind conflicts -----------------------------------------------------------------
-
-_TCP_LISTEN = "0A"
-
-
-def _hex_ip(hex_addr: str, family: int) -> str:
-    raw = bytes.fromhex(hex_addr)
-    if family == socket.AF_INET:
-        return str(ipaddress.IPv4Address(raw[::-1]))
-    # /proc/net/tcp6 prints four host-order 32-bit words
-    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
-    return str(ipaddress.IPv6Address(b"".join(words)))
-
-
-def listening_sockets(proc: str = "/proc") -> list[tuple[int, str, int, int]]:
-    """(family, ip, port, inode) of every TCP socket in LISTEN state in this network namespace.
-
-    Asks the kernel through sock_diag netlink (filtered by state: cheap even
-    with tens of thousands of TIME_WAIT sockets); falls back to /proc/net/tcp.
-    """
-    try:
-        return _listening_sockets_diag()
-    except Exception:
-        return _listening_sockets_proc(proc)
-
-
-def _listening_sockets_diag() -> list[tuple[int, str, int, int]]:
-    from pyroute2 import DiagSocket
-    from pyroute2.netlink.diag import SS_LISTEN
-
-    result = []
-    with DiagSocket() as diag:
-        diag.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in diag.get_sock_stats(family=family, states=1 << SS_LISTEN):
-                result.append((family, str(ipaddress.ip_address(msg.get("idiag_src"))),
-                               int(msg.get("idiag_sport")), int(msg.get("idiag_inode"))))
-    return result
-
-
-def _listening_sockets_proc(proc: str = "/proc") -> list[tuple[int, str, int, int]]:
-    result = []
-    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
-        try:
-            with open(os.path.join(proc, "self", "net", name)) as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if len(parts) < 10 or parts[3] != _TCP_LISTEN:
-                continue
-            addr, port = parts[1].split(":")
-            result.append((family, _hex_ip(addr, family), int(port, 16), int(parts[9])))
-    return result
-
-
-def socket_inodes(pids, proc: str = "/proc") -> set[int]:
-    inodes = set()
-    for pid in pids:
-        fd_dir = os.path.join(proc, str(pid), "fd")
-        try:
-            names = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for name in names:
-            try:
-                target = os.readlink(os.path.join(fd_dir, name))
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def _owner_of(inode: int, proc: str = "/proc") -> str:
-    wanted = f"socket:[{inode}]"
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
-        fd_dir = os.path.join(proc, entry, "fd")
-        try:
-            for name in os.listdir(fd_dir):
-                try:
-                    if os.readlink(os.path.join(fd_dir, name)) == wanted:
-                        try:
-                            with open(os.path.join(proc, entry, "comm")) as f:
-                                comm = f.read().strip()
-                        except OSError:
-                            comm = "?"
-                        return f"pid {entry} ({comm})"
-                except OSError:
-                    continue
-        except OSError:
-            continue
-    return "another process"
-
-
-def _overlaps(family: int, ip: str, bind: Bind) -> bool:
-    wildcard = ipaddress.ip_address(ip).is_unspecified
-    if family == bind.family:
-        return wildcard or not bind.host or ip == bind.host
-    # A dual-stack IPv6 wildcard also holds the IPv4 port (and the other way round).
-    if family == socket.AF_INET6 and wildcard:
-        return True
-    if bind.family == socket.AF_INET6 and not bind.host:
-        return True
-    return False
-
-
-def _try_bind(bind: Bind) -> str | None:
-    s = socket.socket(bind.family, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if bind.freebind:
-            s.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
-        s.bind((bind.host or ("0.0.0.0" if bind.family == socket.AF_INET else "::"), bind.port))
-        return None
-    except OSError as e:
-        return os.strerror(e.errno) if e.errno else str(e)
-    finally:
-        s.close()
-
-
-def find_bind_conflicts(binds: list[Bind], own_pids, proc: str = "/proc") -> list[str]:
-    """Why each of ``binds`` cannot be used by this listener's haproxy (empty: all fine).
-
-    Blocking (reads /proc): run it in a thread or a helper process inside the
-    listener's network namespace. A TCP listening socket on an overlapping
-    address that does not belong to ``own_pids`` (the listener's master and
-    workers) is a conflict: haproxy would otherwise share it silently through
-    SO_REUSEPORT. A port nobody listens on is bound once for real (without
-    SO_REUSEPORT) to catch addresses that are not local or not permitted.
-    """
-    listening = listening_sockets(proc)
-    own = socket_inodes(own_pids, proc) if own_pids else set()
-    problems = []
-    for bind in binds:
-        holders = [(fam, ip, port, inode) for fam, ip, port, inode in listening
-                   if port == bind.port and _overlaps(fam, ip, bind)]
-        foreign = [h for h in holders if h[3] not in own]
-        if foreign:
-            problems.append(f"bind {bind}: address already in use by {_owner_of(foreign[0][3], proc)}")
-            continue
-        if holders:
-            continue  # our own haproxy holds it: the reload takes it over
-        error = _try_bind(bind)
-        if error and not (bind.port < 1024 and os.geteuid() != 0 and error == os.strerror(errno.EACCES)):
-            problems.append(f"bind {bind}: cannot bind: {error}")
-    return problems
-
-
-def _bind_check_main(argv: list[str]) -> int:
-    """``python -m amphora.listeners.haproxy bind-check JSON``, run inside a namespace."""
-    request = json.loads(argv[0])
-    binds = [Bind(b["host"], b["port"], b["family"], b["freebind"]) for b in request["binds"]]
-    sys.stdout.write(json.dumps(find_bind_conflicts(binds, request["pids"])))
-    return 0
-
-
 # -- the binary --------------------------------------------------------------------------
 
 class HAProxy:
@@ -497,7 +153,8 @@ class HAProxy:
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.env = dict(ENV, PYTHONPATH=package_root) if namespace else dict(ENV)
 
-    def argv(self, config: str, fragment: str, pidfile: str, master_socket: str = MASTER_SOCKET) -> list[str]:
+    def argv(self, config: str, fragment: str, pidfile: str, master_socket: str = MASTER_SOCKET,
+             extra: list[str] = ()) -> list[str]:
         """Master-worker haproxy in the foreground, in its own session (so it outlives the agent).
 
         ``master_socket`` is relative to the working directory the caller spawns it in.
@@ -505,13 +162,14 @@ class HAProxy:
         # the agent's file first: haproxy copies the global "log" targets into
         # "log global" while parsing, so ours must be known before the upload's defaults
         argv = [self.binary, "-W", "-db", "-f", fragment, "-f", config, "-p", pidfile,
-                "-S", f"unix@{master_socket},mode,600"]
+                "-S", f"unix@{master_socket},mode,600", *extra]
         if SETSID:
             argv = [SETSID, *argv]
         return exec_argv(self.namespace, argv)
 
     @inlineCallbacks
-    def check(self, config: str, fragment: str, cwd: str | None = None, timeout: float = CHECK_TIMEOUT):
+    def check(self, config: str, fragment: str, cwd: str | None = None, timeout: float = CHECK_TIMEOUT,
+              extra: list[str] = ()):
         """``haproxy -c``: fires with (valid, output); errbacks with ``CommandTimeout``.
 
         The check reads whatever the configuration names (``lua-load`` runs
@@ -520,17 +178,60 @@ class HAProxy:
         session (``setsid``: with everything a Lua script forked) is killed and
         reaped before this errbacks.
         """
-        argv = [self.binary, "-c", "-f", fragment, "-f", config]
+        argv = [self.binary, "-c", "-f", fragment, "-f", config, *extra]
         if SETSID:
             argv = [SETSID, *argv]
         out, err, code = yield run_bounded(self.reactor, argv, env=ENV, path=cwd, timeout=timeout)
         text = (err.decode("utf-8", "replace") + out.decode("utf-8", "replace")).strip()
         return (code == 0, text)
 
+    @staticmethod
+    def is_master(pid: int, pidfile: str) -> bool:
+        """The pid is alive and is the haproxy master writing ``pidfile`` (not a recycled pid):
+        its command line names that pid file."""
+        if process_identity(pid) is None:
+            return False
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().split(b"\0")
+        except OSError:
+            return False
+        return pidfile.encode() in cmdline
+
     @inlineCallbacks
     def show_proc(self, master_socket: str, timeout: float = 2.0):
         answer = yield stats.query(self.reactor, master_socket, "show proc;quit", timeout=timeout)
         return parse_show_proc(answer)
+
+    @inlineCallbacks
+    def reload(self, proc, master_socket: str, before: ProcInfo, timeout: float):
+        """SIGUSR2 to ``proc`` (a running master) and wait until ``show proc`` shows the outcome.
+
+        Fires with the new worker's pid; errbacks with OperationFailed when the
+        master exits, reports a loading failure or shows no new worker within
+        ``timeout`` seconds. ``before`` is ``show proc`` from just before.
+        """
+        proc.signal("USR2")
+        deadline = self.reactor.seconds() + timeout
+        while True:
+            # Polling the master CLI is cheap (a UNIX socket round trip); a short period keeps
+            # the confirmation close to the moment the new worker is up.
+            yield deferLater(self.reactor, 0.01, lambda: None)
+            if proc.state != RUNNING:
+                raise OperationFailed(f"haproxy pid exited during the reload ({proc.last_exit})")
+            try:
+                after = yield self.show_proc(master_socket, timeout=1.0)
+            except Exception:
+                after = None  # the master is re-executing; ask again
+            if after is not None and after.reloads > before.reloads:
+                if after.failed > before.failed:
+                    raise OperationFailed("haproxy reported: Loading failure!")
+                new = [pid for pid, reloads in after.workers
+                       if reloads == 0 and pid not in before.worker_pids]
+                if new:
+                    return new[0]
+            if self.reactor.seconds() > deadline:
+                raise OperationFailed(f"no new worker within {timeout}s of the reload signal")
 
     @inlineCallbacks
     def bind_conflicts(self, binds: list[Bind], own_pids):

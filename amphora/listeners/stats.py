@@ -137,27 +137,3 @@ def parse_show_stat(answer: bytes | str) -> list[dict[str, str]]:
 def pool_id(backend_name: str) -> str:
     """The pool UUID of a backend named ``<pool>`` or ``<pool>:<listener>``."""
     return backend_name.split(":", 1)[0]
-
-
-def group_stats(rows: list[dict[str, str]]) -> dict:
-    """Split ``show stat`` rows into frontends and pools with their members.
-
-    Returns ``{"frontends": {name: row}, "pools": {pool_uuid: {"name": backend_name,
-    "row": BACKEND row or None, "members": {member_uuid: row}}}}``. Statuses are
-    left as haproxy reports them; callers map them to what they publish.
-    """
-    frontends: dict[str, dict] = {}
-    pools: dict[str, dict] = {}
-    for row in rows:
-        px, sv = row["pxname"], row["svname"]
-        if sv == "FRONTEND":
-            frontends[px] = row
-            continue
-        if row.get("type") not in (None, "", "1", "2"):  # 0=frontend 1=backend 2=server 3=listener
-            continue
-        pool = pools.setdefault(pool_id(px), {"name": px, "row": None, "members": {}})
-        if sv == "BACKEND":
-            pool["row"] = row
-        else:
-            pool["members"][sv] = row
-    return {"frontends": frontends, "pools": pools}

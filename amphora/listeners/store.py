@@ -12,6 +12,10 @@ Layout (DESIGN.md section 5)::
     <run_dir>/listeners/<uuid>/master.sock      master CLI (-S)
     <certs_dir>/<uuid>/                         certificates (owned by amphora.certificates)
 
+A 1.0 load balancer keeps the same files under ``loadbalancers/`` instead of
+``listeners/`` (plus ``peer.json``), its certificates under
+``[octavia] base_cert_dir/<uuid>/`` (see ``amphora.listeners.loadbalancer``).
+
 Every path is built from an id that ``amphora.api.params.listener_id`` (or
 ``is_listener_id`` here) accepted, so nothing a client sends can point outside
 these directories.
@@ -19,6 +23,7 @@ these directories.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -46,55 +51,163 @@ def check_listener_id(raw: object) -> str:
     return raw
 
 
-class ListenerStore:
+class InstanceFiles:
+    """The files of one haproxy instance: its state directory, run directory and certificates.
+
+    Both kinds of instance (a v0.1 listener, a 1.0 load balancer) keep the
+    same files, each kind under its own roots (see ``ListenerStore.files``).
+    """
+
     def __init__(self, state_dir: str, run_dir: str, certs_dir: str):
-        self.state_root = os.path.join(state_dir, "listeners")
-        self.run_root = os.path.join(run_dir, "listeners")
+        self.state_dir = state_dir
+        self.run_dir = run_dir
+        self.certs_dir = certs_dir
+        self.config_path = os.path.join(state_dir, "haproxy.cfg")
+        self.running_path = os.path.join(state_dir, "running.cfg")
+        self.desired_path = os.path.join(state_dir, "desired.json")
+        self.fragment_path = os.path.join(run_dir, "agent.cfg")
+        self.pid_path = os.path.join(run_dir, "haproxy.pid")
+        self.stats_socket = os.path.join(run_dir, STATS_SOCKET)
+        self.master_socket = os.path.join(run_dir, MASTER_SOCKET)
+
+    def exists(self) -> bool:
+        """The spec's rule: a configuration, a pid file or a stats socket."""
+        return any(os.path.exists(p) for p in (self.config_path, self.pid_path, self.stats_socket))
+
+    # -- configuration -----------------------------------------------------------------
+
+    def read_config(self) -> bytes | None:
+        return _read(self.config_path)
+
+    def read_running(self) -> bytes | None:
+        return _read(self.running_path)
+
+    def stage_upload(self, data: bytes) -> tuple[str, bool]:
+        """Write ``data`` to a private candidate file; returns (candidate path, created the dir)."""
+        created = not os.path.isdir(self.state_dir)
+        ensure_dir(self.state_dir, 0o755)
+        staging = tempfile.mkdtemp(prefix=".upload-", dir=self.state_dir)
+        candidate = os.path.join(staging, "haproxy.cfg")
+        atomic_write(candidate, data, 0o644)
+        return candidate, created
+
+    def commit_upload(self, candidate: str) -> None:
+        """Move a checked candidate into place (atomic rename in the same directory tree)."""
+        os.replace(candidate, self.config_path)
+        fsync_dir(self.state_dir)
+        self.discard_upload(candidate, created=False)
+
+    def discard_upload(self, candidate: str, created: bool) -> None:
+        shutil.rmtree(os.path.dirname(candidate), ignore_errors=True)
+        if created:
+            for path in (self.state_dir, self.run_dir):
+                try:
+                    shutil.rmtree(path) if _only_agent_files(path) else None
+                except OSError:
+                    pass
+
+    def write_running(self, data: bytes) -> None:
+        atomic_write(self.running_path, data, 0o644)
+
+    def write_fragment(self, text: str) -> str:
+        ensure_dir(self.run_dir, 0o755)
+        data = text.encode()
+        if _read(self.fragment_path) != data:
+            atomic_write(self.fragment_path, data, 0o644)
+        return self.fragment_path
+
+    def check_key(self, config_path: str, fragment: str):
+        """What a ``haproxy -c`` result depends on: the bytes checked, and the certificates' state
+        (None when a file cannot be read: nothing to cache)."""
+        try:
+            with open(config_path, "rb") as f:
+                config = f.read()
+            with open(fragment, "rb") as f:
+                frag = f.read()
+        except OSError:
+            return None
+        certs = []
+        try:
+            for entry in sorted(os.scandir(self.certs_dir), key=lambda e: e.name):
+                st = entry.stat()
+                certs.append((entry.name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            pass
+        return (hashlib.sha256(config).hexdigest(), hashlib.sha256(frag).hexdigest(), tuple(certs))
+
+    # -- desired state ---------------------------------------------------------------------
+
+    def desired(self) -> str | None:
+        doc = read_json(self.desired_path, {}) or {}
+        value = doc.get("desired") if isinstance(doc, dict) else None
+        return value if value in (STARTED, STOPPED) else None
+
+    def set_desired(self, value: str) -> None:
+        if self.desired() != value:
+            atomic_write_json(self.desired_path, {"desired": value})
+
+    # -- run files ---------------------------------------------------------------------------
+
+    def read_pid(self) -> int | None:
+        data = _read(self.pid_path)
+        try:
+            return int(data.split()[0]) if data else None
+        except (ValueError, IndexError):
+            return None
+
+    def clear_run_files(self) -> None:
+        """Pid file and sockets of a haproxy that is gone (haproxy leaves them behind)."""
+        for path in (self.pid_path, self.stats_socket, self.master_socket):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def remove(self, extra: tuple = ()) -> list[str]:
+        """Remove everything of the instance (and ``extra`` paths); returns what could not be removed."""
+        errors = []
+        for path in (self.state_dir, self.run_dir, self.certs_dir, *extra):
+            try:
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                errors.append(f"{path}: {e.strerror}")
+        for path in (self.state_dir, self.run_dir):
+            try:
+                fsync_dir(os.path.dirname(path))
+            except OSError:
+                pass
+        return errors
+
+
+class ListenerStore:
+    """Where instances' files live: ``files(id)`` for one; ``ids()`` finds those that exist.
+
+    ``kind`` names the subdirectory of state_dir and run_dir ("listeners" for
+    v0.1 listeners); the lid-taking methods are kept for callers and tests
+    that address files by id.
+    """
+
+    def __init__(self, state_dir: str, run_dir: str, certs_dir: str, kind: str = "listeners"):
+        self.state_root = os.path.join(state_dir, kind)
+        self.run_root = os.path.join(run_dir, kind)
         self.certs_root = certs_dir
         ensure_dir(self.state_root, 0o755)
         ensure_dir(self.run_root, 0o755)
-
-    # -- paths ----------------------------------------------------------------------
 
     def _id(self, lid: str) -> str:
         if not is_listener_id(lid):
             raise ValueError(f"not a canonical listener UUID: {lid!r}")
         return lid
 
-    def state_dir(self, lid: str) -> str:
-        return os.path.join(self.state_root, self._id(lid))
-
-    def run_dir(self, lid: str) -> str:
-        return os.path.join(self.run_root, self._id(lid))
-
-    def certs_dir(self, lid: str) -> str:
-        return os.path.join(self.certs_root, self._id(lid))
-
-    def config_path(self, lid: str) -> str:
-        return os.path.join(self.state_dir(lid), "haproxy.cfg")
-
-    def running_path(self, lid: str) -> str:
-        return os.path.join(self.state_dir(lid), "running.cfg")
-
-    def desired_path(self, lid: str) -> str:
-        return os.path.join(self.state_dir(lid), "desired.json")
-
-    def fragment_path(self, lid: str) -> str:
-        return os.path.join(self.run_dir(lid), "agent.cfg")
-
-    def pid_path(self, lid: str) -> str:
-        return os.path.join(self.run_dir(lid), "haproxy.pid")
-
-    def stats_socket(self, lid: str) -> str:
-        return os.path.join(self.run_dir(lid), STATS_SOCKET)
-
-    def master_socket(self, lid: str) -> str:
-        return os.path.join(self.run_dir(lid), MASTER_SOCKET)
-
-    # -- discovery -------------------------------------------------------------------
+    def files(self, lid: str) -> InstanceFiles:
+        lid = self._id(lid)
+        return InstanceFiles(os.path.join(self.state_root, lid), os.path.join(self.run_root, lid),
+                             os.path.join(self.certs_root, lid))
 
     def ids(self) -> list[str]:
-        """Listeners with a configuration, a pid file or a stats socket (the spec's rule)."""
+        """Instances with a configuration, a pid file or a stats socket (the spec's rule)."""
         found = set()
         for root, markers in ((self.state_root, ("haproxy.cfg",)),
                               (self.run_root, ("haproxy.pid", "stats.sock"))):
@@ -108,96 +221,43 @@ class ListenerStore:
                     found.add(entry)
         return sorted(found)
 
-    # -- configuration -----------------------------------------------------------------
+    # -- by id (for callers that address one file) -------------------------------------------
+
+    def state_dir(self, lid: str) -> str:
+        return self.files(lid).state_dir
+
+    def run_dir(self, lid: str) -> str:
+        return self.files(lid).run_dir
+
+    def config_path(self, lid: str) -> str:
+        return self.files(lid).config_path
+
+    def stats_socket(self, lid: str) -> str:
+        return self.files(lid).stats_socket
 
     def read_config(self, lid: str) -> bytes | None:
-        return _read(self.config_path(lid))
+        return self.files(lid).read_config()
 
     def read_running(self, lid: str) -> bytes | None:
-        return _read(self.running_path(lid))
-
-    def stage_upload(self, lid: str, data: bytes) -> tuple[str, bool]:
-        """Write ``data`` to a private candidate file; returns (candidate path, created the dir)."""
-        directory = self.state_dir(lid)
-        created = not os.path.isdir(directory)
-        ensure_dir(directory, 0o755)
-        staging = tempfile.mkdtemp(prefix=".upload-", dir=directory)
-        candidate = os.path.join(staging, "haproxy.cfg")
-        atomic_write(candidate, data, 0o644)
-        return candidate, created
-
-    def commit_upload(self, lid: str, candidate: str) -> None:
-        """Move a checked candidate into place (atomic rename in the same directory tree)."""
-        target = self.config_path(lid)
-        os.replace(candidate, target)
-        fsync_dir(os.path.dirname(target))
-        self.discard_upload(lid, candidate, created=False)
-
-    def discard_upload(self, lid: str, candidate: str, created: bool) -> None:
-        staging = os.path.dirname(candidate)
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            for path in (self.state_dir(lid), self.run_dir(lid)):
-                try:
-                    shutil.rmtree(path) if _only_agent_files(path) else None
-                except OSError:
-                    pass
-
-    def write_running(self, lid: str, data: bytes) -> None:
-        atomic_write(self.running_path(lid), data, 0o644)
-
-    def write_fragment(self, lid: str, text: str) -> str:
-        ensure_dir(self.run_dir(lid), 0o755)
-        path = self.fragment_path(lid)
-        data = text.encode()
-        if _read(path) != data:
-            atomic_write(path, data, 0o644)
-        return path
-
-    # -- desired state ---------------------------------------------------------------------
-
-    def desired(self, lid: str) -> str | None:
-        doc = read_json(self.desired_path(lid), {}) or {}
-        value = doc.get("desired")
-        return value if value in (STARTED, STOPPED) else None
-
-    def set_desired(self, lid: str, value: str) -> None:
-        if self.desired(lid) != value:
-            atomic_write_json(self.desired_path(lid), {"desired": value})
-
-    # -- run files ---------------------------------------------------------------------------
+        return self.files(lid).read_running()
 
     def read_pid(self, lid: str) -> int | None:
-        data = _read(self.pid_path(lid))
-        try:
-            return int(data.split()[0]) if data else None
-        except (ValueError, IndexError):
-            return None
+        return self.files(lid).read_pid()
 
-    def clear_run_files(self, lid: str) -> None:
-        """Pid file and sockets of a haproxy that is gone (haproxy leaves them behind)."""
-        for path in (self.pid_path(lid), self.stats_socket(lid), self.master_socket(lid)):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    def desired(self, lid: str) -> str | None:
+        return self.files(lid).desired()
+
+    def set_desired(self, lid: str, value: str) -> None:
+        self.files(lid).set_desired(value)
+
+    def stage_upload(self, lid: str, data: bytes) -> tuple[str, bool]:
+        return self.files(lid).stage_upload(data)
+
+    def commit_upload(self, lid: str, candidate: str) -> None:
+        self.files(lid).commit_upload(candidate)
 
     def remove(self, lid: str) -> list[str]:
-        """Remove everything of the listener; returns what could not be removed."""
-        errors = []
-        for path in (self.state_dir(lid), self.run_dir(lid), self.certs_dir(lid)):
-            try:
-                shutil.rmtree(path)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                errors.append(f"{path}: {e.strerror}")
-        for root in (self.state_root, self.run_root):
-            try:
-                fsync_dir(root)
-            except OSError:
-                pass
-        return errors
+        return self.files(lid).remove()
 
 
 def _read(path: str) -> bytes | None:

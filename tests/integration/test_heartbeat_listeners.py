@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 
-from amphora.heartbeat.receiver import HeartbeatReceiver, listen
 from amphora.listeners.stats import parse_show_stat
+from tests.heartbeat_support import heartbeat_receiver
 from tests.helpers import free_port
 
 from tests.listener_support import Backend, eventually, http_config, http_get, kill_listeners, new_id
@@ -23,13 +22,7 @@ KEY = "listeners-heartbeat-key"
 
 @pytest.fixture
 def receiver():
-    r = HeartbeatReceiver(KEY)
-    r.beats = []
-    r.on_beat = r.beats.append
-    port = listen(reactor, r, "127.0.0.1", 0)
-    r.port = port.getHost().port
-    yield r
-    pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+    yield from heartbeat_receiver(KEY)
 
 
 @pytest.fixture

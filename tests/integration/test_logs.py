@@ -15,7 +15,8 @@ import pytest
 import pytest_twisted
 import treq
 
-from amphora.listeners import logs as L
+from amphora.listeners.logs import collector
+from amphora.listeners.logs.forward import BoundedQueue
 from tests.helpers import free_port
 from tests.logs_support import Haproxy, TCPReceiver, http_config, wait_for
 
@@ -153,7 +154,7 @@ async def test_rotation_keeps_backups(agent, listener):
 async def test_forward_target_down_then_up(agent, listener, receiver):
     forwarder = agent.logs.forwarder
     await wait_for(lambda: forwarder.proto is not None, what="forwarder connected")
-    forwarder.queue = L.BoundedQueue(max_items=3)  # small, so a short outage overflows it
+    forwarder.queue = BoundedQueue(max_items=3)  # small, so a short outage overflows it
     await receiver.down()
     await wait_for(lambda: forwarder.proto is None, what="forwarder notices the target is down")
     collector = agent.logs._collectors[listener.lid]
@@ -187,7 +188,7 @@ async def test_delete_with_the_target_down_is_bounded(agent, listener, receiver,
     await wait_for(lambda: forwarder.proto is None, what="forwarder notices the target is down")
     await _get(listener.port, "/orphan")
     listener.stop()
-    monkeypatch.setattr(L, "DELETE_FLUSH_TIMEOUT", 0.5)
+    monkeypatch.setattr(collector, "DELETE_FLUSH_TIMEOUT", 0.5)
     from twisted.internet import reactor
     started = reactor.seconds()
     await agent.logs.delete_hook(listener.lid)

@@ -626,7 +626,7 @@ def test_operations_on_one_listener_are_serialised(certs_dir, rsa_bundle, ec_bun
     pending[1].callback(SET_OK)
     assert result_of(second).md5sum == md5_hex(ec_bundle.pem())
     assert "deleted a.pem" in result_of(deleted)
-    assert store._locks == {}
+    assert listeners._locks == {}  # the listener's lock (the store has none of its own)
 
 
 def test_other_listeners_are_not_blocked(certs_dir, rsa_bundle):

@@ -384,6 +384,9 @@ class FakeListeners:
     def listener_ids(self):
         return ["0a6a3a4e-1111-4e0e-9a5e-2b2b2b2b2b2b", "f6c8e1a2-2222-4e0e-9a5e-2b2b2b2b2b2b"]
 
+    def all_listener_ids(self):  # v0.1 listeners and load balancers' frontends: none here
+        return self.listener_ids()
+
 
 class FakeFacts:
     hostname = "amphora-1"

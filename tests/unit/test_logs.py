@@ -1,4 +1,4 @@
-"""Unit tests for amphora.listeners.logs: parsing, RFC 5424 / RFC 6587, rotation, tail, bounded forwarding."""
+"""Unit tests for the amphora.listeners.logs package: parsing, RFC 5424 / RFC 6587, rotation, tail, bounded forwarding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from amphora.listeners import logs as L
+from amphora.listeners.logs import collector, forward, logfile, syslog
 
 LID = "0b7f3c8e-1d2a-4c5b-8e9f-112233445566"
 AID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
@@ -24,7 +24,7 @@ HAPROXY_5424 = (b'<134>1 2026-11-28T17:32:03.322307+00:00 - haproxy 8343 - - 127
 # -- parsing ---------------------------------------------------------------------
 
 def test_parse_rfc5424_from_haproxy():
-    r = L.parse_datagram(HAPROXY_5424)
+    r = syslog.parse_datagram(HAPROXY_5424)
     assert r.pri == 134
     assert r.timestamp == "2026-11-28T17:32:03.322307+00:00"
     assert r.procid == "8343"
@@ -33,22 +33,22 @@ def test_parse_rfc5424_from_haproxy():
 
 
 def test_parse_rfc5424_with_structured_data_keeps_message_as_is():
-    r = L.parse_datagram(b'<131>1 2026-01-01T00:00:00Z h app 12 ID [a@1 k="v \\] [x"][b@2 z="1"] hello ] world')
+    r = syslog.parse_datagram(b'<131>1 2026-01-01T00:00:00Z h app 12 ID [a@1 k="v \\] [x"][b@2 z="1"] hello ] world')
     assert r.pri == 131
     assert r.msg == b"hello ] world"
 
 
 def test_parse_rfc3164_and_raw():
-    r = L.parse_datagram(b"<133>Nov 28 17:32:03 haproxy[42]: Proxy fe started.")
+    r = syslog.parse_datagram(b"<133>Nov 28 17:32:03 haproxy[42]: Proxy fe started.")
     assert (r.pri, r.procid, r.timestamp, r.msg) == (133, "42", "-", b"Proxy fe started.")
-    r = L.parse_datagram(b"no header at all")
+    r = syslog.parse_datagram(b"no header at all")
     assert (r.pri, r.msg) == (134, b"no header at all")
-    r = L.parse_datagram(b"<999>1 bogus")  # out-of-range PRI: the whole thing is the message
+    r = syslog.parse_datagram(b"<999>1 bogus")  # out-of-range PRI: the whole thing is the message
     assert r.msg == b"<999>1 bogus"
 
 
 def test_parse_malformed_5424_never_loses_the_line():
-    r = L.parse_datagram(b"<134>1 2026-01-01T00:00:00Z host")
+    r = syslog.parse_datagram(b"<134>1 2026-01-01T00:00:00Z host")
     assert b"host" in r.msg
 
 
@@ -59,8 +59,8 @@ _RFC5424 = re.compile(
 
 
 def test_format_rfc5424_tags_listener_and_amphora():
-    r = L.parse_datagram(HAPROXY_5424)
-    msg = L.format_rfc5424(r, "amphora-1", AID, LID)
+    r = syslog.parse_datagram(HAPROXY_5424)
+    msg = syslog.Tagger("amphora-1", AID, LID).format(r)
     m = _RFC5424.fullmatch(msg)
     assert m, msg
     pri, ts, host, app, procid, msgid, sd, body = m.groups()
@@ -71,22 +71,22 @@ def test_format_rfc5424_tags_listener_and_amphora():
 
 
 def test_format_rfc5424_nil_values_and_bad_hostname():
-    r = L.Record(134, "-", "-", b"x")
-    msg = L.format_rfc5424(r, "", AID, LID)
+    r = syslog.Record(134, "-", "-", b"x")
+    msg = syslog.Tagger("", AID, LID).format(r)
     assert msg.startswith(b"<134>1 - - haproxy - - [amphora@32473 ")
-    msg = L.format_rfc5424(r, "bad host", AID, LID)
+    msg = syslog.Tagger("bad host", AID, LID).format(r)
     assert msg.split(b" ")[2] == b"-"
 
 
 def test_octet_counting_framing():
-    assert L.frame_octet_counting(b"<134>1 - - - - - - hi") == b"21 <134>1 - - - - - - hi"
-    assert L.frame_octet_counting("é".encode()) == b"2 \xc3\xa9"  # octets, not characters
+    assert syslog.frame_octet_counting(b"<134>1 - - - - - - hi") == b"21 <134>1 - - - - - - hi"
+    assert syslog.frame_octet_counting("é".encode()) == b"2 \xc3\xa9"  # octets, not characters
 
 
 def test_file_line():
-    r = L.parse_datagram(HAPROXY_5424)
-    assert L.file_line(r) == b"2026-11-28T17:32:03.322307+00:00 haproxy[8343]: " + r.msg + b"\n"
-    assert L.file_line(L.Record(134, "-", "-", b"a\nb")) == b"- haproxy[-]: a b\n"
+    r = syslog.parse_datagram(HAPROXY_5424)
+    assert syslog.file_line(r) == b"2026-11-28T17:32:03.322307+00:00 haproxy[8343]: " + r.msg + b"\n"
+    assert syslog.file_line(syslog.Record(134, "-", "-", b"a\nb")) == b"- haproxy[-]: a b\n"
 
 
 # -- rotating file -----------------------------------------------------------------
@@ -98,31 +98,30 @@ def _lines(prefix: str, n: int, width: int = 10) -> list[bytes]:
 def test_buffered_until_delay_then_written(tmp_path):
     clock = Clock()
     path = str(tmp_path / "l.log")
-    f = L.RotatingFile(path, 1000, 2, clock)
+    f = logfile.RotatingFile(path, 1000, 2, clock)
     f.append(b"one\n")
     f.append(b"two\n")
     assert not os.path.exists(path)  # nothing written per line
-    clock.advance(L.FLUSH_DELAY)
+    clock.advance(logfile.FLUSH_DELAY)
     assert open(path, "rb").read() == b"one\ntwo\n"
-    assert f.written == 2
     assert not clock.getDelayedCalls()
 
 
 def test_flushes_at_once_past_flush_bytes(tmp_path):
     clock = Clock()
     path = str(tmp_path / "l.log")
-    f = L.RotatingFile(path, 10 * L.FLUSH_BYTES, 2, clock)
+    f = logfile.RotatingFile(path, 10 * logfile.FLUSH_BYTES, 2, clock)
     line = b"x" * 1023 + b"\n"
-    for _ in range(L.FLUSH_BYTES // len(line)):
+    for _ in range(logfile.FLUSH_BYTES // len(line)):
         f.append(line)
-    assert os.path.getsize(path) == L.FLUSH_BYTES
+    assert os.path.getsize(path) == logfile.FLUSH_BYTES
     assert not clock.getDelayedCalls()
 
 
 def test_rotation_keeps_backups(tmp_path):
     clock = Clock()
     path = str(tmp_path / "l.log")
-    f = L.RotatingFile(path, 100, 2, clock)
+    f = logfile.RotatingFile(path, 100, 2, clock)
     lines = _lines("L", 50)  # 10 bytes each: 10 lines per file
     for line in lines:
         f.append(line)
@@ -136,7 +135,7 @@ def test_rotation_keeps_backups(tmp_path):
     assert open(path + ".2", "rb").read() == b"".join(lines[20:30])
     # rotation continues across flushes and re-opens (size is taken from the file)
     f.close()
-    g = L.RotatingFile(path, 100, 2, clock)
+    g = logfile.RotatingFile(path, 100, 2, clock)
     g.append(b"Z" * 9 + b"\n")
     g.flush()
     assert open(path, "rb").read() == b"Z" * 9 + b"\n"
@@ -146,7 +145,7 @@ def test_rotation_keeps_backups(tmp_path):
 def test_rotation_without_backups_and_oversized_line(tmp_path):
     clock = Clock()
     path = str(tmp_path / "l.log")
-    f = L.RotatingFile(path, 20, 0, clock)
+    f = logfile.RotatingFile(path, 20, 0, clock)
     f.append(b"a" * 15 + b"\n")
     f.append(b"b" * 50 + b"\n")  # larger than max_bytes: alone in its file
     f.append(b"c\n")
@@ -163,11 +162,11 @@ def test_unwritable_is_logged_once_counts_and_recovers(tmp_path, monkeypatch):
     try:
         clock = Clock()
         path = str(tmp_path / "missing-dir" / "l.log")
-        f = L.RotatingFile(path, 1000, 1, clock)
+        f = logfile.RotatingFile(path, 1000, 1, clock)
         for i in range(3):
             f.append(b"line\n")
             f.flush()  # never raises
-        errors = [e for e in events if e.get("log_namespace") == L.log.namespace
+        errors = [e for e in events if e.get("log_namespace") == logfile.log.namespace
                   and "cannot write" in e.get("log_format", "")]
         assert len(errors) == 1
         assert "line" not in repr(errors[0].get("path"))
@@ -184,27 +183,27 @@ def test_unwritable_is_logged_once_counts_and_recovers(tmp_path, monkeypatch):
 def test_disk_full_drops_without_raising(tmp_path, monkeypatch):
     clock = Clock()
     path = str(tmp_path / "l.log")
-    f = L.RotatingFile(path, 1000, 1, clock)
-    real_write = os.write
+    f = logfile.RotatingFile(path, 1000, 1, clock)
+    real_write = logfile.LogFile.write
 
-    def full(fd, data):
+    def full(self, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(L.os, "write", full)
+    monkeypatch.setattr(logfile.LogFile, "write", full)
     f.append(b"a\n")
     f.append(b"b\n")
-    clock.advance(L.FLUSH_DELAY)
+    clock.advance(logfile.FLUSH_DELAY)
     assert f.dropped == 2
-    monkeypatch.setattr(L.os, "write", real_write)
+    monkeypatch.setattr(logfile.LogFile, "write", real_write)
     f.append(b"c\n")
-    clock.advance(L.FLUSH_DELAY)
+    clock.advance(logfile.FLUSH_DELAY)
     assert open(path, "rb").read() == b"c\n"
 
 
 def test_remove_deletes_file_and_backups(tmp_path):
     clock = Clock()
     path = str(tmp_path / "l.log")
-    f = L.RotatingFile(path, 10, 3, clock)
+    f = logfile.RotatingFile(path, 10, 3, clock)
     for line in _lines("r", 5):
         f.append(line)
     f.flush()
@@ -243,7 +242,7 @@ def test_tail_reads_from_the_end_only(tmp_path, monkeypatch):
             self.f.close()
 
     monkeypatch.setattr("builtins.open", lambda p, m="r", *a, **k: Counting(real_open(p, m, *a, **k)))
-    out = L.tail_lines([str(path)], 10, block=4096)
+    out = logfile.tail_lines([str(path)], 10, block=4096)
     assert out == b"".join(lines[-10:])
     assert sum(read) <= 4096  # not the 1.2 MB file
 
@@ -252,26 +251,26 @@ def test_tail_spans_backups_and_handles_partial_last_line(tmp_path):
     (tmp_path / "l.log").write_bytes(b"d\ne")  # torn last line
     (tmp_path / "l.log.1").write_bytes(b"a\nb\nc\n")
     paths = [str(tmp_path / "l.log"), str(tmp_path / "l.log.1"), str(tmp_path / "l.log.2")]
-    assert L.tail_lines(paths, 1) == b"e\n"
-    assert L.tail_lines(paths, 3) == b"c\nd\ne\n"
-    assert L.tail_lines(paths, 100) == b"a\nb\nc\nd\ne\n"
-    assert L.tail_lines([str(tmp_path / "none")], 5) == b""
+    assert logfile.tail_lines(paths, 1) == b"e\n"
+    assert logfile.tail_lines(paths, 3) == b"c\nd\ne\n"
+    assert logfile.tail_lines(paths, 100) == b"a\nb\nc\nd\ne\n"
+    assert logfile.tail_lines([str(tmp_path / "none")], 5) == b""
 
 
 def test_tail_small_blocks_long_lines(tmp_path):
     lines = [(b"%d" % i) * (i + 1) + b"\n" for i in range(40)]
     (tmp_path / "l.log").write_bytes(b"".join(lines))
     for n in (1, 2, 7, 40, 41):
-        assert L.tail_lines([str(tmp_path / "l.log")], n, block=3) == b"".join(lines[-n:])
+        assert logfile.tail_lines([str(tmp_path / "l.log")], n, block=3) == b"".join(lines[-n:])
 
 
 # -- bounded queue and forwarders --------------------------------------------------------
 
 def test_bounded_queue_drops_oldest_by_count_and_bytes():
-    q = L.BoundedQueue(max_items=3, max_bytes=100)
+    q = forward.BoundedQueue(max_items=3, max_bytes=100)
     assert [q.push(b"%d" % i) for i in range(5)] == [0, 0, 0, 1, 1]
     assert [q.pop() for _ in range(len(q))] == [b"2", b"3", b"4"]
-    q = L.BoundedQueue(max_items=100, max_bytes=10)
+    q = forward.BoundedQueue(max_items=100, max_bytes=10)
     q.push(b"aaaa")
     q.push(b"bbbb")
     assert q.push(b"cccc") == 1
@@ -281,19 +280,19 @@ def test_bounded_queue_drops_oldest_by_count_and_bytes():
 
 
 def test_parse_target():
-    assert L.parse_target("udp://127.0.0.1:514") == ("udp", "127.0.0.1", 514)
-    assert L.parse_target("tcp://[::1]:6514") == ("tcp", "::1", 6514)
-    assert L.parse_target("tcp://logs.example:601") == ("tcp", "logs.example", 601)
+    assert forward.parse_target("udp://127.0.0.1:514") == ("udp", "127.0.0.1", 514)
+    assert forward.parse_target("tcp://[::1]:6514") == ("tcp", "::1", 6514)
+    assert forward.parse_target("tcp://logs.example:601") == ("tcp", "logs.example", 601)
 
 
 def _tcp(clock):
-    fw = L.TCPForwarder(clock, "tcp://127.0.0.1:1", "127.0.0.1", 1)
-    fw.queue = L.BoundedQueue(max_items=3)
+    fw = forward.TCPForwarder(clock, "tcp://127.0.0.1:1", "127.0.0.1", 1)
+    fw.queue = forward.BoundedQueue(max_items=3)
     return fw
 
 
 def _connect(fw):
-    proto = L._TCPSender(fw)
+    proto = forward._TCPSender(fw)
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, transport
@@ -350,7 +349,7 @@ def test_flushed_waits_for_connection_or_times_out():
 
 def test_udp_forwarder_counts_refused_and_failed_sends():
     clock = Clock()
-    fw = L.UDPForwarder(clock, "udp://127.0.0.1:1", "127.0.0.1", 1)
+    fw = forward.UDPForwarder(clock, "udp://127.0.0.1:1", "127.0.0.1", 1)
     sent = []
 
     class Port:
@@ -378,10 +377,10 @@ def test_udp_forwarder_counts_refused_and_failed_sends():
 
 def test_check_id_refuses_paths():
     with pytest.raises(ValueError):
-        L._check_id("../../etc/passwd")
+        collector._check_id("../../etc/passwd")
     with pytest.raises(ValueError):
-        L._check_id(LID.upper())
-    assert L._check_id(LID) == LID
+        collector._check_id(LID.upper())
+    assert collector._check_id(LID) == LID
 
 
 # -- ListenerLogs wiring (fake reactor, fake listener manager) -----------------------
@@ -400,7 +399,7 @@ class _FakeReactor(Clock):
         self.unix = []
 
     def listenUNIXDatagram(self, path, proto, maxPacketSize, mode):
-        assert mode == 0o666 and maxPacketSize >= L.LINE_MAX
+        assert mode == 0o666 and maxPacketSize >= collector.LINE_MAX
         open(path, "w").close()  # stands for the socket file
         port = _FakePort(path, proto)
         self.unix.append(port)
@@ -432,7 +431,7 @@ def _logs(pki, tmp_path, run, forward=""):
     config = load_config(write_config(pki, str(tmp_path / "a"), 0, {
         "agent": {"run_dir": run}, "logs": {"forward": forward, "max_bytes": "100", "backups": "1"}}))
     reactor = _FakeReactor()
-    return L.ListenerLogs(config, reactor, hostname="amp"), reactor
+    return collector.ListenerLogs(config, reactor, hostname="amp"), reactor
 
 
 def test_attach_tolerates_none_and_registers_hooks_once(pki, tmp_path, short):
@@ -454,7 +453,7 @@ def test_config_hook_binds_and_returns_a_global_log_line(pki, tmp_path, short):
     assert logs.socket_path(LID) == os.path.join(short, "logs", f"{LID}.sock")
     # a datagram becomes a file line (flushed by the clock) and nothing is forwarded (no target)
     reactor.unix[0].protocol.datagramReceived(HAPROXY_5424, None)
-    reactor.advance(L.FLUSH_DELAY)
+    reactor.advance(logfile.FLUSH_DELAY)
     assert logs.tail(LID, 5).endswith(b'"GET /x?y=1 HTTP/1.1"\n')
     with pytest.raises(ValueError):
         logs.config_hook("../x")
@@ -523,11 +522,11 @@ def test_unusable_log_dir_never_stops_the_agent(pki, tmp_path, short):
     config = load_config(write_config(pki, str(tmp_path / "a"), 0, {
         "agent": {"run_dir": short, "log_dir": str(blocker / "logs")}}))
     reactor = _FakeReactor()
-    logs = L.ListenerLogs(config, reactor, hostname="amp")  # does not raise
+    logs = collector.ListenerLogs(config, reactor, hostname="amp")  # does not raise
     assert logs.config_hook(LID)  # haproxy still gets its target; lines are dropped (and counted)
     reactor.unix[0].protocol.datagramReceived(HAPROXY_5424, None)
-    reactor.advance(L.FLUSH_DELAY)
-    assert logs.stats()["listeners"][LID]["dropped"] == 1
+    reactor.advance(logfile.FLUSH_DELAY)
+    assert logs.losses(LID).file_dropped == 1
     assert logs.tail(LID, 10) == b""
 
 

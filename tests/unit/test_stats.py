@@ -1,6 +1,7 @@
 import pytest
 
-from amphora.listeners.stats import group_stats, parse_show_stat, pool_id
+from amphora.listeners.pools import model
+from amphora.listeners.stats import parse_show_stat, pool_id
 
 P1 = "399bbf4b-5f6c-4370-a61e-ed2ff2fc9387"
 L1 = "e2dfddc0-5b9e-11e4-8ed6-0800200c9a66"
@@ -19,11 +20,11 @@ def test_parse_and_group():
     rows = parse_show_stat(CSV.encode())
     assert len(rows) == 4
     assert rows[0]["svname"] == "FRONTEND" and rows[0]["bin"] == "1000"
-    grouped = group_stats(rows)
-    assert list(grouped["frontends"]) == [L1]
-    pool = grouped["pools"][P1]
-    assert pool["row"]["status"] == "UP"
-    assert {m: r["status"] for m, r in pool["members"].items()} == {M1: "UP", M2: "DOWN"}
+    grouped = model(rows)
+    assert [f["pxname"] for f in grouped.frontends] == [L1]
+    [pool] = [p for p in grouped.pools if p.pool_id == P1]
+    assert pool.raw == "UP"
+    assert {m.name: m.raw for m in pool.members} == {M1: "UP", M2: "DOWN"}
 
 
 def test_garbage_is_refused():

@@ -1,0 +1,451 @@
+"""One supervised haproxy with an id: its lock, process, desired state, type and check cache.
+
+A v0.1 listener is one kind of instance (:class:`HaproxyInstance` itself); a
+1.0 load balancer is another (``amphora.listeners.loadbalancer``). The
+registry (``amphora.listeners.manager.ListenerManager``) owns the instances and
+the settings they share (``haproxy``, ``supervision``, ``check_timeout``,
+``reload_timeout``, the configuration hooks); an instance reads them from its
+``owner`` at the moment it uses them, so a test can change them on the registry.
+
+The life-cycle methods (``upload``, ``start``, ``stop``, ``reload``,
+``delete``, ``restore``) expect the caller to hold ``lock``
+(``ListenerManager`` runs them through it). What a kind changes is in the
+small overridable methods: texts, extra command-line arguments, what to do
+before a reload or stop, which paths go with the instance.
+
+Status (DESIGN.md section 4): ACTIVE when haproxy runs; ERROR when it should
+run (desired "started") but does not; STOPPED otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from twisted.internet.defer import DeferredLock, fail, inlineCallbacks
+from twisted.logger import Logger
+
+from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
+from amphora.listeners import stats
+from amphora.listeners.haproxy import bind_addresses, fragment_text, listener_type
+from amphora.listeners.store import STARTED, STOPPED, InstanceFiles
+from amphora.process import RUNNING, CommandTimeout, ProcessFailed, SupervisedProcess
+from amphora.process import STOPPED as PROC_STOPPED
+
+log = Logger()
+
+ACTIVE = "ACTIVE"
+STATUS_STOPPED = "STOPPED"
+ERROR = "ERROR"
+LISTENER = "listener"
+_UNSET = object()
+
+
+def listener_status(desired: str | None, process_state: str | None) -> str:
+    """ACTIVE / STOPPED / ERROR from the persisted wish and the supervisor's state."""
+    if process_state == RUNNING:
+        return ACTIVE
+    if desired == STARTED:
+        return ERROR
+    return STATUS_STOPPED
+
+
+def first_valid_line(text: str) -> str:
+    for line in (text or "").splitlines():
+        if "Configuration file is valid" in line:
+            return line.strip()
+    return "Configuration file is valid"
+
+
+class HaproxyInstance:
+    """A v0.1 listener: one haproxy serving the uploaded configuration."""
+
+    kind = LISTENER
+
+    def __init__(self, owner, iid: str, files: InstanceFiles):
+        self.owner = owner
+        self.id = iid
+        self.files = files
+        self.lock = DeferredLock()
+        self.known = False          # has files (an accepted upload, a pid file or a socket)
+        self.proc: SupervisedProcess | None = None
+        self._wish = _UNSET         # cache of desired.json
+        self._type: str | None = None
+        self._checked: tuple | None = None  # (check key, haproxy output) of the last check that passed
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.id}>"
+
+    # -- what a kind changes ------------------------------------------------------------------
+
+    def not_found(self) -> Exception:
+        return ListenerNotFound(self.id)
+
+    def fragment_extras(self) -> list[str]:
+        """Text the agent adds to its fragment (whole sections); the registry's config hooks."""
+        return self.owner.hook_fragments(self)
+
+    def check_args(self) -> list[str]:
+        """Extra ``haproxy`` arguments for both the check and the run (e.g. ``-L <peer>``)."""
+        return []
+
+    def prepare(self, config: bytes) -> None:
+        """Make what the configuration needs exist before a check or a start."""
+
+    def before_stop_or_reload(self):
+        """Called with the process running, before SIGUSR2 or stop (e.g. save server state)."""
+        return None
+
+    def started_text(self, output: str, pid: int) -> str:
+        return f"{first_valid_line(output)}\nhaproxy daemon for {self.id} started (pid {pid})"
+
+    def already_running_text(self) -> str:
+        return f"haproxy daemon for {self.id} already running (pid {self.proc.pid})"
+
+    def stopped_text(self, pid: int | None) -> str:
+        if pid is None:
+            return f"haproxy daemon for {self.id} is not running"
+        return f"haproxy daemon for {self.id} stopped (pid {pid})"
+
+    def reloaded_text(self, output: str, worker: int) -> str:
+        return (f"{first_valid_line(output)}\nhaproxy daemon for {self.id} reloaded "
+                f"(pid {self.proc.pid}, new worker {worker})")
+
+    def check_timeout(self) -> float:
+        return self.owner.check_timeout
+
+    def start_timeout(self) -> float:
+        return self.owner.config.haproxy.start_timeout
+
+    def reload_timeout(self) -> float:
+        return self.owner.reload_timeout
+
+    def extra_paths(self) -> tuple:
+        """Paths removed with the instance besides its state, run and certificate directories."""
+        return ()
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.state == RUNNING
+
+    def desired(self) -> str | None:
+        if self._wish is _UNSET:
+            self._wish = self.files.desired()
+        return self._wish
+
+    def set_desired(self, value: str) -> None:
+        if self.desired() != value:
+            self.files.set_desired(value)
+            self._wish = value
+
+    def type(self) -> str:
+        """TCP / HTTP / TERMINATED_HTTPS of the stored configuration (cached; we are its only writer)."""
+        if self._type is None:
+            data = self.files.read_config() or self.files.read_running()
+            self._type = listener_type(data) if data else "TCP"
+        return self._type
+
+    def status(self) -> str:
+        return listener_status(self.desired(), self.proc.state if self.proc else None)
+
+    def forget_caches(self) -> None:
+        self._wish = _UNSET
+        self._type = None
+
+    # -- runtime API ----------------------------------------------------------------------------
+
+    def runtime(self, command: str, timeout: float = 5.0):
+        if not self.running:
+            return fail(OperationFailed(f"haproxy for {self.kind} {self.id} is not running"))
+        return stats.query(self.owner.reactor, self.files.stats_socket, command, timeout=timeout)
+
+    def show_stat(self):
+        return self.runtime("show stat").addCallback(stats.parse_show_stat)
+
+    def uses_file(self, path: str) -> bool:
+        if not path:
+            return False
+        pattern = re.compile(r"(?<![^\s,=])" + re.escape(path) + r"(?![^\s,])")
+        for data in (self.files.read_config(), self.files.read_running()):
+            if data and pattern.search(data.decode("utf-8", "replace")):
+                return True
+        return False
+
+    # -- process --------------------------------------------------------------------------------
+
+    def write_fragment(self) -> str:
+        return self.files.write_fragment(fragment_text(self.id, extra=self.fragment_extras()))
+
+    def process(self) -> SupervisedProcess:
+        if self.proc is None:
+            owner = self.owner
+            master = self.files.master_socket
+            argv = owner.haproxy.argv(self.files.running_path, self.files.fragment_path, self.files.pid_path,
+                                      extra=self.check_args())
+
+            def ready(pid):
+                def same_master(info):
+                    if info.master_pid != pid:
+                        raise ValueError(f"master socket answered for pid {info.master_pid}, not {pid}")
+                    return info
+                return owner.haproxy.show_proc(master, timeout=1.0).addCallback(same_master)
+
+            self.proc = SupervisedProcess(
+                owner.reactor, f"haproxy[{self.id}]", argv, env=owner.haproxy.env, path=self.files.run_dir,
+                ready=ready, start_timeout=self.start_timeout(), stop_signal="USR1",
+                stop_timeout=owner.config.haproxy.stop_timeout, kill_grace=5.0, kill_group=True,
+                **owner.supervision)
+            self.proc.observers.append(self._state_changed)
+        return self.proc
+
+    def _state_changed(self, proc, old, new):
+        log.info("{kind} {lid}: haproxy {old} -> {new}", kind=self.kind, lid=self.id, old=old, new=new)
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def check(self, config_path: str, failure_message: str, error=OperationFailed, reuse: bool = False):
+        """``haproxy -c`` on ``config_path`` plus the agent's fragment; returns haproxy's words.
+
+        With ``reuse``, a check that already passed for exactly these bytes
+        (configuration and fragment), with no certificate of the instance
+        changed since, is not run again: the upload that stored the file has
+        just checked it. (haproxy re-parses on reload anyway, and a reload that
+        fails to load is rolled back, so this only saves time.)
+
+        A check that outlives the registry's ``check_timeout`` is killed and
+        counts as failed with ``error``: 400 for an upload (the configuration
+        is what hangs, e.g. ``lua-load`` of a script that never returns:
+        refused like any invalid one, nothing stored), 500 for start and
+        reload like every failed check there. The lock is released either way.
+        """
+        fragment = self.write_fragment()
+        key = self.files.check_key(config_path, fragment)
+        if reuse and key is not None and self._checked is not None and self._checked[0] == key:
+            return self._checked[1]
+        extra = self.check_args()
+        kwargs = {"extra": extra} if extra else {}
+        try:
+            valid, output = yield self.owner.haproxy.check(config_path, fragment, cwd=self.files.run_dir,
+                                                           timeout=self.check_timeout(), **kwargs)
+        except CommandTimeout as e:
+            log.error("{kind} {lid}: haproxy -c did not finish within {timeout}s; killed", kind=self.kind,
+                      lid=self.id, timeout=e.timeout)
+            details = (f"configuration check did not finish within {e.timeout:g} s (haproxy -c was "
+                       f"killed; does the configuration read from standard input or loop while loading?)")
+            if e.output:
+                details += "\n" + e.output[-4000:]
+            raise error(details, message=failure_message)
+        if not valid:
+            raise error(output or "haproxy -c failed without output", message=failure_message)
+        if key is not None:  # content-based: a checked candidate counts for the stored copy too
+            self._checked = (key, output)
+        return output
+
+    @inlineCallbacks
+    def _own_pids(self):
+        if self.proc is None or self.proc.pid is None:
+            return set()
+        pids = {self.proc.pid}
+        try:
+            info = yield self.owner.haproxy.show_proc(self.files.master_socket, timeout=2.0)
+            pids |= info.all_pids
+        except Exception:
+            pass
+        return pids
+
+    @inlineCallbacks
+    def _check_binds(self, config: bytes, failure_message: str, own=None):
+        if own is None:
+            own = yield self._own_pids()
+        problems = yield self.owner.haproxy.bind_conflicts(bind_addresses(config), own)
+        if problems:
+            raise OperationFailed("\n".join(problems), message=failure_message)
+
+    # -- upload ---------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def upload(self, data: bytes):
+        """Check ``data`` with haproxy and store it; never touches a running haproxy."""
+        candidate, created = self.files.stage_upload(data)
+        try:
+            self.prepare(data)
+            yield self.check(candidate, "Invalid request", error=InvalidRequest)
+        except BaseException:
+            self.files.discard_upload(candidate, created and not self.known)
+            raise
+        self.files.commit_upload(candidate)
+        self.known = True
+        self._type = None
+        log.info("{kind} {lid}: configuration stored ({size} bytes)", kind=self.kind, lid=self.id,
+                 size=len(data))
+        return "Configuration file is valid"
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def require(self) -> None:
+        if not self.known:
+            raise self.not_found()
+
+    @inlineCallbacks
+    def start(self, source: str | None = None, message: str = "Error starting haproxy"):
+        """Check and bind-check ``source`` (default: the upload), make it the running file, run it."""
+        self.require()
+        self.set_desired(STARTED)
+        proc = self.process()
+        if proc.state == RUNNING:
+            return self.already_running_text()
+        if proc.pid is not None or proc.state != PROC_STOPPED:
+            yield proc.stop()  # a pending automatic restart: this explicit start replaces it
+        source = source or self.files.config_path
+        try:
+            with open(source, "rb") as f:
+                config = f.read()
+        except OSError as e:
+            raise OperationFailed(f"cannot read the configuration of {self.kind} {self.id}: {e.strerror}",
+                                  message=message)
+        self.prepare(config)
+        output = yield self.check(source, message)
+        yield self._check_binds(config, message)
+        previous = self.files.read_running()
+        if previous != config:
+            self.files.write_running(config)
+        self.files.clear_run_files()
+        try:
+            pid = yield proc.start()
+        except ProcessFailed as e:
+            if previous is not None:
+                self.files.write_running(previous)
+            raise OperationFailed(e.output or e.reason, message=message)
+        log.info("{kind} {lid}: haproxy started (pid {pid})", kind=self.kind, lid=self.id, pid=pid)
+        return self.started_text(output, pid)
+
+    @inlineCallbacks
+    def stop(self):
+        self.require()
+        self.set_desired(STOPPED)
+        proc = self.proc
+        if proc is None or proc.pid is None:
+            if proc is not None:
+                yield proc.stop()  # cancels a pending restart
+            return self.stopped_text(None)
+        pid = proc.pid
+        if proc.state == RUNNING:
+            yield self.before_stop_or_reload()
+        yield proc.stop(self.owner.config.haproxy.stop_timeout)
+        self.files.clear_run_files()
+        log.info("{kind} {lid}: haproxy stopped (pid {pid})", kind=self.kind, lid=self.id, pid=pid)
+        return self.stopped_text(pid)
+
+    @inlineCallbacks
+    def reload(self):
+        """Check the upload, refuse unusable binds, then a hitless SIGUSR2 reload, confirmed.
+
+        A stopped instance is started instead. If the new configuration does
+        not load, the last good one is put back and reloaded.
+        """
+        self.require()
+        message = "Error reloading haproxy"
+        proc = self.process()
+        if proc.state != RUNNING:
+            details = yield self.start()
+            return details
+        self.set_desired(STARTED)
+        config = self.files.read_config()
+        if config is None:
+            raise OperationFailed(f"no configuration stored for {self.kind} {self.id}", message=message)
+        self.prepare(config)
+        output = yield self.check(self.files.config_path, message, reuse=True)
+        before = yield self._show_proc(proc, message)
+        yield self._check_binds(config, message, own=before.all_pids | {proc.pid})
+        previous = self.files.read_running()
+        yield self.before_stop_or_reload()
+        self.files.write_running(config)
+        mark = proc.mark()
+        try:
+            worker = yield self._signal_reload(proc, before)
+        except OperationFailed as failure:
+            details = failure.details
+            log.error("{kind} {lid}: reload failed; returning to the last good configuration",
+                      kind=self.kind, lid=self.id)
+            if previous is not None:
+                self.files.write_running(previous)
+                try:
+                    yield self._signal_reload(proc)
+                except OperationFailed as again:
+                    log.error("{kind} {lid}: reload of the last good configuration failed too: {e}",
+                              kind=self.kind, lid=self.id, e=again.details)
+            output_text = proc.output_since(mark)
+            raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
+        log.info("{kind} {lid}: reloaded (master {pid}, new worker {worker})", kind=self.kind, lid=self.id,
+                 pid=proc.pid, worker=worker)
+        return self.reloaded_text(output, worker)
+
+    @inlineCallbacks
+    def _show_proc(self, proc, message=None):
+        try:
+            info = yield self.owner.haproxy.show_proc(self.files.master_socket, timeout=2.0)
+        except Exception as e:
+            raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}", message=message)
+        return info
+
+    @inlineCallbacks
+    def _signal_reload(self, proc: SupervisedProcess, before=None):
+        if before is None:
+            before = yield self._show_proc(proc)
+        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout())
+        return worker
+
+    # -- delete ---------------------------------------------------------------------------------
+
+    @inlineCallbacks
+    def delete(self, hooks=()):
+        """Stop haproxy, run ``hooks`` (``hook(id)``), remove the files; the errors, as a list."""
+        self.require()
+        if self.proc is not None:
+            if self.proc.state == RUNNING:
+                try:
+                    yield self.before_stop_or_reload()
+                except Exception as e:  # noqa: BLE001 - the files go anyway
+                    log.warn("{kind} {lid}: {error}", kind=self.kind, lid=self.id, error=e)
+            yield self.proc.stop(self.owner.config.haproxy.stop_timeout)
+            self.proc.detach()
+        errors = []
+        for hook in list(hooks):
+            try:
+                yield hook(self.id)
+            except Exception as e:
+                log.failure("delete hook {hook} failed for {kind} {lid}", hook=hook, kind=self.kind, lid=self.id)
+                errors.append(f"{getattr(hook, '__name__', hook)}: {e}")
+        errors += self.files.remove(self.extra_paths())
+        self.proc = None
+        self.known = False
+        self._checked = None
+        self.forget_caches()
+        log.info("{kind} {lid}: deleted", kind=self.kind, lid=self.id)
+        return errors
+
+    # -- restore at agent start -----------------------------------------------------------------
+
+    @inlineCallbacks
+    def restore(self):
+        """Adopt a still-running haproxy; start it if it should run and does not."""
+        desired = self.desired()
+        pid = self.files.read_pid()
+        proc = self.process()
+        if pid is not None and self.owner.haproxy.is_master(pid, self.files.pid_path):
+            if proc.adopt(pid):
+                log.info("{kind} {lid}: adopted haproxy pid {pid}", kind=self.kind, lid=self.id, pid=pid)
+                if desired == STOPPED:
+                    yield self.stop()
+                return
+        if desired != STARTED:
+            return
+        source = self.files.running_path if os.path.exists(self.files.running_path) else None
+        try:
+            yield self.start(source)
+        except Exception as e:
+            log.error("{kind} {lid}: could not start at agent start: {error}", kind=self.kind, lid=self.id,
+                      error=e)
