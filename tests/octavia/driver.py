@@ -27,6 +27,24 @@ PARAMS = json.load(open(sys.argv[1]))
 VERSION = PARAMS["version"]
 
 
+# The agent's last answers, shown with a failed call (Octavia only logs error bodies).
+_ANSWERS: list[str] = []
+
+
+def _record_answers() -> None:
+    import requests
+
+    original = requests.Session.request
+
+    def request(self, method, url, *args, **kwargs):
+        response = original(self, method, url, *args, **kwargs)
+        _ANSWERS.append(f"{method.upper()} {url} -> {response.status_code} {response.content[:600]!r}")
+        del _ANSWERS[:-4]
+        return response
+
+    requests.Session.request = request
+
+
 def emit(call: str, ok: bool, **fields) -> None:
     sys.stdout.write(json.dumps({"call": call, "ok": ok, **fields}, default=str) + "\n")
     sys.stdout.flush()
@@ -38,7 +56,7 @@ def attempt(call: str, fn, *args, **kwargs):
         result = fn(*args, **kwargs)
     except Exception as e:  # the controller's exception is the finding
         emit(call, False, error=f"{type(e).__module__}.{type(e).__name__}: {e}",
-             trace=traceback.format_exc(limit=4)[-1500:])
+             trace=traceback.format_exc(limit=4)[-1500:], answers=list(_ANSWERS))
         return None
     emit(call, True, result=_plain(result))
     return result
@@ -295,6 +313,7 @@ def routes_0_5():
 
 def main() -> int:
     configure()
+    _record_answers()
     scenario = globals()[PARAMS["scenario"]]
     scenario()
     return 0

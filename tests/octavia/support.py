@@ -70,6 +70,6 @@ def summary(version: str, results: list[dict]) -> str:
 
 def assert_passed(results: list[dict], calls) -> None:
     found = by_call(results)
-    problems = [f"{c}: {found[c].get('error') if c in found else 'not made'}" for c in calls
-                if c not in found or not found[c]["ok"]]
+    problems = [f"{c}: {found[c].get('error')}\n      agent answers: {found[c].get('answers')}"
+                if c in found else f"{c}: not made" for c in calls if c not in found or not found[c]["ok"]]
     assert not problems, "controller calls failed:\n" + "\n".join(problems)

@@ -34,8 +34,19 @@ def heartbeat_port():
 
 
 @pytest.fixture
-def agent_config_extra(run_dir, heartbeat_port):
-    return {"agent": {"run_dir": run_dir},
+def base_path():
+    """A short [octavia] base_path: the stats socket <base_path>/<lb>.sock must fit a unix
+    socket path (108 bytes), as /var/lib/octavia does."""
+    from tests.listener_support import remove_dir, short_dir
+
+    path = short_dir("oct")
+    yield path
+    remove_dir(path)
+
+
+@pytest.fixture
+def agent_config_extra(run_dir, heartbeat_port, base_path):
+    return {"agent": {"run_dir": run_dir}, "octavia": {"base_path": base_path},
             "haproxy": {"stop_timeout": "5", "start_timeout": "30"},
             "heartbeat": {"controllers": f"127.0.0.1:{heartbeat_port}", "key": HEARTBEAT_KEY,
                           "interval": "1", "fanout": "round-robin"}}
