@@ -128,3 +128,17 @@ async def test_certificate_names_that_could_escape_are_refused(client, url, agen
     response, body = await call(client, "PUT", f"{url}/1.0/loadbalancer/not-a-uuid/certificates/a.pem", b"x")
     assert response.code == 400
     assert not os.path.exists(os.path.join(os.path.dirname(agent.config.octavia.cert_dir), "x.pem"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_unknown_load_balancer_is_200(client, url):
+    response, body = await call(client, "DELETE", f"{url}/1.0/listeners/{uuid.uuid4()}")
+    assert response.code == 200 and body == {"message": "OK"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_details_and_listeners_1_0(client, url):
+    response, body = await call(client, "GET", url + "/1.0/details")
+    assert response.code == 200 and body["api_version"] == "1.0" and body["listeners"] == []
+    response, body = await call(client, "GET", url + "/1.0/listeners")
+    assert response.code == 200 and body == []
