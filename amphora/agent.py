@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from amphora.api.app import AgentAPI
+from amphora.api.http import BodyLimits
 from amphora.api.site import AgentSite
 from amphora.api.tls import ServerContextFactory
 from amphora.certificates import CertificateStore
@@ -77,7 +78,8 @@ class AmphoraAgent(MultiService):
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
         self.site = AgentSite(self.api.app.resource(), clock=reactor, max_body_bytes=max_body,
-                              timeout=300)
+                              timeout=300, body_limit=BodyLimits(max_body, config.haproxy.max_config_bytes,
+                                                                 agent.max_certificate_bytes))
         self.site.access_log = agent.access_log
         self.port = None
         self._ready: list[Deferred] = []

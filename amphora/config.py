@@ -28,17 +28,21 @@ class ConfigError(Exception):
 _REQUIRED = object()
 
 
-def opt(parse: Callable[[str], Any], default: Any = _REQUIRED, secret: bool = False) -> Any:
+def opt(parse: Callable[[str], Any], default: Any = _REQUIRED, secret: bool = False,
+        help: str = "", example: str | None = None) -> Any:
     """Declare an option: ``parse`` turns the raw string into its value.
 
     A ``secret`` option is left out of the section's repr, so printing or
-    logging a configuration object never shows it.
+    logging a configuration object never shows it. ``help`` (reStructuredText)
+    and, for a required option, ``example`` (the raw value the sample shows)
+    are the option's documentation: ``amphora.configdoc`` generates
+    ``docs/configuration.rst`` and ``conf/amphora-agent.conf`` from them.
     """
     required = default is _REQUIRED
     return field(
         default=None if required else default,
         repr=not secret,
-        metadata={"parse": parse, "required": required},
+        metadata={"parse": parse, "required": required, "help": help, "example": example},
     )
 
 
@@ -171,74 +175,138 @@ def parse_forward(raw: str) -> str:
 
 @dataclass(frozen=True)
 class AgentSection:
-    amphora_id: str = opt(parse_uuid)
-    hostname: str = opt(parse_str, "")
-    bind_host: str = opt(parse_ip, "0.0.0.0")
-    bind_port: int = opt(parse_port, 9443)
-    state_dir: str = opt(parse_path, "/var/lib/amphora-agent")
-    run_dir: str = opt(parse_path, "/run/amphora-agent")
-    certs_dir: str = opt(parse_path, "/run/amphora-agent/certs")
-    log_dir: str = opt(parse_path, "/var/log/amphora-agent")
-    max_certificate_bytes: int = opt(positive_int, 64 * 1024)
-    packages: tuple = opt(parse_list, ())
-    packages_max_age: float = opt(positive_float, 86400.0)
-    access_log: bool = opt(parse_bool, True)
+    """The amphora's identity, its API and where it keeps its files (layout: docs/architecture.rst)."""
+    amphora_id: str = opt(parse_uuid, example="6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce", help=(
+        "This amphora's UUID. Reported by ``/info``, ``/v0.1/details`` and the heartbeats."))
+    hostname: str = opt(parse_str, "", help=(
+        "Host name reported by the API and in forwarded log lines; empty: the system's host name."))
+    bind_host: str = opt(parse_ip, "0.0.0.0", help=(
+        "Address of the API (mutual TLS). ``::`` listens on IPv6 (and IPv4)."))
+    bind_port: int = opt(parse_port, 9443, help="Port of the API.")
+    state_dir: str = opt(parse_path, "/var/lib/amphora-agent", help=(
+        "Persistent state: listener configurations and desired states, topology, plugged "
+        "interfaces, heartbeat counters, the package inventory cache."))
+    run_dir: str = opt(parse_path, "/run/amphora-agent", help=(
+        "Runtime files: pid files, haproxy stats and master sockets, the listeners' log sockets "
+        "(``logs/``), keepalived's files (``keepalived/``). Any length works: sockets beyond the "
+        "kernel's path limit are reached through their directory's descriptor."))
+    certs_dir: str = opt(parse_path, "/run/amphora-agent/certs", help=(
+        "Listener TLS certificates (keys!): directory 0700, files 0600. Put this on a tmpfs; "
+        "the agent warns at start when it is not on tmpfs or ramfs."))
+    log_dir: str = opt(parse_path, "/var/log/amphora-agent", help=(
+        "Per-listener haproxy logs: ``<uuid>.log`` (mode 0640) and its rotated backups."))
+    max_certificate_bytes: int = opt(positive_int, 64 * 1024, help=(
+        "Largest accepted certificate upload, bytes (413 above it)."))
+    packages: tuple = opt(parse_list, (), help=(
+        "Extra Debian packages to report in ``/v0.1/details`` (comma-separated; invalid names "
+        "are logged and ignored)."))
+    packages_max_age: float = opt(positive_float, 86400.0, help=(
+        "Refresh the cached package inventory when it is older than this (seconds)."))
+    access_log: bool = opt(parse_bool, True, help=(
+        "One access-log event per API request (method, path, status, duration, client subject). "
+        "Rendering it is most of the agent's own per-request cost (docs/testing.rst, "
+        "Benchmarks); turn it off for controllers that poll at very high rates."))
 
 
 @dataclass(frozen=True)
 class TLSSection:
-    server_cert: str = opt(parse_path)
-    server_key: str = opt(parse_str, "")
-    client_ca: str = opt(parse_path)
+    """The API's mutual TLS: the agent's own certificate and the CA of its clients."""
+    server_cert: str = opt(parse_path, example="/etc/octavia/certs/server.pem", help=(
+        "The agent's certificate (PEM; leaf first, then the chain; CN = the amphora id, SANs for "
+        "the addresses the controller uses). May also hold the key."))
+    server_key: str = opt(parse_str, "", help=(
+        "The private key (unencrypted PEM), when it is not in ``server_cert``. It must match "
+        "the certificate."))
+    client_ca: str = opt(parse_path, example="/etc/octavia/certs/client_ca.pem", help=(
+        "CA certificate(s) that sign the controllers' client certificates."))
 
 
 @dataclass(frozen=True)
 class HAProxySection:
-    binary: str = opt(parse_executable, "/usr/sbin/haproxy")
-    max_config_bytes: int = opt(positive_int, 1024 * 1024)
-    stop_timeout: float = opt(positive_float, 30.0)
-    start_timeout: float = opt(positive_float, 10.0)
-    # Bound of haproxy -c, start and reload of a 1.0 load balancer: Octavia sizes tune.ssl.cachesize
-    # from the memory /details reports, and haproxy then needs ~25 s on a 24 GB host to allocate it.
-    check_timeout: float = opt(positive_float, 120.0)
+    """One haproxy per listener (docs/api.rst, Listeners)."""
+    binary: str = opt(parse_executable, "/usr/sbin/haproxy", help="The haproxy binary (Debian's package).")
+    max_config_bytes: int = opt(positive_int, 1024 * 1024, help=(
+        "Largest accepted listener configuration upload, bytes (413 above it)."))
+    stop_timeout: float = opt(positive_float, 30.0, help=(
+        "How long a graceful stop (SIGUSR1) may wait for open connections before SIGTERM, "
+        "then SIGKILL (seconds)."))
+    start_timeout: float = opt(positive_float, 10.0, help=(
+        "How long a start or reload may take to be confirmed, the wait for a reload's new worker "
+        "included (seconds). Also bounds every ``haproxy -c``: when it runs out, haproxy and "
+        "everything it forked are killed."))
+    check_timeout: float = opt(positive_float, 120.0, help=(
+        "Bound of ``haproxy -c``, start and reload of a 1.0 load balancer (seconds). Octavia sizes "
+        "``tune.ssl.cachesize`` from the memory ``/details`` reports; haproxy then needs ~25 s on a "
+        "24 GB host to allocate it."))
 
 
 @dataclass(frozen=True)
 class KeepalivedSection:
-    binary: str = opt(parse_path, "/usr/sbin/keepalived")
-    advert_int: float = opt(positive_float, 1.0)
-    transition_timeout: float = opt(positive_float, 60.0)
+    """VRRP for ACTIVE-STANDBY pairs (docs/api.rst, Topology)."""
+    binary: str = opt(parse_path, "/usr/sbin/keepalived", help=(
+        "The keepalived binary, used in ACTIVE-STANDBY."))
+    advert_int: float = opt(positive_float, 1.0, help=(
+        "VRRP advertisement interval (seconds). A non-integer value, or an IPv6 ha_ip, selects "
+        "VRRPv3, which has no authentication: the VRRP secret is then not used."))
+    transition_timeout: float = opt(positive_float, 60.0, help=(
+        "A topology transition that takes longer than this is rolled back (seconds)."))
 
 
 @dataclass(frozen=True)
 class HeartbeatSection:
-    controllers: tuple = opt(parse_controllers, ())
-    interval: float = opt(positive_float, 10.0)
-    key: str = opt(str, "", secret=True)
-    max_packet_bytes: int = opt(positive_int, 65000)
-    # all: every controller gets every beat; round-robin: one per beat (Octavia's agent).
-    fanout: str = opt(choice("all", "round-robin"), "all")
+    """UDP heartbeats to the health managers (format: docs/heartbeat.rst)."""
+    controllers: tuple = opt(parse_controllers, (), help=(
+        "Where heartbeats go: comma-separated ``ip:port``, ``[v6]:port`` or ``name:port``. "
+        "Empty: none are sent. Names are resolved at start, asynchronously (the first address "
+        "is used); a name that fails is retried with a backoff (5 s doubling to 5 min) and "
+        "does not delay the other controllers."))
+    interval: float = opt(positive_float, 10.0, help=(
+        "Seconds between heartbeats. The first goes out as soon as the agent has finished its "
+        "start-up sequence (listeners adopted)."))
+    key: str = opt(str, "", secret=True, help=(
+        "HMAC key shared with the health managers (required when ``controllers`` is set). "
+        "Never logged."))
+    max_packet_bytes: int = opt(positive_int, 65000, help=(
+        "Largest heartbeat datagram, capped at 65507 (the largest UDP payload); larger beats are "
+        "reduced, never dropped. E.g. 1400 avoids IP fragmentation."))
+    fanout: str = opt(choice("all", "round-robin"), "all", help=(
+        "``all``: every controller gets every beat. ``round-robin``: one controller per beat, in "
+        "turn, as Octavia's own agent does (if the chosen one cannot be sent to locally, the next "
+        "one gets the beat). Octavia's health managers ADD the deltas they receive to one shared "
+        "database (``octavia/statistics/drivers/update_db.py``): with several of them, use "
+        "round-robin or statistics are counted once per controller."))
 
 
 @dataclass(frozen=True)
 class NetworkSection:
-    namespace: str = opt(parse_namespace, "")
+    """Where plugged interfaces live (docs/api.rst, Plugging)."""
+    namespace: str = opt(parse_namespace, "", help=(
+        "Network namespace for plugged interfaces, haproxy (and its bind check) and keepalived (Octavia uses "
+        "``amphora-haproxy``); created at start when missing. Empty: the agent's own."))
 
 
 @dataclass(frozen=True)
 class LogsSection:
-    max_bytes: int = opt(positive_int, 10 * 1024 * 1024)
-    backups: int = opt(non_negative_int, 5)
-    forward: str = opt(parse_forward, "")
+    """The listeners' haproxy logs, collected by the agent (docs/operations.rst, Listener logs)."""
+    max_bytes: int = opt(positive_int, 10 * 1024 * 1024, help=(
+        "Rotate a listener's log file before a line would push it past this size (bytes)."))
+    backups: int = opt(non_negative_int, 5, help=(
+        "Rotated files to keep per listener (``.1`` is the newest; 0: just start over)."))
+    forward: str = opt(parse_forward, "", help=(
+        "Also forward every haproxy log line as RFC 5424 syslog: ``udp://host:port`` or "
+        "``tcp://host:port`` (IPv4, ``[IPv6]`` or a host name). Empty: off."))
 
 
 @dataclass(frozen=True)
 class OctaviaSection:
     """Paths an Octavia controller names inside what it uploads (its ``[haproxy_amphora]``
     ``base_path`` / ``base_cert_dir``): the agent makes them real for the 1.0 and 0.5 faces."""
-    base_path: str = opt(parse_path, "/var/lib/octavia")
-    # Empty: <base_path>/certs, as Octavia's own default.
-    base_cert_dir: str = opt(parse_str, "")
+    base_path: str = opt(parse_path, "/var/lib/octavia", help=(
+        "Octavia's ``[haproxy_amphora] base_path``: the directory its uploaded haproxy configurations "
+        "name (stats sockets, server-state files). The agent creates it and keeps load balancers there."))
+    base_cert_dir: str = opt(parse_str, "", help=(
+        "Octavia's ``[haproxy_amphora] base_cert_dir`` (certificates and crt-lists). "
+        "Empty: ``<base_path>/certs``, as Octavia's own default."))
 
     @property
     def cert_dir(self) -> str:

@@ -456,14 +456,14 @@ def heartbeats(args) -> int:
     ``--wait S`` gives up with exit status 3 when they have not come in S seconds.
     """
     try:
-        from amphora.heartbeat.receiver import HeartbeatReceiver, parse_bind
+        from amphora.heartbeat.receiver import HeartbeatReceiver, listen, parse_bind, read_key
     except ImportError as e:
         sys.stderr.write(f"amphora-ctl: the heartbeat receiver is not available: {e}\n")
         return EXIT_LOCAL
-    key = args.key
-    if args.key_file:
-        key = _read_file(args.key_file).decode().strip()
-    key = key or os.environ.get("AMPHORA_HEARTBEAT_KEY", "")
+    try:
+        key = read_key(args.key, args.key_file)
+    except (OSError, UnicodeDecodeError) as e:
+        raise LocalError(f"cannot read {args.key_file}: {getattr(e, 'strerror', None) or e}") from None
     if not key:
         raise UsageError("a key is required: --key-file, --key or AMPHORA_HEARTBEAT_KEY")
     try:
@@ -492,7 +492,7 @@ def heartbeats(args) -> int:
 
         receiver = HeartbeatReceiver(key, on_beat=on_beat, on_reject=on_reject)
         try:
-            listening = reactor.listenUDP(port, receiver, interface=host)
+            listening = listen(reactor, receiver, host, port)
         except Exception as e:
             sys.stderr.write(f"amphora-ctl: cannot listen on {host}:{port}: {e}\n")
             raise SystemExit(EXIT_LOCAL)

@@ -28,6 +28,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from amphora import API_VERSION
+from amphora.logonce import LogOnce
+from amphora.netlink import link_counters, netlink_socket
 from amphora.netns import NETNS_RUN_DIR
 from amphora.packages import PackageInventory
 
@@ -72,8 +74,8 @@ class HostFacts:
 #
 # The request handler only reads what the sampler published last; sampling
 # (procfs reads, statvfs, a netlink dump in the data-plane namespace) happens
-# on a timer, the namespace part in a dedicated thread because creating a
-# netlink socket in another namespace forks and may block.
+# on a timer, the namespace part in a dedicated thread because a netlink
+# socket in another namespace is opened by a thread that enters it.
 # =============================================================================
 
 _WRAP32 = 1 << 32
@@ -283,11 +285,11 @@ class _DaemonThreadPool(ThreadPool):
 
 
 class NamespaceCounters:
-    """Interface byte counters of one named network namespace, via pyroute2.
+    """Interface byte counters of one named network namespace, via the netlink adapter.
 
-    pyroute2 opens a netlink socket inside another namespace by forking a
-    helper, which may block; so every read runs in one dedicated thread
-    (pyroute2 objects are thread-bound) and hands back a Deferred. The socket
+    Opening a socket inside another namespace (``amphora.netlink``) takes a
+    short-lived thread; so every read runs in one dedicated thread (pyroute2
+    objects are thread-bound) and hands back a Deferred. The socket
     is kept between reads and reopened when the namespace is recreated (a
     socket pins the namespace it was made in: without the check we would
     report a dead namespace forever). A missing namespace reads as ``None``.
@@ -320,7 +322,6 @@ class NamespaceCounters:
             self._close_socket()
             from pyroute2 import IPRoute
 
-            from amphora.network import netlink_socket
             # A socket opened inside the namespace by a short-lived thread: unlike
             # IPRoute(netns=...), this forks no helper process from the threaded agent.
             self._sock = netlink_socket(self.namespace)
@@ -331,13 +332,7 @@ class NamespaceCounters:
         except Exception:
             self._close_socket()
             raise
-        result = {}
-        for link in links:
-            name = link.get_attr("IFLA_IFNAME")
-            stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS")
-            if name and stats:
-                result[name] = (link["index"], stats["tx_bytes"], stats["rx_bytes"])
-        return result
+        return link_counters(links)
 
     def _close_socket(self) -> None:
         ipr, self._ipr, self._identity = self._ipr, None, None
@@ -402,8 +397,7 @@ class HostSampler(MultiService):
         self._warmup = None
         self._namespace_busy = False
         self._namespace_started = 0.0
-        self._namespace_missing = False
-        self._failing: set[str] = set()
+        self._once = LogOnce(log)  # failing readers, a missing namespace: logged once each
         self.samples = 0
         # Published figures (replaced as a whole on every sample).
         self.cpu = dict(_ZERO_CPU)
@@ -495,41 +489,30 @@ class HostSampler(MultiService):
         try:
             value = reader()
         except Exception as e:
-            if what not in self._failing:
-                self._failing.add(what)
-                log.warn("cannot sample {what}: {error}", what=what, error=e)
+            self._once.fail(what, "cannot sample {what}: {error}", what=what, error=e)
             return None
-        if what in self._failing:
-            self._failing.discard(what)
-            log.info("sampling {what} works again", what=what)
+        self._once.recover(what, "sampling {what} works again", what=what)
         return value
 
     def _namespace_read(self, counters) -> None:
         if counters is None:
-            if not self._namespace_missing:
-                self._namespace_missing = True
-                # Normal before the first plug creates it: information, not a warning.
-                log.info("network namespace {namespace} does not exist (yet); its interfaces are "
-                         "reported once it does", namespace=self.namespace)
+            # Normal before the first plug creates it: information, not a warning.
+            self._once.fail("namespace missing", "network namespace {namespace} does not exist (yet); its "
+                            "interfaces are reported once it does", level="info", namespace=self.namespace)
             self.namespace_window.clear()
             self._namespace_rates = {}
         else:
-            self._failing.discard("namespace " + self.namespace)
-            if self._namespace_missing:
-                self._namespace_missing = False
-                log.info("network namespace {namespace} is there: reporting its interfaces",
-                         namespace=self.namespace)
+            self._once.recover("namespace " + self.namespace)
+            self._once.recover("namespace missing", "network namespace {namespace} is there: reporting its "
+                               "interfaces", namespace=self.namespace)
             prefix = self.namespace + "/"
             self.namespace_window.add(self._now(), {prefix + name: value for name, value in counters.items()})
             self._namespace_rates = self.namespace_window.rates()
         self._publish_networks()
 
     def _namespace_failed(self, failure) -> None:
-        what = "namespace " + self.namespace
-        if what not in self._failing:
-            self._failing.add(what)
-            log.warn("cannot read the interfaces of network namespace {namespace}: {error}",
-                     namespace=self.namespace, error=failure.getErrorMessage())
+        self._once.fail("namespace " + self.namespace, "cannot read the interfaces of network namespace "
+                        "{namespace}: {error}", namespace=self.namespace, error=failure.getErrorMessage())
         self.namespace_window.clear()
         self._namespace_rates = {}
         self._publish_networks()

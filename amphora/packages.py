@@ -18,14 +18,14 @@ from __future__ import annotations
 import os
 import re
 
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.error import ProcessDone
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from amphora import __version__
+from amphora.command import BoundedCommand, CommandTimeout
 from amphora.fsutil import atomic_write_json, read_json
 
 log = Logger()
@@ -36,6 +36,7 @@ DEFAULT_PACKAGES = ("haproxy", "keepalived", "openssl", "iproute2")
 DPKG_QUERY = "/usr/bin/dpkg-query"
 CACHE_NAME = "packages.json"
 CACHE_FORMAT = 1
+RETRY_MAX = 300.0
 # Debian policy 5.6.7: lower case letters, digits, + - . ; at least two characters.
 _PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _QUERY_FORMAT = "${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"
@@ -80,29 +81,6 @@ def parse_dpkg_query(output: bytes) -> dict[str, str]:
     return found
 
 
-class _Collect(ProcessProtocol):
-    """Collect stdout/stderr of one child; ``done`` fires with (out, err, reason)."""
-
-    def __init__(self, limit: int = 1024 * 1024):
-        self.done: Deferred = Deferred()
-        self.out: list[bytes] = []
-        self.err: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-
-    def outReceived(self, data):
-        self.size += len(data)
-        if self.size <= self.limit:
-            self.out.append(data)
-
-    def errReceived(self, data):
-        if sum(map(len, self.err)) < 4096:
-            self.err.append(data)
-
-    def processEnded(self, reason):
-        self.done.callback((b"".join(self.out), b"".join(self.err), reason))
-
-
 class PackageInventory(Service):
     """Installed versions of the load-balancing packages, cached on disk.
 
@@ -131,7 +109,11 @@ class PackageInventory(Service):
         self._document = self._build()
         self._waiters: list[Deferred] = []
         self._next = None
-        self._child = None
+        self._child = None  # the BoundedCommand of a query in flight
+        self._failures = 0  # consecutive failed refreshes
+        # A failed query is retried after at most 5 minutes (never later than max_age).
+        retry = min(self.max_age, RETRY_MAX)
+        self._retry = backoffPolicy(initialDelay=retry, maxDelay=retry, factor=1.0, jitter=lambda: 0.0)
 
     # -- what the API serves --------------------------------------------------
 
@@ -178,13 +160,8 @@ class PackageInventory(Service):
             self._next.cancel()
         self._next = None
         if self._child is not None:
-            transport, protocol = self._child
-            try:
-                transport.signalProcess("KILL")
-            except Exception:  # already gone
-                pass
             # Return once the child is reaped, so no process outlives the service.
-            return protocol.done.addBoth(lambda _: None)
+            return self._child.cancel()
         return None
 
     def _schedule(self, delay: float) -> None:
@@ -198,10 +175,8 @@ class PackageInventory(Service):
         d = self.refresh()
 
         def done(ok):
-            if ok:
-                self._schedule(self.max_age)
-            else:
-                self._schedule(min(self.max_age, 300.0))
+            self._failures = 0 if ok else self._failures + 1
+            self._schedule(self.max_age if ok else self._retry(self._failures - 1))
         d.addCallback(done)
         return d
 
@@ -244,38 +219,31 @@ class PackageInventory(Service):
         return waiter
 
     def query(self, names: list[str]) -> Deferred:
-        """Run dpkg-query for ``names`` as a child; fires with ``{name: version}``."""
-        protocol = _Collect()
+        """Run dpkg-query for ``names`` (a bounded child, ``amphora.command``); fires with ``{name: version}``."""
         argv = [self.dpkg_query, "-W", "-f", _QUERY_FORMAT, "--", *names]
         try:
-            transport = self.reactor.spawnProcess(protocol, self.dpkg_query, argv, env=dict(QUERY_ENV),
-                                                  path="/")
+            command = BoundedCommand(self.reactor, argv, env=dict(QUERY_ENV), path="/", timeout=self.timeout)
         except Exception as e:
             return fail(QueryFailed(f"cannot run {self.dpkg_query}: {e}"))
-        self._child = (transport, protocol)
-
-        def kill():
-            log.warn("{binary} did not answer within {timeout}s; killing it", binary=self.dpkg_query,
-                     timeout=self.timeout)
-            try:
-                transport.signalProcess("KILL")
-            except Exception:
-                pass
-
-        timer = self.reactor.callLater(self.timeout, kill)
+        self._child = command
 
         def ended(result):
-            out, err, reason = result
-            self._child = None
-            if timer.active():
-                timer.cancel()
-            code = getattr(reason.value, "exitCode", None)
-            signal = getattr(reason.value, "signal", None)
+            out, err, code = result
             # Exit 1 with dpkg-query's "no packages found" (LC_ALL=C) means some names are
             # not installed: the others are still listed. Any other exit 1 is a failure.
-            if signal is None and (reason.check(ProcessDone) or (code == 1 and _NOT_FOUND in err)):
+            if code == 0 or (code == 1 and _NOT_FOUND in err):
                 return parse_dpkg_query(out)
-            raise QueryFailed(f"{self.dpkg_query} exit {code} signal {signal}: "
+            signal = -code if code < 0 else None
+            raise QueryFailed(f"{self.dpkg_query} exit {code if code >= 0 else None} signal {signal}: "
                               f"{err.decode('utf-8', 'replace').strip()[:200]}")
 
-        return protocol.done.addCallback(ended)
+        def not_finished(failure):
+            failure.trap(CommandTimeout, CancelledError)
+            raise QueryFailed(str(failure.value))
+
+        def forget(result):
+            if self._child is command:
+                self._child = None
+            return result
+
+        return command.result.addCallbacks(ended, not_finished).addBoth(forget)

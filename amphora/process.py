@@ -52,10 +52,13 @@ Observers: ``observers`` is a list of ``callable(process, old_state,
 new_state)``; ``output_observers`` a list of ``callable(process, line: str)``.
 Every event is logged with ``name``.
 
-``run_bounded(reactor, argv, env=..., timeout=...)`` is the short-lived
-counterpart (e.g. ``haproxy -c``): stdin closed at once, output captured up to
-a limit, and a deadline after which the child's process group is SIGKILLed and
-reaped before the Deferred errbacks with ``CommandTimeout``.
+Settings: a frozen ``SupervisionPolicy`` (``policy=``), or its fields as
+keyword arguments (applied over the default policy). States are
+``ProcessState`` members (a ``StrEnum``: they compare equal to their names).
+
+``SupervisionPolicy``, ``ProcessState`` and ``ProcessFailed`` live in
+``amphora.supervision``; ``run_bounded`` / ``CommandTimeout``, the short-lived
+counterpart (e.g. ``haproxy -c``), in ``amphora.command``. All are re-exported here.
 """
 
 from __future__ import annotations
@@ -63,51 +66,20 @@ from __future__ import annotations
 import collections
 import os
 import signal as signal_module
+from dataclasses import replace
 
-import psutil
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from amphora.command import CommandTimeout, run_bounded
+from amphora.supervision import (BACKOFF, FAILED, RUNNING, STARTING, STOPPED, STOPPING, ProcessFailed,
+                                 ProcessState, SupervisionPolicy, process_identity)
+
+__all__ = ["BACKOFF", "FAILED", "RUNNING", "STARTING", "STOPPED", "STOPPING", "CommandTimeout", "ProcessFailed",
+           "ProcessState", "SupervisedProcess", "SupervisionPolicy", "process_identity", "run_bounded"]
+
 log = Logger()
-
-STOPPED = "STOPPED"
-STARTING = "STARTING"
-RUNNING = "RUNNING"
-STOPPING = "STOPPING"
-BACKOFF = "BACKOFF"
-FAILED = "FAILED"
-
-
-class ProcessFailed(Exception):
-    """The child did not come up (or could not be stopped); ``output`` is what it said."""
-
-    def __init__(self, reason: str, output: str = ""):
-        self.reason = reason
-        self.output = output
-        super().__init__(reason + (("\n" + output) if output else ""))
-
-
-class CommandTimeout(Exception):
-    """A ``run_bounded`` command outlived its deadline; it was killed (process group) and reaped."""
-
-    def __init__(self, argv, timeout: float, output: str = "", reaped: bool = True):
-        self.argv = list(argv)
-        self.timeout = timeout
-        self.output = output
-        self.reaped = reaped
-        super().__init__(f"{self.argv[0]} did not finish within {timeout:g} s")
-
-
-def process_identity(pid: int):
-    """A token that identifies a live, non-zombie process (its start time), or None."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc.create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return None
 
 
 def _signum(sig) -> int:
@@ -147,118 +119,21 @@ class _ChildProtocol(ProcessProtocol):
         self.owner._ended(self.generation, code, sig)
 
 
-class _BoundedProtocol(ProcessProtocol):
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.data = {1: bytearray(), 2: bytearray()}
-        self.ended = Deferred()
-
-    def connectionMade(self):
-        # Nothing is ever written to a check: a child that reads stdin (haproxy's
-        # "lua-load /dev/stdin") must see end-of-file at once, not wait for us forever.
-        self.transport.closeStdin()
-
-    def childDataReceived(self, fd, data):
-        buf = self.data.get(fd)
-        if buf is not None and len(buf) < self.limit:
-            # bounded: a child printing in a loop until its deadline must not fill our memory
-            buf += data[:self.limit - len(buf)]
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value)
-
-
-def run_bounded(reactor, argv: list[str], *, env: dict, timeout: float, path: str | None = None,
-                output_limit: int = 1 << 20, kill_grace: float = 5.0,
-                os_killpg=os.killpg, os_kill=os.kill) -> Deferred:
-    """Run a short command: Deferred ``(stdout: bytes, stderr: bytes, code: int)``.
-
-    ``code`` is the exit status, or minus the signal number that ended it.
-    The child's stdin is closed right after the spawn and each output stream
-    is kept up to ``output_limit`` bytes. After ``timeout`` seconds the child's
-    process group (the argv should start with ``setsid`` so that the child
-    leads one and everything it forked goes too) and the child itself get
-    SIGKILL; once it is reaped the Deferred errbacks with ``CommandTimeout``
-    (after ``kill_grace`` more seconds without an exit, e.g. a process stuck
-    in the kernel, it errbacks anyway with ``reaped=False``).
-    """
-    protocol = _BoundedProtocol(output_limit)
-    try:
-        transport = reactor.spawnProcess(protocol, argv[0], list(argv), env=env, path=path)
-    except Exception as e:  # e.g. the executable vanished
-        return fail(e)
-    pid = transport.pid
-    result = Deferred()
-    timers: dict = {}
-
-    def output() -> str:
-        return (bytes(protocol.data[2]) + bytes(protocol.data[1])).decode("utf-8", "replace").strip()
-
-    def give_up():
-        if not result.called:
-            log.error("{cmd} pid {pid}: still not reaped {grace}s after SIGKILL", cmd=argv[0], pid=pid,
-                      grace=kill_grace)
-            result.errback(CommandTimeout(argv, timeout, output(), reaped=False))
-
-    def expire():
-        log.warn("{cmd} pid {pid}: no exit within {timeout}s; killing its process group", cmd=argv[0],
-                 pid=pid, timeout=timeout)
-        # The group first (everything the child forked), then the pid itself in case it has not
-        # become a group leader yet; a pid that is still our unreaped child cannot be recycled.
-        for kill in (os_killpg, os_kill):
-            try:
-                kill(pid, signal_module.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        timers["grace"] = reactor.callLater(kill_grace, give_up)
-
-    def ended(value):
-        for call in timers.values():
-            if call.active():
-                call.cancel()
-        if result.called:
-            return
-        if "grace" in timers:
-            result.errback(CommandTimeout(argv, timeout, output()))
-            return
-        code = getattr(value, "exitCode", None)
-        sig = getattr(value, "signal", None)
-        if code is None:
-            code = -(sig or signal_module.SIGKILL)
-        result.callback((bytes(protocol.data[1]), bytes(protocol.data[2]), code))
-
-    timers["deadline"] = reactor.callLater(timeout, expire)
-    protocol.ended.addCallback(ended)
-    return result
-
-
 class SupervisedProcess:
     """A supervised child; see the module docstring for the contract."""
 
     def __init__(self, reactor, name: str, argv: list[str], *, env: dict | None = None,
-                 path: str | None = None, ready=None, ready_interval: float = 0.05,
-                 start_timeout: float = 10.0, stop_signal="TERM", stop_timeout: float = 10.0,
-                 kill_grace: float = 5.0, kill_group: bool = True, backoff_initial: float = 1.0,
-                 backoff_max: float = 30.0, max_restarts: int = 6, stable_after: float = 30.0,
-                 poll_interval: float = 1.0, output_lines: int = 200,
-                 identity=process_identity, os_kill=os.kill, os_killpg=os.killpg):
+                 path: str | None = None, ready=None, policy: SupervisionPolicy | None = None,
+                 output_lines: int = 200, identity=process_identity, os_kill=os.kill, os_killpg=os.killpg,
+                 **settings):
         self.reactor = reactor
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         self.path = path
         self.ready = ready
-        self.ready_interval = ready_interval
-        self.start_timeout = start_timeout
-        self.stop_signal = stop_signal
-        self.stop_timeout = stop_timeout
-        self.kill_grace = kill_grace
-        self.kill_group = kill_group
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
-        self.max_restarts = max_restarts
-        self.stable_after = stable_after
-        self.poll_interval = poll_interval
+        # ``settings``: SupervisionPolicy fields over ``policy`` (TypeError names an unknown one).
+        self.policy = replace(policy or SupervisionPolicy(), **settings)
         self._identity = identity
         self._kill = os_kill
         self._killpg = os_killpg
@@ -333,9 +208,9 @@ class SupervisedProcess:
             self._cancel("ready")
             self._set_state(STOPPING)
             log.info("{name}: stopping pid {pid} (signal {sig})", name=self.name, pid=self.pid,
-                     sig=self.stop_signal)
-            self._send(self.stop_signal)
-            wait = self.stop_timeout if timeout is None else timeout
+                     sig=self.policy.stop_signal)
+            self._send(self.policy.stop_signal)
+            wait = self.policy.stop_timeout if timeout is None else timeout
             self._later("escalate", wait, self._escalate)
             if self.adopted:
                 self._later("poll", 0.05, self._poll)
@@ -359,8 +234,8 @@ class SupervisedProcess:
         self.failures = 0
         self._set_state(RUNNING)
         log.info("{name}: adopted running pid {pid}", name=self.name, pid=pid)
-        self._later("poll", self.poll_interval, self._poll)
-        self._later("stable", self.stable_after, self._stable)
+        self._later("poll", self.policy.poll_interval, self._poll)
+        self._later("stable", self.policy.stable_after, self._stable)
         return True
 
     def detach(self) -> None:
@@ -370,7 +245,7 @@ class SupervisedProcess:
 
     # -- internals --------------------------------------------------------------
 
-    def _set_state(self, new: str) -> None:
+    def _set_state(self, new: ProcessState) -> None:
         old, self.state = self.state, new
         if old != new:
             for observer in list(self.observers):
@@ -424,7 +299,7 @@ class SupervisedProcess:
         self.pid = self._transport.pid
         log.info("{name}: spawned pid {pid}", name=self.name, pid=self.pid)
         self._start_mark = self.mark()
-        self._later("start_timeout", self.start_timeout, self._start_timed_out, self._generation)
+        self._later("start_timeout", self.policy.start_timeout, self._start_timed_out, self._generation)
         self._probe(self._generation)
 
     def _probe(self, generation: int) -> None:
@@ -445,7 +320,7 @@ class SupervisedProcess:
 
         def not_yet(_failure):
             if generation == self._generation and self.state == STARTING:
-                self._later("ready", self.ready_interval, self._probe, generation)
+                self._later("ready", self.policy.ready_interval, self._probe, generation)
 
         d.addCallbacks(ok, not_yet)
 
@@ -455,7 +330,7 @@ class SupervisedProcess:
         self._restarting = False
         self._set_state(RUNNING)
         log.info("{name}: pid {pid} is up", name=self.name, pid=self.pid)
-        self._later("stable", self.stable_after, self._stable)
+        self._later("stable", self.policy.stable_after, self._stable)
         waiters, self._start_waiters = self._start_waiters, []
         for d in waiters:
             d.callback(self.pid)
@@ -468,11 +343,11 @@ class SupervisedProcess:
         if generation != self._generation or self.state != STARTING:
             return
         log.warn("{name}: pid {pid} not ready after {timeout}s; killing it", name=self.name,
-                 pid=self.pid, timeout=self.start_timeout)
-        self._send("KILL", group=self.kill_group)
+                 pid=self.pid, timeout=self.policy.start_timeout)
+        self._send("KILL", group=self.policy.kill_group)
         self._send("KILL")
         # _ended follows (the kill is certain); it records the failure.
-        self._timeout_reason = f"not ready after {self.start_timeout}s"
+        self._timeout_reason = f"not ready after {self.policy.start_timeout}s"
 
     def _line(self, generation: int, line: str) -> None:
         self._lines.append(line)
@@ -527,13 +402,13 @@ class SupervisedProcess:
 
     def _died(self) -> None:
         self.failures += 1
-        if self.failures > self.max_restarts:
+        if self.failures > self.policy.max_restarts:
             log.error("{name}: gave up after {n} consecutive failures", name=self.name, n=self.failures)
             self._set_state(FAILED)
             return
-        delay = min(self.backoff_initial * 2 ** (self.failures - 1), self.backoff_max)
+        delay = self.policy.restart_delay(self.failures)
         log.warn("{name}: restart in {delay}s (attempt {n} of {max})", name=self.name, delay=delay,
-                 n=self.failures, max=self.max_restarts)
+                 n=self.failures, max=self.policy.max_restarts)
         self._set_state(BACKOFF)
         self._later("restart", delay, self._restart)
 
@@ -547,7 +422,7 @@ class SupervisedProcess:
         if not self.adopted or self.pid is None:
             return
         if self._identity(self.pid) == self._token:
-            interval = 0.05 if self.state == STOPPING else self.poll_interval
+            interval = 0.05 if self.state == STOPPING else self.policy.poll_interval
             self._later("poll", interval, self._poll)
             return
         self._ended(self._generation, None, None)
@@ -558,15 +433,15 @@ class SupervisedProcess:
         log.warn("{name}: pid {pid} still running after stop signal; sending SIGTERM", name=self.name,
                  pid=self.pid)
         self._send("TERM")
-        self._later("kill", self.kill_grace, self._kill_now)
+        self._later("kill", self.policy.kill_grace, self._kill_now)
         if self.adopted:
-            self._later("poll", min(self.poll_interval, 0.1), self._poll)
+            self._later("poll", min(self.policy.poll_interval, 0.1), self._poll)
 
     def _kill_now(self) -> None:
         if self.state != STOPPING or self.pid is None:
             return
         log.warn("{name}: pid {pid} still running; sending SIGKILL", name=self.name, pid=self.pid)
-        self._send("KILL", group=self.kill_group)
+        self._send("KILL", group=self.policy.kill_group)
         self._send("KILL")
         if self.adopted:
             self._later("poll", 0.05, self._poll)

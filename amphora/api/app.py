@@ -11,28 +11,31 @@ touch another's routes.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
-
 from amphora import API_VERSION
-from amphora.api.base import new_app
+from amphora.api.base import new_app, not_allowed as _not_allowed
 from amphora.api.faces import DISCOVERY, build_faces
+from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
 from amphora.api.params import json_body, listener_id, read_body
-from amphora.api.site import render_error, render_json
+from amphora.api.site import render_json
 from amphora.certificates import check_name
-from amphora.errors import (AgentError, InvalidRequest, ListenerNotFound, MethodNotAllowed, NotFound,
-                            OperationFailed, PayloadTooLarge)
+from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
 from amphora.network import parse_network_body, parse_vip, parse_vip_body
 
-log = Logger()
-
 V = "/v0.1"
+
+
+def _allowed(path: bytes, allowed):
+    """A 405 under /v0.1/listeners/ names that path's methods (see listener_allow), not the
+    catch-all route's."""
+    return listener_allow(path) if path.startswith(b"/v0.1/listeners/") else allowed
 
 
 class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
-    app = new_app()  # shared converter, URL rules and error handlers (amphora.api.base)
+    # The shared converter, URL rules and error handlers (amphora.api.base).
+    app = new_app(allowed_for=_allowed)
 
     def __init__(self, agent):
         self.agent = agent
@@ -110,6 +113,8 @@ class AgentAPI:
         self.agent.topology.check_gate()
         lid = listener_id(lid)
         body = read_body(request, self.agent.config.haproxy.max_config_bytes)
+        if not body.strip():  # the document says the body is required
+            raise InvalidRequest("a haproxy configuration body is required")
         details = await self.agent.listeners.upload(lid, body)
         return render_json(request, {"message": "OK", "details": details}, 201)
 
@@ -122,14 +127,22 @@ class AgentAPI:
     @app.route(V + "/listeners/<path:rest>", methods=["GET", "PUT", "DELETE"])
     def listener_fallback(self, request, rest):
         """Paths no listener route matched, e.g. an id with an encoded slash (``..%2F..``):
-        a malformed id is 400, anything else 404. Never a file path."""
+        a malformed id is 400, a wrong method on a listener path 405, anything else 404.
+        Never a file path."""
         listener_id(rest.split("/", 1)[0])
+        allowed = listener_allow(request.path)
+        if allowed is not None:
+            raise _not_allowed(request, allowed)
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
     async def listener_action(self, request, lid, action):
+        lid = listener_id(lid)
+        allowed = listener_allow(request.path)
+        if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
+            raise _not_allowed(request, allowed)
         self.agent.topology.check_gate()
-        details = await self.agent.listeners.action(listener_id(lid), action)
+        details = await self.agent.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
     # -- listener logs --

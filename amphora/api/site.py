@@ -12,6 +12,11 @@ Three things happen here, before any route runs, for every request:
   without a certificate (answered 401) has its body discarded;
 - the access log: one structured event per request (method, path, status,
   duration, client subject); never bodies, headers or key material.
+
+Malformed framing never reaches a request: ``amphora.api.http.AgentChannel``
+answers it. Here, a ``Host`` header that is not host[:port] and a request
+target that is not a path (``GET *``) are 400 JSON, and anything that still
+escapes a resource is a 500 JSON without a traceback, never Twisted's HTML.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from amphora.api.http import AgentChannel, host_problem, text
 from amphora.api.tls import peer_subject
 from amphora.errors import AgentError, InvalidRequest, PayloadTooLarge, Unauthorized
 
@@ -68,6 +74,10 @@ class AgentRequest(Request):
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
+        # The agent takes JSON, PEM and haproxy configurations, never HTML forms: a
+        # form body is not parsed into args (where a malformed multipart one would be
+        # answered by Twisted itself), it reaches the route like any other body.
+        self._parsePOSTFormSubmission = False
         self.started = channel.site.clock.seconds() if hasattr(channel, "site") else 0.0
 
     def _limit(self) -> int:
@@ -95,6 +105,31 @@ class AgentRequest(Request):
             # The client went away before the answer: the operation still runs to
             # its end (see AgentKlein); the access log says who left.
             site.log_access(self, status=499)
+
+    def process(self):
+        if not self.path.startswith(b"/"):
+            # "*" (Twisted answers it itself, 405 or an empty 200) or an absolute URI:
+            # no route takes either.
+            self.site = self.channel.site
+            self.prepath, self.postpath = [], []
+            self.channel.persistent = False
+            self.setHeader(b"connection", b"close")
+            self.render(ErrorResource(InvalidRequest(
+                f"the request target must be a path starting with /, got {text(self.uri)!r}")))
+            return
+        super().process()
+
+    def processingFailed(self, reason):
+        # Whatever escaped a resource (Klein catches the routes' own errors): one JSON
+        # 500, logged once in text, never Twisted's HTML page with its traceback.
+        log.failure("{method} {path} failed", failure=reason, method=text(self.method), path=text(self.path))
+        if not self.finished and not self.startedWriting:
+            body = render_error(self, AgentError("unexpected error; see the agent log"))
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
+        if not self.finished:
+            self.finish()
+        return reason
 
     def handleContentChunk(self, data):
         if self.body_too_large:
@@ -124,11 +159,20 @@ class AgentSite(Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, resource, clock, max_body_bytes: int, header_deadline: float = 30.0, **kwargs):
+    def __init__(self, resource, clock, max_body_bytes: int, header_deadline: float = 30.0,
+                 body_deadline: float = 60.0, body_limit=None, **kwargs):
         super().__init__(resource, **kwargs)
         self.clock = clock
         self.max_body_bytes = max_body_bytes
         self.header_deadline = header_deadline
+        # A body must be complete this long after its headers (amphora.api.http).
+        self.body_deadline = body_deadline
+        # (method, path) -> the route's body cap, checked before "100 Continue".
+        self.body_limit = body_limit
+
+    def protocol(self):
+        # Site.buildProtocol calls this: our HTTP/1.1 channel, no HTTP/2 (no ALPN is offered).
+        return AgentChannel()
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
@@ -162,6 +206,12 @@ class AgentSite(Site):
             request.channel.persistent = False
             request.setHeader(b"connection", b"close")
             return ErrorResource(Unauthorized("a client certificate signed by the controller CA is required"))
+        problem = host_problem(request.getHeader(b"host"))
+        if problem is not None:
+            # Klein would fail on it (a 500 and a traceback); no such request is served.
+            request.channel.persistent = False
+            request.setHeader(b"connection", b"close")
+            return ErrorResource(InvalidRequest(problem))
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import os
 import socket
-import sys
 
 from amphora.listeners.cfgtext import Bind
 
@@ -61,7 +59,7 @@ def _listening_sockets_proc(proc: str = "/proc") -> list[tuple[int, str, int, in
     result = []
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
-            with open(os.path.join(proc, "self", "net", name)) as f:
+            with open(os.path.join(proc, "thread-self", "net", name)) as f:
                 lines = f.read().splitlines()[1:]
         except OSError:
             continue
@@ -167,11 +165,3 @@ def find_bind_conflicts(binds: list[Bind], own_pids, proc: str = "/proc") -> lis
         if error and not (bind.port < 1024 and os.geteuid() != 0 and error == os.strerror(errno.EACCES)):
             problems.append(f"bind {bind}: cannot bind: {error}")
     return problems
-
-
-def _bind_check_main(argv: list[str]) -> int:
-    """``python -m amphora.listeners.haproxy bind-check JSON``, run inside a namespace."""
-    request = json.loads(argv[0])
-    binds = [Bind(b["host"], b["port"], b["family"], b["freebind"]) for b in request["binds"]]
-    sys.stdout.write(json.dumps(find_bind_conflicts(binds, request["pids"])))
-    return 0

@@ -20,11 +20,9 @@ ignores SIGPIPE itself.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import inlineCallbacks
@@ -33,15 +31,14 @@ from twisted.internet.threads import deferToThreadPool
 
 from amphora.errors import OperationFailed
 from amphora.listeners import stats
-from amphora.listeners.binds import find_bind_conflicts, _bind_check_main
+from amphora.listeners.binds import find_bind_conflicts
 from amphora.listeners.cfgtext import (  # noqa: F401 (re-exported)
     TYPE_HTTP, TYPE_TCP, TYPE_TERMINATED_HTTPS, Bind, bind_addresses, listener_type)
 from amphora.listeners.pools import member_status, pool_status, pools_document  # noqa: F401 (re-exported)
+from amphora.netlink import in_namespace
 from amphora.netns import exec_argv
-from amphora.process import RUNNING, CommandTimeout, process_identity, run_bounded
+from amphora.process import RUNNING, process_identity, run_bounded
 
-# The namespace bind check only lists sockets; seconds mean something is badly wrong.
-BIND_CHECK_TIMEOUT = 10.0
 
 SETSID = shutil.which("setsid", path="/usr/bin:/bin:/usr/sbin:/sbin")
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
@@ -235,32 +232,19 @@ class HAProxy:
 
     @inlineCallbacks
     def bind_conflicts(self, binds: list[Bind], own_pids):
-        """``find_bind_conflicts`` off the reactor thread, in the right namespace."""
+        """``find_bind_conflicts`` in a thread, inside the listener's namespace (``amphora.netlink``).
+
+        Fast and bounded: a sock_diag dump of the listening sockets and a few
+        /proc reads; the work runs in a thread pool, never in the reactor thread.
+        """
         if not binds:
             return []
-        own_pids = sorted(own_pids)
-        if not self.namespace:
-            if self.threadpool is None:
-                self.threadpool = self.reactor.getThreadPool()
-            result = yield deferToThreadPool(self.reactor, self.threadpool,
-                                             find_bind_conflicts, binds, own_pids)
-            return result
-        request = json.dumps({"binds": [{"host": b.host, "port": b.port, "family": int(b.family),
-                                         "freebind": b.freebind} for b in binds], "pids": own_pids})
-        argv = exec_argv(self.namespace, [sys.executable, "-m", "amphora.listeners.haproxy",
-                                          "bind-check", request])
+        if self.threadpool is None:
+            self.threadpool = self.reactor.getThreadPool()
         try:
-            out, err, code = yield run_bounded(self.reactor, argv, env=self.env, timeout=BIND_CHECK_TIMEOUT)
-        except CommandTimeout as e:
-            return [f"bind check in namespace {self.namespace} did not finish within {e.timeout:g} s"]
-        if code != 0:
-            return ([f"bind check failed in namespace {self.namespace}: "
-                         f"{err.decode('utf-8', 'replace').strip()}"])
-        return json.loads(out)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "bind-check":
-        raise SystemExit(_bind_check_main(sys.argv[2:]))
-    sys.stderr.write("usage: python -m amphora.listeners.haproxy bind-check JSON\n")
-    raise SystemExit(2)
+            result = yield deferToThreadPool(self.reactor, self.threadpool, in_namespace, self.namespace,
+                                             find_bind_conflicts, binds, sorted(own_pids))
+        except OSError as e:  # the namespace is gone
+            return [f"bind check failed in namespace {self.namespace}: cannot enter it: "
+                    f"{e.strerror or e}"]
+        return result

@@ -1,8 +1,9 @@
 """keepalived: configuration rendering (golden key lines), auth derivation, FIFO parsing and
-reading, the check script, and the adapter's life cycle with a fake process and runner."""
+reading, the check script, and the adapter's life cycle with a fake process, runner and netlink."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from amphora.keepalived import (
     INSTANCE, Keepalived, NotifyEvent, NotifyFifo, VRRPSettings, auth_pass, default_router_id,
     parse_notify_line, render_check_script, render_config,
 )
+from amphora.netlink import Interface
 from tests.helpers import config_text
 
 SECRET = "b20e06cf1abcf29c708d3b437f4a29892a0921d0"
@@ -241,19 +243,37 @@ class FakeRunner:
     def __init__(self):
         self.calls = []
         self.check_result = (b"", b"", 0)
-        self.ip_json = (b'[{"ifname":"lo","flags":["LOOPBACK"],"addr_info":[]},'
-                        b'{"ifname":"eth0","flags":[],"addr_info":[{"local":"192.0.2.5","prefixlen":24}]},'
-                        b'{"ifname":"eth1","flags":[],"addr_info":[{"local":"203.0.113.10","prefixlen":24}]}]')
 
     def __call__(self, reactor, namespace, argv):
         self.calls.append((namespace, argv))
         if "-t" in argv:
             return defer.succeed(self.check_result)
-        if argv[1:4] == ["-j", "addr", "show"]:
-            return defer.succeed((self.ip_json, b"", 0))
-        if "route" in argv:
-            return defer.succeed((b'[{"dst":"default","dev":"eth0"}]', b"", 0))
         return defer.succeed((b"", b"", 0))
+
+
+def iface(name, index, *cidrs, loopback=False):
+    return Interface(name, index, loopback, tuple(ipaddress.ip_interface(c) for c in cidrs))
+
+
+class FakeNetlink:
+    """Stands in for amphora.netlink.NetlinkQueries: answers from ``links``, records calls."""
+
+    def __init__(self):
+        self.calls = []
+        self.links = [iface("lo", 1, loopback=True), iface("eth0", 2, "192.0.2.5/24"),
+                      iface("eth1", 3, "203.0.113.10/24")]
+
+    def interfaces(self, namespace, name=None):
+        self.calls.append(("interfaces", namespace, name))
+        return defer.succeed([l for l in self.links if name is None or l.name == name])
+
+    def default_route_devices(self, namespace, version):
+        self.calls.append(("default_route_devices", namespace, version))
+        return defer.succeed(["eth0"])
+
+    def remove_address(self, namespace, ifname, address):
+        self.calls.append(("remove_address", namespace, ifname, address))
+        return defer.succeed(True)
 
 
 @pytest.fixture
@@ -267,7 +287,7 @@ def kad(pki, tmp_path):
         processes.append(FakeProcess(*args))
         return processes[-1]
 
-    k = Keepalived(config, MemoryReactorClock(), process_factory=factory, runner=runner)
+    k = Keepalived(config, MemoryReactorClock(), process_factory=factory, runner=runner, netlink=FakeNetlink())
     k.runner, k.processes = runner, processes
     yield k
     if k._fifo is not None:
@@ -277,8 +297,8 @@ def kad(pki, tmp_path):
 def test_apply_checks_then_starts_in_the_namespace(kad):
     d = kad.apply(settings())
     assert d.called and d.result is None
-    ip_call, check_call = kad.runner.calls[0], kad.runner.calls[1]
-    assert ip_call[0] == "amp8ns" and ip_call[1][1:] == ["-j", "addr", "show"]
+    ip_call, check_call = kad.netlink.calls[0], kad.runner.calls[0]
+    assert ip_call == ("interfaces", "amp8ns", None)
     assert check_call[0] == "amp8ns" and check_call[1][1:4] == ["-t", "-l", "-f"]
     assert kad.interface == "eth1"  # the subnet holding ha_ip
     text = open(kad.paths.config).read()
@@ -293,7 +313,7 @@ def test_apply_checks_then_starts_in_the_namespace(kad):
     assert proc.signals == ["HUP"] and len(kad.processes) == 1
     assert "priority 90" in open(kad.paths.config).read()
     # ... and removes the VIP from the interface it no longer uses.
-    assert kad.runner.calls[-1][1][1:] == ["addr", "del", "203.0.113.2/32", "dev", "eth1"]
+    assert kad.netlink.calls[-1] == ("remove_address", "amp8ns", "eth1", "203.0.113.2")
 
 
 def test_failed_check_keeps_the_live_config_and_does_not_start(kad):
@@ -350,7 +370,7 @@ def test_states_from_the_fifo_and_unexpected_exit(kad, tmp_path):
     # keepalived dies unasked (the supervisor will restart it): state unknown, VIP removed.
     kad.processes[0]._set("BACKOFF")
     assert kad.vrrp_state is None and seen[-1] is None and not kad.running
-    assert kad.runner.calls[-1][1][1:] == ["addr", "del", "203.0.113.2/32", "dev", "eth1"]
+    assert kad.netlink.calls[-1] == ("remove_address", "amp8ns", "eth1", "203.0.113.2")
 
 
 def test_stop_removes_the_vip(kad):
@@ -359,7 +379,7 @@ def test_stop_removes_the_vip(kad):
     d = kad.stop()
     assert d.called
     assert kad.processes[0].state == "STOPPED" and kad.vrrp_state is None and kad.settings is None
-    assert kad.runner.calls[-1][1][1:] == ["addr", "del", "203.0.113.2/32", "dev", "eth1"]
+    assert kad.netlink.calls[-1] == ("remove_address", "amp8ns", "eth1", "203.0.113.2")
 
 
 def test_detach_leaves_keepalived_running(kad):
@@ -371,8 +391,7 @@ def test_detach_leaves_keepalived_running(kad):
 
 def test_adopts_a_keepalived_left_running(kad, monkeypatch):
     monkeypatch.setattr(kad, "_running_pid", lambda: 4321)
-    kad.runner.ip_json = (b'[{"ifname":"eth1","addr_info":[{"local":"203.0.113.10","prefixlen":24},'
-                          b'{"local":"203.0.113.2","prefixlen":32}]}]')
+    kad.netlink.links = [iface("eth1", 3, "203.0.113.10/24", "203.0.113.2/32")]
     d = kad.apply(settings(interface="eth1"))
     assert d.called
     (proc,) = kad.processes
@@ -401,4 +420,4 @@ def test_interface_from_the_network_side_first(kad):
     kad._vip_interface = lambda ip: "vip0" if ip == "203.0.113.2" else None
     kad.apply(settings())
     assert kad.interface == "vip0"
-    assert not any(argv[1:4] == ["-j", "addr", "show"] for _, argv in kad.runner.calls)
+    assert not any(call[0] == "interfaces" for call in kad.netlink.calls)

@@ -436,6 +436,22 @@ def test_netlink_failure_is_a_500_and_nothing_is_recorded(tmp_path):
     assert e.value.message == "Error plugging Port" and "surprise" in e.value.details
 
 
+def test_a_low_mtu_merged_with_plugged_ipv6_is_refused_before_netlink(tmp_path):
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1), down(4, "eth2", MAC2)])
+    result(plugger.plug_vip("2001:db8::5", parse_vip_body("2001:db8::5", {"mac_address": MAC1})))
+    body = {"mac_address": MAC1, "mtu": 1200, "fixed_ips": [{"ip_address": "10.0.0.5"}]}
+    with pytest.raises(InvalidRequest) as e:
+        result(plugger.plug_network(parse_network_body(body)))  # valid alone, not with what is plugged
+    assert "1280" in e.value.details and "2001:db8::5/128" in e.value.details
+    with pytest.raises(InvalidRequest):
+        result(plugger.plug_vip("10.0.0.6", parse_vip_body("10.0.0.6", {"mac_address": MAC1, "mtu": 1000})))
+    assert len(fake.applied) == 1 and plugger.plugged()["interfaces"][0]["mtu"] is None
+    # an interface without IPv6 takes a low MTU
+    body = {"mac_address": MAC2, "mtu": 1200, "fixed_ips": [{"ip_address": "10.0.1.5"}]}
+    assert result(plugger.plug_network(parse_network_body(body))) == "Plugged interface eth2"
+    assert result(plugger.plug_network(parse_network_body(body))) == "Interface eth2 already plugged"
+
+
 def test_restore_finds_by_mac_and_records_new_names(tmp_path):
     plugger, fake = make(tmp_path, [down(3, "eth1", MAC1), down(4, "eth2", MAC2)], namespace="ns1")
     result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", {"mac_address": MAC1, "mtu": 1400})))

@@ -1,45 +1,13 @@
-"""keepalived for ACTIVE-STANDBY: configuration, validation, the notify FIFO, the process.
-
-The agent writes keepalived's configuration itself (one ``vrrp_instance``),
-checks it with ``keepalived -t`` inside the amphora's network namespace, runs
-keepalived in the foreground as a supervised child and learns every VRRP state
-change from keepalived's notify FIFO (lines like ``INSTANCE "amphora" MASTER 100``),
-read in the reactor.
-
-Traps this module exists to avoid (measured with keepalived 2.2.7):
-
-- ``auth_pass`` is silently cut to 8 characters, so two secrets that share
-  their first 8 characters would authenticate each other: the configured value
-  is an 8-character HMAC of the whole secret (``auth_pass``), never the secret.
-- A SIGHUP with a configuration keepalived cannot load kills it without
-  releasing the VIP: every configuration is checked with ``keepalived -t``
-  (any warning counts as a failure: exit status 5) before it replaces the live
-  file, and only then is keepalived started or signalled.
-- After a SIGKILL the VIP stays on the dead node: when keepalived exits, the
-  agent removes ``ha_ip`` from the interface itself.
-- Both peers must carry identical virtual address lists, or both become
-  MASTER: the list is exactly ``ha_ip`` on both (nothing node-specific).
-- ``script_user`` must precede ``notify_fifo`` in ``global_defs``, or a reload
-  fails to set the script user and silently drops the track script.
-- ``nopreempt`` is ignored (with a warning) for ``state MASTER``: both roles
-  start as ``state BACKUP`` and the role only sets the priority, so a node
-  that recovers after a failover does not take the VIP back (no second blip).
-- VRRPv3 (needed for sub-second ``advert_int`` and for IPv6) has no
-  authentication; keepalived ignores the block with a warning, so it is not
-  rendered then.
+"""The keepalived process of this amphora: ``Keepalived`` (config, check, start or
+reload, VIP clean-up, VRRP states) and ``KeepalivedService``.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import hmac
 import ipaddress
-import json
 import os
 import re
 import signal
-import stat
 from dataclasses import dataclass, field
 
 from twisted.application.service import Service
@@ -48,290 +16,17 @@ from twisted.logger import Logger
 
 from amphora.errors import OperationFailed
 from amphora.fsutil import atomic_write, ensure_dir
+from amphora.keepalived.config import ENV, INSTANCE, VRRPSettings, render_check_script, render_config
+from amphora.keepalived.notify import NotifyEvent, NotifyFifo
+from amphora.netlink import NetlinkQueries
 from amphora.netns import exec_argv
+from amphora.process import SupervisedProcess, run_bounded
+from amphora.supervision import RUNNING, STARTING, STOPPED, STOPPING, SupervisionPolicy
 
 log = Logger()
 
-INSTANCE = "amphora"
-CHECK_NAME = "amphora_check"
-DEFAULT_PRIORITY = {"ACTIVE": 100, "STANDBY": 90}
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
-IP_BINARY = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
-
-_AUTH_CONTEXT = b"amphora-agent vrrp auth_pass v1"
-
-
-def auth_pass(secret: str) -> str:
-    """The 8-character VRRP password derived from the whole shared secret.
-
-    keepalived keeps only 8 characters of ``auth_pass``; a keyed hash of the
-    full secret makes every character of the secret count, and the secret
-    itself never reaches a file or a log.
-    """
-    return hmac.new(secret.encode("utf-8"), _AUTH_CONTEXT, hashlib.sha256).hexdigest()[:8]
-
-
-def default_router_id(ha_ip: str) -> int:
-    """A virtual_router_id (1-255) both peers derive alike from the shared ha_ip."""
-    digest = hashlib.sha256(ipaddress.ip_address(ha_ip).packed).digest()
-    return digest[0] % 255 + 1
-
-
-@dataclass(frozen=True)
-class VRRPSettings:
-    """Everything that goes into one amphora's vrrp_instance (no secret: only its derived auth)."""
-
-    role: str
-    ha_ip: str
-    auth: str
-    interface: str = ""
-    peers: tuple = ()
-    virtual_router_id: int = 0
-    priority: int = 0
-
-    @property
-    def effective_priority(self) -> int:
-        return self.priority or DEFAULT_PRIORITY[self.role]
-
-    @property
-    def effective_router_id(self) -> int:
-        return self.virtual_router_id or default_router_id(self.ha_ip)
-
-    @property
-    def ipv6(self) -> bool:
-        return ipaddress.ip_address(self.ha_ip).version == 6
-
-    def to_json(self) -> dict:
-        return {"role": self.role, "ha_ip": self.ha_ip, "auth": self.auth, "interface": self.interface,
-                "peers": list(self.peers), "virtual_router_id": self.virtual_router_id,
-                "priority": self.priority}
-
-    @classmethod
-    def from_json(cls, doc: dict) -> "VRRPSettings":
-        return cls(role=doc["role"], ha_ip=doc["ha_ip"], auth=doc["auth"],
-                   interface=doc.get("interface", ""), peers=tuple(doc.get("peers", ())),
-                   virtual_router_id=int(doc.get("virtual_router_id", 0)),
-                   priority=int(doc.get("priority", 0)))
-
-
-def format_interval(seconds: float) -> str:
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def needs_vrrp3(advert_int: float, settings: VRRPSettings) -> bool:
-    """VRRPv2 only knows whole-second intervals and IPv4."""
-    return advert_int != int(advert_int) or settings.ipv6
-
-
-def render_config(settings: VRRPSettings, *, interface: str, advert_int: float, fifo_path: str,
-                  check_script: str, router_name: str) -> str:
-    """keepalived.conf for one amphora of an ACTIVE-STANDBY pair.
-
-    ``interface`` is the resolved VIP interface (``settings.interface`` or the
-    one found in the namespace). The output is free of keepalived warnings,
-    since ``keepalived -t`` treats any warning as a failure.
-    """
-    v3 = needs_vrrp3(advert_int, settings)
-    prefix = 128 if settings.ipv6 else 32
-    lines = [
-        "# Written by amphora-agent on every topology change; do not edit.",
-        "global_defs {",
-        f"    router_id {router_name}",
-        # script_user must come before notify_fifo: see the module docstring.
-        "    script_user root",
-        "    enable_script_security",
-        f"    notify_fifo {fifo_path}",
-    ]
-    if v3:
-        lines.append("    vrrp_version 3")
-    lines += [
-        "}",
-        "",
-        # Gives up MASTER (FAULT) when listeners exist but no haproxy serves them.
-        f"vrrp_script {CHECK_NAME} {{",
-        f'    script "{check_script}"',
-        "    interval 1",
-        "    timeout 2",
-        "    fall 2",
-        "    rise 2",
-        "}",
-        "",
-        f"vrrp_instance {INSTANCE} {{",
-        "    state BACKUP",
-        f"    interface {interface}",
-        f"    virtual_router_id {settings.effective_router_id}",
-        f"    priority {settings.effective_priority}",
-        f"    advert_int {format_interval(advert_int)}",
-        "    nopreempt",
-        # Gratuitous ARP / unsolicited NA on takeover, repeated once a second later.
-        "    garp_master_delay 1",
-        "    garp_master_repeat 3",
-    ]
-    if not v3:
-        lines += [
-            "    authentication {",
-            "        auth_type PASS",
-            f"        auth_pass {settings.auth}",
-            "    }",
-        ]
-    if settings.peers:
-        lines.append("    unicast_peer {")
-        lines += [f"        {peer}" for peer in settings.peers]
-        lines.append("    }")
-    lines += [
-        "    virtual_ipaddress {",
-        f"        {settings.ha_ip}/{prefix} dev {interface}",
-        "    }",
-        "    track_script {",
-        f"        {CHECK_NAME}",
-        "    }",
-        "}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def render_check_script(listeners_run_dir: str) -> str:
-    """A /bin/sh check: succeed when no listener exists, or when one has a live haproxy.
-
-    It reads only this agent's run directory (several amphorae may share a pid
-    namespace in tests), forks nothing, and treats a pid as alive only if
-    ``/proc/<pid>/comm`` says haproxy (pid files can go stale).
-    """
-    return f"""#!/bin/sh
-# Written by amphora-agent: keepalived's vrrp_script. Exit 0 while this amphora can serve.
-dir='{listeners_run_dir}'
-found=0
-for d in "$dir"/*/; do
-    [ -d "$d" ] || continue
-    found=1
-    for p in "$d"*.pid; do
-        [ -r "$p" ] || continue
-        read -r pid < "$p" || [ -n "$pid" ] || continue
-        case "$pid" in ''|*[!0-9]*) continue ;; esac
-        [ -r "/proc/$pid/comm" ] || continue
-        read -r comm < "/proc/$pid/comm" || true
-        [ "$comm" = haproxy ] && exit 0
-    done
-done
-[ "$found" = 0 ] && exit 0
-exit 1
-"""
-
-
-# -- the notify FIFO ----------------------------------------------------------
-
+# The date keepalived puts before each console line (ours carry their own time).
 _STAMP = re.compile(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ [\d:]+ \d{4}: ")
-_NOTIFY = re.compile(r'(INSTANCE|GROUP) "([^"]*)" ([A-Z_]+)(?: (\d+))?')
-VRRP_STATES = ("MASTER", "BACKUP", "FAULT", "STOP")
-
-
-@dataclass(frozen=True)
-class NotifyEvent:
-    kind: str
-    name: str
-    state: str
-    priority: int | None
-
-
-def parse_notify_line(line: bytes | str) -> NotifyEvent | None:
-    """One FIFO line -> NotifyEvent, or None for lines that are not instance/group states."""
-    if isinstance(line, bytes):
-        line = line.decode("utf-8", "replace")
-    m = _NOTIFY.fullmatch(line.strip().strip("\x00"))
-    if not m or m.group(3) not in VRRP_STATES:
-        return None
-    return NotifyEvent(m.group(1), m.group(2), m.group(3), int(m.group(4)) if m.group(4) else None)
-
-
-class NotifyFifo:
-    """Reads keepalived's notify FIFO in the reactor and calls ``callback(event)`` per state line.
-
-    The FIFO is opened read-write and non-blocking: the open never waits for a
-    writer, and a keepalived that exits (closing its write end) does not make
-    the reader see end-of-file and spin.
-    """
-
-    MAX_LINE = 4096
-
-    def __init__(self, reactor, path: str, callback):
-        self.reactor = reactor
-        self.path = path
-        self.callback = callback
-        self.fd = -1
-        self._buffer = b""
-
-    def open(self) -> None:
-        if self.fd >= 0:
-            return
-        try:
-            st = os.lstat(self.path)
-            if not stat.S_ISFIFO(st.st_mode):
-                os.unlink(self.path)
-                raise FileNotFoundError
-        except FileNotFoundError:
-            os.mkfifo(self.path, 0o600)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-        # keepalived opens its end read-write too, so lines written while no agent was
-        # reading wait in the pipe: stale states, never to be taken for the current one.
-        self._drain()
-        self.reactor.addReader(self)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                if not os.read(self.fd, 65536):
-                    return
-            except BlockingIOError:
-                return
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.reactor.removeReader(self)
-            os.close(self.fd)
-            self.fd = -1
-
-    # IReadDescriptor
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return "keepalived-notify"
-
-    def connectionLost(self, reason) -> None:
-        self.close()
-
-    def doRead(self):
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                raise
-            if not data:
-                break
-            self.feed(data)
-        return None
-
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        if len(self._buffer) > self.MAX_LINE:
-            self._buffer = b""
-        for line in lines:
-            event = parse_notify_line(line)
-            if event is not None:
-                try:
-                    self.callback(event)
-                except Exception:
-                    log.failure("keepalived notify callback failed")
-
-
-# -- the process and its life cycle ------------------------------------------
 
 @dataclass
 class Paths:
@@ -360,8 +55,6 @@ RUN_TIMEOUT = 30.0
 
 def run(reactor, namespace: str, argv: list[str]):
     """Run a short command inside ``namespace``: Deferred (out, err, code); bounded by RUN_TIMEOUT."""
-    from amphora.process import run_bounded
-
     return run_bounded(reactor, exec_argv(namespace, argv), env=ENV, timeout=RUN_TIMEOUT)
 
 
@@ -369,12 +62,13 @@ def _text(out: bytes, err: bytes) -> str:
     return (out + err).decode("utf-8", "replace").strip()[-2000:]
 
 
+# How keepalived is supervised: SIGTERM (it sends priority 0 and drops the VIP itself).
+SUPERVISION = SupervisionPolicy(start_timeout=10.0, stop_signal="TERM", stop_timeout=5.0, kill_grace=2.0,
+                                backoff_initial=1.0, backoff_max=30.0, max_restarts=8, stable_after=30.0)
+
+
 def _default_process_factory(reactor, name, argv, env):
-    # Imported late: amphora.process (the generic supervisor) is owned by the listener side.
-    from amphora.process import SupervisedProcess
-    return SupervisedProcess(reactor, name, argv, env=env, start_timeout=10.0, stop_signal="TERM",
-                             stop_timeout=5.0, kill_grace=2.0, backoff_initial=1.0, backoff_max=30.0,
-                             max_restarts=8, stable_after=30.0)
+    return SupervisedProcess(reactor, name, argv, env=env, policy=SUPERVISION)
 
 
 class KeepalivedService(Service):
@@ -408,7 +102,7 @@ class Keepalived:
     - ``wait_state() -> Deferred``: fires with the next reported state.
     """
 
-    def __init__(self, config, reactor, *, process_factory=None, runner=None, vip_interface=None):
+    def __init__(self, config, reactor, *, process_factory=None, runner=None, netlink=None, vip_interface=None):
         self.reactor = reactor
         self.binary = config.keepalived.binary
         self.advert_int = config.keepalived.advert_int
@@ -418,6 +112,8 @@ class Keepalived:
         self.listeners_run_dir = os.path.join(config.agent.run_dir, "listeners")
         self._process_factory = process_factory or _default_process_factory
         self._run = runner or run
+        # Address and route queries (``amphora.netlink.NetlinkQueries``): netlink in a thread.
+        self.netlink = netlink if netlink is not None else NetlinkQueries(reactor)
         # ``vip_interface(ip) -> name | None``: where the network side plugged that VIP.
         self._vip_interface = vip_interface
         self.process = None
@@ -566,15 +262,13 @@ class Keepalived:
 
     @defer.inlineCallbacks
     def holds_vip(self, ha_ip: str, interface: str):
-        out, err, code = yield self._run(self.reactor, self.namespace,
-                                         [IP_BINARY, "-j", "addr", "show", "dev", interface])
-        if code != 0:
+        try:
+            links = yield self.netlink.interfaces(self.namespace, interface)
+        except Exception as e:
+            log.warn("keepalived: cannot list the addresses of {interface}: {error}", interface=interface,
+                     error=e)
             return False
-        for link in json.loads(out or b"[]"):
-            for info in link.get("addr_info", ()):
-                if info.get("local") == ha_ip:
-                    return True
-        return False
+        return any(link.holds(ha_ip) for link in links)
 
     def _remove_pid_files(self):
         for path in (self.paths.pid, self.paths.vrrp_pid):
@@ -603,31 +297,27 @@ class Keepalived:
             name = self._vip_interface(ha_ip)
             if name:
                 return name
-        out, err, code = yield self._run(self.reactor, self.namespace, [IP_BINARY, "-j", "addr", "show"])
-        if code != 0:
-            raise OperationFailed(f"cannot list interfaces: {_text(out, err)}")
-        links = json.loads(out or b"[]")
+        try:
+            links = yield self.netlink.interfaces(self.namespace)
+        except Exception as e:
+            raise OperationFailed(f"cannot list interfaces: {e}") from None
         address = ipaddress.ip_address(ha_ip)
         candidates = []
         for link in links:
-            name = link.get("ifname", "")
-            if name == "lo" or "LOOPBACK" in link.get("flags", ()):
+            if link.name == "lo" or link.loopback:
                 continue
-            candidates.append(name)
-            for info in link.get("addr_info", ()):
-                try:
-                    net = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
-                except (KeyError, ValueError):
-                    continue
+            candidates.append(link.name)
+            for iface in link.addresses:
+                net = iface.network
                 if address in net and net.prefixlen < net.max_prefixlen:
-                    return name
-        out, err, code = yield self._run(self.reactor, self.namespace,
-                                         [IP_BINARY, "-j", "-" + str(address.version), "route", "show",
-                                          "default"])
-        if code == 0:
-            for route in json.loads(out or b"[]"):
-                if route.get("dev"):
-                    return route["dev"]
+                    return link.name
+        try:
+            devices = yield self.netlink.default_route_devices(self.namespace, address.version)
+        except Exception as e:
+            log.warn("keepalived: cannot list the default routes: {error}", error=e)
+            devices = []
+        if devices:
+            return devices[0]
         if len(candidates) == 1:
             return candidates[0]
         raise OperationFailed(f"no interface for ha_ip {ha_ip}: give 'interface' "
@@ -636,14 +326,12 @@ class Keepalived:
     @defer.inlineCallbacks
     def remove_vip(self, ha_ip: str, interface: str):
         """Best effort: delete ha_ip from interface (absent is fine)."""
-        prefix = 128 if ipaddress.ip_address(ha_ip).version == 6 else 32
         try:
-            out, err, code = yield self._run(self.reactor, self.namespace,
-                                             [IP_BINARY, "addr", "del", f"{ha_ip}/{prefix}", "dev", interface])
+            removed = yield self.netlink.remove_address(self.namespace, interface, ha_ip)
         except Exception as e:
             log.warn("keepalived: cannot remove {ha_ip}: {error}", ha_ip=ha_ip, error=e)
             return
-        if code == 0:
+        if removed:
             log.info("keepalived: removed {ha_ip} from {interface}", ha_ip=ha_ip, interface=interface)
 
     def _remove_vip_later(self, ha_ip, interface):
@@ -678,11 +366,11 @@ class Keepalived:
                     log.failure("keepalived state observer failed")
 
     def _process_changed(self, process, old, new):
-        if new == "RUNNING" or old != "RUNNING" and old != "STARTING":
+        if new == RUNNING or old != RUNNING and old != STARTING:
             return
         # keepalived went away (crash, kill, stop): its state is unknown until it reports again.
         self._set_state(None)
-        if new == "STOPPING" or new == "STOPPED":
+        if new == STOPPING or new == STOPPED:
             return
         # Died unasked: a SIGKILLed keepalived leaves the VIP behind, and its VRRP child may
         # outlive it for a moment. Both would keep this node answering for ha_ip.
