@@ -11,6 +11,8 @@ touch another's routes.
 
 from __future__ import annotations
 
+import functools
+
 from amphora import API_VERSION
 from amphora.api.base import new_app, not_allowed as _not_allowed
 from amphora.api.faces import DISCOVERY, build_faces
@@ -39,8 +41,12 @@ class AgentAPI:
 
     def __init__(self, agent):
         self.agent = agent
-        # The Octavia faces: separate route trees over the same domain objects.
-        self.faces = build_faces(agent, self.app.resource())
+
+    @functools.cached_property
+    def faces(self) -> dict:
+        """The Octavia faces: separate route trees over the same domain objects (built at
+        first use, from the agent's collaborators)."""
+        return build_faces(self.agent, self.app.resource())
 
     # -- the Octavia faces (amphora.api.faces): version discovery, /1.0, /0.5 --
 

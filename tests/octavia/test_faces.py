@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.integration.test_certificates_api import raw_request
+from tests.openapi_support import contract
 
 LB = str(uuid.uuid4())
 
@@ -31,6 +32,7 @@ async def test_discovery_answers_on_slash_and_double_slash(agent, pki):
         code, headers, body = await deferToThread(raw_request, pki, agent.api_port, "GET", target)
         assert code == 200, (target, body)
         assert json.loads(body) == {"api_version": "1.0"}
+        contract("1.0").check("GET", "https://localhost" + target.decode(), code, {k.lower(): v for k, v in headers.items()}, body)
 
 
 @pytest_twisted.ensureDeferred
