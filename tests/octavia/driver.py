@@ -93,7 +93,8 @@ def configure():
             "base_path": PARAMS["base_path"],
             "base_cert_dir": PARAMS["base_cert_dir"],
         },
-        "certificates": {"cert_manager": "local_cert_manager", "storage_path": PARAMS["work"]},
+        "certificates": {"cert_manager": "local_cert_manager",
+                         "storage_path": __import__("os").path.join(PARAMS["work"], "certs")},
     }
     if VERSION != "0.5.2":
         overrides["haproxy_amphora"].update(rest_request_conn_timeout=5, rest_request_read_timeout=120)
@@ -191,7 +192,10 @@ def heartbeat_1_0():
 # -- a load balancer built with Octavia 19's data models -------------------------
 #
 # PARAMS["lb"] describes it: {"id", "vip", "listeners": [{"id", "protocol", "port",
-# "pool": {"id", "protocol", "members": [{"id", "address", "port"}], "monitor": bool}}]}.
+# "pool": {"id", "protocol", "members": [{"id", "address", "port"}], "monitor": bool},
+# "certificates": [{"cert", "key", "chain"}] (TERMINATED_HTTPS: default, then SNI)}]}.
+# Certificates go through Octavia's LocalCertManager, as a deployment's Barbican would
+# hand them to the driver.
 # Each scenario rebuilds the same objects (the controller loads them from its
 # database for every task) and runs one controller flow.
 
@@ -229,10 +233,27 @@ def load_balancer():
                                connection_limit=entry.get("connection_limit"),
                                timeout_client_data=50000, timeout_member_connect=5000,
                                timeout_member_data=50000, timeout_tcp_inspect=0)
+        refs = [_store_certificate(cert) for cert in entry.get("certificates", ())]
+        if refs:
+            listener.tls_certificate_id = refs[0]
+            listener.sni_containers = [dm.SNI(listener_id=listener.id, position=i, tls_container_id=ref)
+                                       for i, ref in enumerate(refs[1:])]
         pool.listeners.append(listener)
         lb.listeners.append(listener)
         lb.pools.append(pool)
     return lb, amp
+
+
+def _store_certificate(cert: dict) -> str:
+    """A certificate stored through Octavia's LocalCertManager; its reference. (A new
+    reference per run: the amphora's file names come from the content, not the reference.)"""
+    import os
+
+    from octavia.certificates.manager.local import LocalCertManager
+
+    os.makedirs(os.path.join(PARAMS["work"], "certs"), exist_ok=True)
+    return LocalCertManager.store_cert(None, cert["cert"], cert["key"],
+                                       intermediates="".join(cert["chain"]) or None)
 
 
 def _driver():
