@@ -8,6 +8,7 @@ failover flows call them, listener deletes down to DELETE /1.0/listeners/<lb>.""
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import pytest_twisted
@@ -21,16 +22,11 @@ VERSION = "19.0.0"
 HEARTBEAT_KEY = "octavia-acceptance-key"
 
 
-def free_udp_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def heartbeat_port():
-    return free_udp_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the driver binds it as the controller
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
