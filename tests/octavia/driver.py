@@ -284,6 +284,36 @@ def lb_delete_listener():
     attempt("delete", _driver().delete, listener)
 
 
+def plug_1_0():
+    """Plug VIP and plug network with the bodies Octavia 19's driver builds from its
+    network data models (post_vip_plug, post_network_plug). PARAMS["plug"]: {"vip",
+    "vrrp_ip", "vip_cidr", "vip_gateway", "vip_mac", "member_mac", "member_ip",
+    "member_cidr", "topology"}."""
+    from octavia.common import constants as c
+    from octavia.common import data_models as dm
+    from octavia.network import data_models as ndm
+
+    plug = PARAMS["plug"]
+    amp = amphora(vrrp_port_id="vrrp-port", role=c.ROLE_STANDALONE)
+    amp.vrrp_ip = plug["vrrp_ip"]
+    amp.ha_ip = plug["vip"]
+    lb = dm.LoadBalancer(id=PARAMS["lb"]["id"] if "lb" in PARAMS else "lb", topology=plug.get("topology", "SINGLE"),
+                         vip=dm.Vip(ip_address=plug["vip"], vnic_type=c.VNIC_TYPE_NORMAL), amphorae=[amp])
+    vip_subnet = ndm.Subnet(id="vip-subnet", cidr=plug["vip_cidr"], gateway_ip=plug.get("vip_gateway"),
+                            host_routes=[], ip_version=4)
+    vrrp_port = ndm.Port(id="vrrp-port", mac_address=plug["vip_mac"], network=ndm.Network(id="vip-net", mtu=1500),
+                         fixed_ips=[ndm.FixedIP(subnet_id=vip_subnet.id, ip_address=plug["vrrp_ip"], subnet=vip_subnet)])
+    driver = _driver()
+    attempt("post_vip_plug", driver.post_vip_plug, amp, lb, {}, vrrp_port, vip_subnet, additional_vip_data=[])
+    if plug.get("member_mac"):
+        member_subnet = ndm.Subnet(id="member-subnet", cidr=plug["member_cidr"], gateway_ip=None, host_routes=[],
+                                   ip_version=4)
+        port = ndm.Port(id="member-port", mac_address=plug["member_mac"], network=ndm.Network(id="m", mtu=1500),
+                        fixed_ips=[ndm.FixedIP(subnet_id=member_subnet.id, ip_address=plug["member_ip"],
+                                               subnet=member_subnet)])
+        attempt("post_network_plug", driver.post_network_plug, amp, port, {})
+
+
 def render_1_0():
     """Only the configuration Octavia 19's template renders for PARAMS["lb"] (printed)."""
     lb, amp = load_balancer()
