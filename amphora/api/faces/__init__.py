@@ -32,6 +32,6 @@ def build_faces(agent, v0_1_resource) -> dict:
     common = {"registry": agent.listeners, "report": report, "gate": agent.topology,
               "amphora_id": config.agent.amphora_id, "max_config_bytes": config.haproxy.max_config_bytes}
     face_1_0 = Face1_0(certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
-                       **common)
+                       plugger=agent.network, **common)
     face_0_5 = Face0_5(v0_1=v0_1_resource, **common)
     return {"1.0": face_1_0.app.resource(), "0.5": face_0_5.app.resource()}
