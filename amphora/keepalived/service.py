@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from amphora.errors import OperationFailed
 from amphora.fsutil import atomic_write, ensure_dir
+from amphora.interfaces import IKeepalivedState
 from amphora.keepalived.config import ENV, INSTANCE, VRRPSettings, render_check_script, render_config
 from amphora.keepalived.notify import NotifyEvent, NotifyFifo
 from amphora.netlink import NetlinkQueries
@@ -86,6 +88,7 @@ class KeepalivedService(Service):
         self.keepalived.detach()
 
 
+@implementer(IKeepalivedState)
 class Keepalived:
     """keepalived for this amphora: one supervised process, one config, one FIFO reader.
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, replace
 from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
 from amphora.fsutil import atomic_write_json, read_json
+from amphora.interfaces import INetworkPlugger
 from amphora.netlink import NetlinkFailure
 from amphora.network.links import NO_INTERFACE, Link, Netlink, choose_interface
 from amphora.network.parse import MIN_MTU_IPV6, PlugSpec, parse_vip_body
@@ -49,6 +51,7 @@ class _Entry:
     name: str = ""
 
 
+@implementer(INetworkPlugger)
 class NetworkPlugger:
     """``agent.network``: plug VIPs and networks, remember them, restore them at start.
 
