@@ -84,7 +84,10 @@ class _Rest(PathConverter):
 
 
 class AgentAPI:
-    """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
+    """The HTTP face of one agent, over the domain objects it is given (see amphora.agent):
+    ``facts`` (HostFacts), ``topology``, ``listeners`` (IListenerRegistry), ``certificates``
+    (CertificateStore), ``network`` (INetworkPlugger), ``logs`` (ListenerLogs), ``sampler``
+    (HostSampler) and ``max_config_bytes`` ([haproxy] max_config_bytes)."""
 
     app = AgentKlein()
     app.url_map.converters["rest"] = _Rest
@@ -92,8 +95,16 @@ class AgentAPI:
     # an unknown path is a 404 like any other.
     app.url_map.merge_slashes = False
 
-    def __init__(self, agent):
-        self.agent = agent
+    def __init__(self, *, facts, topology, listeners, certificates, network, logs, sampler,
+                 max_config_bytes: int):
+        self.facts = facts
+        self.topology = topology
+        self.listeners = listeners
+        self.certificates = certificates
+        self.network = network
+        self.logs = logs
+        self.sampler = sampler
+        self.max_config_bytes = max_config_bytes
 
     # -- errors ---------------------------------------------------------------
 
@@ -141,7 +152,7 @@ class AgentAPI:
 
     @app.route("/info", methods=["GET"])
     def info(self, request):
-        facts = self.agent.facts
+        facts = self.facts
         return render_json(request, {
             "hostname": facts.hostname,
             "uuid": facts.amphora_id,
@@ -151,11 +162,11 @@ class AgentAPI:
 
     @app.route(V + "/topology", methods=["GET"])
     def get_topology(self, request):
-        return render_json(request, self.agent.topology.document())
+        return render_json(request, self.topology.document())
 
     @app.route(V + "/topology", methods=["POST"])
     def set_topology(self, request):
-        topology = self.agent.topology
+        topology = self.topology
         topology.check_gate()
         code = topology.request(json_body(request))
         if code == 202:
@@ -168,38 +179,38 @@ class AgentAPI:
     @app.route(V + "/details", methods=["GET"])
     def details(self, request):
         # Only published samples are read here: nothing waits, forks or walks /proc.
-        return render_json(request, self.agent.sampler.document(self.agent))
+        return render_json(request, self.sampler.document(self.facts, self.topology, self.listeners))
 
     # -- listeners ------------------------------------------------------------
 
     @app.route(V + "/listeners", methods=["GET"])
     def list_listeners(self, request):
-        return render_json(request, self.agent.listeners.status_list())
+        return render_json(request, self.listeners.status_list())
 
     @app.route(V + "/listeners/<lid>", methods=["GET"])
     async def get_listener(self, request, lid):
-        doc = await self.agent.listeners.status(listener_id(lid))
+        doc = await self.listeners.status(listener_id(lid))
         return render_json(request, doc)
 
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
     async def delete_listener(self, request, lid):
-        self.agent.topology.check_gate()
-        details = await self.agent.listeners.delete(listener_id(lid), kind="listener")
+        self.topology.check_gate()
+        details = await self.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
     async def put_haproxy(self, request, lid):
-        self.agent.topology.check_gate()
+        self.topology.check_gate()
         lid = listener_id(lid)
-        body = read_body(request, self.agent.config.haproxy.max_config_bytes)
+        body = read_body(request, self.max_config_bytes)
         if not body.strip():  # the document says the body is required
             raise InvalidRequest("a haproxy configuration body is required")
-        details = await self.agent.listeners.upload(lid, body)
+        details = await self.listeners.upload(lid, body)
         return render_json(request, {"message": "OK", "details": details}, 201)
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
     def get_haproxy(self, request, lid):
-        data = self.agent.listeners.get_config(listener_id(lid), kind="listener")
+        data = self.listeners.get_config(listener_id(lid), kind="listener")
         request.setHeader(b"content-type", b"text/plain")
         return data
 
@@ -220,8 +231,8 @@ class AgentAPI:
         allowed = listener_allow(request.path)
         if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
             raise _not_allowed(request, allowed)
-        self.agent.topology.check_gate()
-        details = await self.agent.listeners.action(lid, action)
+        self.topology.check_gate()
+        details = await self.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
     # -- listener logs --
@@ -234,13 +245,10 @@ class AgentAPI:
         raw = values[-1].decode("ascii", "replace")
         if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
             raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
-        listeners, logs = self.agent.listeners, self.agent.logs
-        known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
-        if not known:
+        logs = self.logs
+        if not self.listeners.exists(lid):
             raise ListenerNotFound(lid)
         request.setHeader(b"content-type", b"text/plain")
-        if logs is None:
-            return b""
         losses = logs.losses(lid)  # what was lost, for operators
         request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
         if losses.forward_lost is not None:
@@ -255,9 +263,9 @@ class AgentAPI:
 
     @app.route(_CERTIFICATE, methods=["PUT"])
     async def put_certificate(self, request, lid, filename):
-        self.agent.topology.check_gate()
+        self.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
-        store = self.agent.certificates
+        store = self.certificates
         try:
             data = read_body(request, store.max_bytes)
         except PayloadTooLarge:
@@ -270,15 +278,15 @@ class AgentAPI:
     @app.route(_CERTIFICATE, methods=["GET"])
     def get_certificate(self, request, lid, filename):
         lid, filename = listener_id(lid), check_name(filename)
-        md5sum = self.agent.certificates.md5sum(lid, filename)
+        md5sum = self.certificates.md5sum(lid, filename)
         request.setHeader(b"etag", md5sum.encode())
         return render_json(request, {"md5sum": md5sum})
 
     @app.route(_CERTIFICATE, methods=["DELETE"])
     async def delete_certificate(self, request, lid, filename):
-        self.agent.topology.check_gate()
+        self.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
-        details = await self.agent.certificates.delete(lid, filename)
+        details = await self.certificates.delete(lid, filename)
         return render_json(request, {"message": "OK", "details": details})
 
     # -- plug (network) -------------------------------------------------------
@@ -291,10 +299,10 @@ class AgentAPI:
     @app.route(V + "/plug/vip/<ip>", methods=["POST"], endpoint="plug_vip")
     @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
     def plug_vip(self, request, ip):
-        self.agent.topology.check_gate()
+        self.topology.check_gate()
         vip = parse_vip(ip)
         spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.agent.network.plug_vip(vip, spec))
+        return self._plugged(request, self.network.plug_vip(vip, spec))
 
     @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
     def plug_vip_fallback(self, request, rest):
@@ -303,7 +311,7 @@ class AgentAPI:
         "Invalid VIP", like any other bad VIP. More raw segments (``/plug/vip/<ip>/more``) are
         an unknown route: 404."""
 
-        self.agent.topology.check_gate()
+        self.topology.check_gate()
         raw = request.path.decode("ascii", "replace").split("/plug/vip/", 1)[-1]
         if "/" not in raw.rstrip("/"):
             shown = rest if len(rest) <= 100 else rest[:100] + "..."
@@ -313,9 +321,9 @@ class AgentAPI:
     @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
     @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
     def plug_network(self, request):
-        self.agent.topology.check_gate()
+        self.topology.check_gate()
         spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.agent.network.plug_network(spec))
+        return self._plugged(request, self.network.plug_network(spec))
 
     @staticmethod
     def _plugged(request, deferred):

@@ -12,55 +12,12 @@ from twisted.internet.task import Clock
 
 from amphora.errors import InvalidRequest, OperationFailed, TopologyTransitionInProgress
 from amphora.keepalived import auth_pass
+from amphora.testing import FakeKeepalived
 from amphora.topology import ACTIVE_STANDBY, STATUS_CHANGE, STATUS_OK, Topology, validate
 
 SECRET = "b20e06cf1abcf29c708d3b437f4a29892a0921d0"
 AS_ACTIVE = {"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": " 203.0.113.2", "secret": SECRET}
 AS_STANDBY = dict(AS_ACTIVE, role="STANDBY")
-
-
-class FakeKeepalived:
-    """Stands in for amphora.keepalived.Keepalived: records calls, reports states on demand."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.calls = []
-        self.running = False
-        self.vrrp_state = None
-        self.settings = None
-        self.report_after_start = "BACKUP"   # None: keepalived never reports
-        self.fail_apply = None
-        self._waiters = []
-
-    def apply(self, settings):
-        self.calls.append(("apply", settings))
-        if self.fail_apply:
-            return defer.fail(OperationFailed(self.fail_apply))
-        was_running = self.running
-        self.settings, self.running = settings, True
-        if not was_running and self.report_after_start:
-            self.clock.callLater(0.5, self.report, self.report_after_start)
-        return defer.succeed(None)
-
-    def stop(self):
-        self.calls.append(("stop",))
-        self.running, self.settings, self.vrrp_state = False, None, None
-        return defer.succeed(None)
-
-    def stop_leftover(self):
-        self.calls.append(("stop_leftover",))
-        return defer.succeed(None)
-
-    def wait_state(self):
-        d = defer.Deferred(lambda d: self._waiters.remove(d))
-        self._waiters.append(d)
-        return d
-
-    def report(self, state):
-        self.vrrp_state = state
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(state)
 
 
 @pytest.fixture
