@@ -438,9 +438,8 @@ class HostSampler(MultiService):
         if self._warmup is not None and self._warmup.active():
             self._warmup.cancel()
         self._warmup = None
-        close = getattr(self.namespace_reader, "close", None)
-        if close is not None:
-            close()
+        if self.namespace_reader is not None:
+            self.namespace_reader.close()
         return super().stopService()
 
     # -- sampling -------------------------------------------------------------

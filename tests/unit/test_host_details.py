@@ -265,6 +265,9 @@ class FakeNamespace:
     def fail(self, error):
         self.pending.pop(0).errback(error)
 
+    def close(self):
+        pass
+
 
 @pytest.fixture
 def clock():
@@ -468,7 +471,7 @@ def test_hung_namespace_read_stops_reporting_stale_figures(clock):
 
 
 def test_namespace_reader_raising_synchronously_does_not_stop_sampling(clock):
-    class Exploding:
+    class Exploding(FakeNamespace):
         def read(self):
             raise RuntimeError("no thread for you")
 
