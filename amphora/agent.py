@@ -155,6 +155,7 @@ class AmphoraAgent(MultiService):
         self.site = None
         self.steps: list = []
         self.port = None
+        self.parent_hooks = []  # called with the parent before joining it (see amphora.tap)
 
     def serve(self, parts: Parts) -> None:
         """Serve ``parts.site`` after ``parts.restore_steps()``."""
@@ -169,6 +170,11 @@ class AmphoraAgent(MultiService):
     @property
     def is_ready(self) -> bool:
         return self.ready.fired
+
+    def setServiceParent(self, parent):
+        for hook in self.parent_hooks:
+            hook(parent)
+        super().setServiceParent(parent)
 
     # -- life cycle -----------------------------------------------------------
 
