@@ -140,8 +140,9 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
 class AmphoraAgent(MultiService):
     """Binds the API port early and accepts once the restore steps ran.
 
-    ``site`` is what the port serves, ``steps`` the start-up sequence
-    (``[(name, callable)]``), ``ready`` the signal it fires once it accepts.
+    ``site`` is what the port serves, ``steps()`` the start-up sequence
+    (``[(name, callable)]``, read when the agent starts), ``ready`` the signal
+    it fires once it accepts.
     The parts (``parts``) are readable as attributes (``agent.listeners``)
     for tools and tests; nothing here uses them.
     """
@@ -153,13 +154,13 @@ class AmphoraAgent(MultiService):
         self.ready = ready if ready is not None else Ready()
         self.parts: Parts | None = None
         self.site = None
-        self.steps: list = []
+        self.steps = list
         self.port = None
         self.parent_hooks = []  # called with the parent before joining it (see amphora.tap)
 
     def serve(self, parts: Parts) -> None:
         """Serve ``parts.site`` after ``parts.restore_steps()``."""
-        self.parts, self.site, self.steps = parts, parts.site, parts.restore_steps()
+        self.parts, self.site, self.steps = parts, parts.site, parts.restore_steps
 
     def __getattr__(self, name):
         parts = self.__dict__.get("parts")
@@ -211,7 +212,7 @@ class AmphoraAgent(MultiService):
         the later ones from running, so one bad piece of state cannot leave
         every listener down after a reboot.
         """
-        for name, step in self.steps:
+        for name, step in self.steps():
             try:
                 yield maybeDeferred(step)
             except Exception:
