@@ -97,14 +97,9 @@ class AgentAPI:
 
     def __init__(self, *, facts, topology, listeners, certificates, network, logs, sampler,
                  max_config_bytes: int):
-        self.facts = facts
-        self.topology = topology
-        self.listeners = listeners
-        self.certificates = certificates
-        self.network = network
-        self.logs = logs
-        self.sampler = sampler
-        self.max_config_bytes = max_config_bytes
+        self.facts, self.topology, self.listeners = facts, topology, listeners
+        self.certificates, self.network, self.logs = certificates, network, logs
+        self.sampler, self.max_config_bytes = sampler, max_config_bytes
 
     # -- errors ---------------------------------------------------------------
 
