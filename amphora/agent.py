@@ -120,7 +120,7 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
     logs.setServiceParent(parent)
     sampler = HostSampler.from_config(config, reactor, ready.wait)
     sampler.setServiceParent(parent)
-    keepalived = Keepalived(config, reactor, vip_interface=network.vip_interface)
+    keepalived = Keepalived(config, reactor, network)
     KeepalivedService(keepalived).setServiceParent(parent)  # detaches, never stops it
     topology.attach(keepalived, reactor, config.keepalived.transition_timeout)
     heartbeat = HeartbeatService(reactor, config.heartbeat, amphora_id=agent.amphora_id, state_dir=agent.state_dir,

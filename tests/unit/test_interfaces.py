@@ -37,7 +37,7 @@ def test_the_listener_manager_provides_the_registry(config):
 
 
 def test_keepalived_provides_its_state(config):
-    assert verifyObject(IKeepalivedState, Keepalived(config, MemoryReactorClock()))
+    assert verifyObject(IKeepalivedState, Keepalived(config, MemoryReactorClock(), FakeNetwork()))
 
 
 def test_the_network_plugger_provides_its_interface(tmp_path):
