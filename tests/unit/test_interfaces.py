@@ -45,13 +45,3 @@ def test_the_network_plugger_provides_its_interface(tmp_path):
     plugger = NetworkPlugger(config, MemoryReactorClock(), netlink=object(), run_blocking=lambda fn, *a: None)
     assert verifyObject(INetworkPlugger, plugger)
 
-
-def test_ready_fires_waiters_before_and_after():
-    from amphora.agent import Ready
-
-    ready, got = Ready(), []
-    ready.wait().addCallback(got.append)
-    assert got == [] and not ready.fired
-    ready.fire("agent")
-    ready.wait().addCallback(got.append)
-    assert got == ["agent", "agent"] and ready.fired

@@ -143,3 +143,14 @@ def test_os_error_is_500_naming_the_cause(stub):
     assert response.code == 500
     body = json.loads(treq.content(response).result)
     assert body == {"message": "Internal Server Error", "details": "No space left on device (errno 28)"}
+
+
+def test_ready_fires_waiters_before_and_after():
+    from amphora.agent import Ready
+
+    ready, got = Ready(), []
+    ready.wait().addCallback(got.append)
+    assert got == [] and not ready.fired
+    ready.fire("agent")
+    ready.wait().addCallback(got.append)
+    assert got == ["agent", "agent"] and ready.fired
