@@ -44,4 +44,3 @@ def test_the_network_plugger_provides_its_interface(tmp_path):
     config = SimpleNamespace(network=SimpleNamespace(namespace=""), agent=SimpleNamespace(state_dir=str(tmp_path)))
     plugger = NetworkPlugger(config, MemoryReactorClock(), netlink=object(), run_blocking=lambda fn, *a: None)
     assert verifyObject(INetworkPlugger, plugger)
-
