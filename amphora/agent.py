@@ -109,7 +109,7 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
     topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
     # Order matters: the listener manager needs nothing else; certificates and
     # logs hook into it; the sampler and heartbeat read what they report.
-    network = NetworkPlugger(config, reactor)
+    network = NetworkPlugger(config, reactor, vip_owner=topology)
     if listeners is None:
         listeners = ListenerManager(config, reactor)
         listeners.setServiceParent(parent)
@@ -122,7 +122,7 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
     sampler.setServiceParent(parent)
     keepalived = Keepalived(config, reactor, network)
     KeepalivedService(keepalived).setServiceParent(parent)  # detaches, never stops it
-    topology.attach(keepalived, reactor, config.keepalived.transition_timeout)
+    topology.attach(keepalived, reactor, config.keepalived.transition_timeout, network=network)
     heartbeat = HeartbeatService(reactor, config.heartbeat, amphora_id=agent.amphora_id, state_dir=agent.state_dir,
                                  listeners=listeners, topology=topology, keepalived=keepalived, ready=ready.wait)
     heartbeat.setServiceParent(parent)

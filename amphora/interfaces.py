@@ -9,8 +9,9 @@ against it with ``verifyObject`` (tests/unit/test_interfaces.py).
   collector and the API;
 - ``IKeepalivedState``: ``amphora.keepalived.Keepalived``, driven by the
   topology and read by the heartbeat's gate;
-- ``INetworkPlugger``: ``amphora.network.NetworkPlugger``, driven by the API
-  and the start-up sequence, asked by keepalived where a VIP is plugged.
+- ``INetworkPlugger``: ``amphora.network.NetworkPlugger``, driven by the API,
+  the start-up sequence and the topology (VIP hand-over), asked by keepalived
+  where a VIP is plugged.
 """
 
 from __future__ import annotations
@@ -95,3 +96,7 @@ class INetworkPlugger(Interface):
 
     def restore():
         """Deferred: plug again what was plugged (agent start)."""
+
+    def sync_vips():
+        """Deferred: put every VIP where the topology now says (the topology calls it when
+        the VIPs change hands between the agent and keepalived); never fails."""

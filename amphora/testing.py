@@ -171,11 +171,17 @@ class FakeKeepalived:
 
 @implementer(INetworkPlugger)
 class FakeNetwork:
-    """A network plugger that plugs everything on ``interface``; ``plugs`` records the calls."""
+    """A network plugger that plugs everything on ``interface``; ``plugs`` records the calls.
 
-    def __init__(self, interface: str = "eth1", namespace: str = ""):
+    ``syncs`` records each VIP hand-over (``sync_vips``): what ``observe()`` returns
+    then (e.g. who owns the VIPs and whether keepalived runs), None without it.
+    """
+
+    def __init__(self, interface: str = "eth1", namespace: str = "", observe=None):
         self.interface = interface
         self.namespace = namespace
+        self.observe = observe
+        self.syncs: list = []
         self.plugs: list[tuple] = []
         self.vips: list[str] = []
         self.restored = 0
@@ -197,4 +203,8 @@ class FakeNetwork:
 
     def restore(self):
         self.restored += 1
+        return defer.succeed(None)
+
+    def sync_vips(self):
+        self.syncs.append(self.observe() if self.observe is not None else None)
         return defer.succeed(None)

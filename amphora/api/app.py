@@ -24,12 +24,13 @@ from werkzeug.routing import PathConverter
 from amphora import API_VERSION
 from amphora.api.http import listener_allow, text
 from amphora.api.openapi import document_bytes
-from amphora.api.params import json_body, listener_id, read_body
+from amphora.api.params import gated, json_body, listener_id, read_body
+from amphora.api.requests import V0_1, parse_lines, parse_network_request, parse_topology, parse_vip, parse_vip_request
 from amphora.api.site import render_error, render_json
 from amphora.certificates import check_name
-from amphora.errors import (AgentError, InvalidRequest, ListenerNotFound, MethodNotAllowed, NotFound,
+from amphora.errors import (AgentError, InvalidRequest, InvalidVIP, ListenerNotFound, MethodNotAllowed, NotFound,
                             OperationFailed, PayloadTooLarge)
-from amphora.network import parse_network_body, parse_vip, parse_vip_body
+from amphora.topology import Outcome
 
 log = Logger()
 
@@ -160,14 +161,13 @@ class AgentAPI:
         return render_json(request, self.topology.document())
 
     @app.route(V + "/topology", methods=["POST"])
+    @gated
     def set_topology(self, request):
-        topology = self.topology
-        topology.check_gate()
-        code = topology.request(json_body(request))
-        if code == 202:
+        outcome = self.topology.request(parse_topology(json_body(request)))
+        if outcome is Outcome.STARTED:
             return render_json(request, {"message": "OK", "details": "topology change in progress: "
                                          "GET /v0.1/topology shows TOPOLOGY-CHANGE until it is done"}, 202)
-        return render_json(request, {"message": "OK"}, code)
+        return render_json(request, {"message": "OK"}, 200)
 
     # -- details (host) -------------------------------------------------------
 
@@ -188,14 +188,14 @@ class AgentAPI:
         return render_json(request, doc)
 
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
+    @gated
     async def delete_listener(self, request, lid):
-        self.topology.check_gate()
         details = await self.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
+    @gated
     async def put_haproxy(self, request, lid):
-        self.topology.check_gate()
         lid = listener_id(lid)
         body = read_body(request, self.max_config_bytes)
         if not body.strip():  # the document says the body is required
@@ -221,12 +221,12 @@ class AgentAPI:
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
+    @gated
     async def listener_action(self, request, lid, action):
         lid = listener_id(lid)
         allowed = listener_allow(request.path)
         if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
             raise _not_allowed(request, allowed)
-        self.topology.check_gate()
         details = await self.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
@@ -235,11 +235,7 @@ class AgentAPI:
     @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
     def get_listener_logs(self, request, lid):
         """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
-        lid = listener_id(lid)
-        values = request.args.get(b"lines") or [b"100"]
-        raw = values[-1].decode("ascii", "replace")
-        if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
-            raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
+        lid, lines = listener_id(lid), parse_lines(request.args)
         logs = self.logs
         if not self.listeners.exists(lid):
             raise ListenerNotFound(lid)
@@ -248,7 +244,7 @@ class AgentAPI:
         request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
         if losses.forward_lost is not None:
             request.setHeader(b"x-log-forward-lost", b"%d" % losses.forward_lost)
-        return logs.tail(lid, int(raw))
+        return logs.tail(lid, lines)
 
     # -- certificates ---------------------------------------------------------
 
@@ -257,8 +253,8 @@ class AgentAPI:
     _CERTIFICATE = V + "/listeners/<lid>/certificates/<rest:filename>"
 
     @app.route(_CERTIFICATE, methods=["PUT"])
+    @gated
     async def put_certificate(self, request, lid, filename):
-        self.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         store = self.certificates
         try:
@@ -278,8 +274,8 @@ class AgentAPI:
         return render_json(request, {"md5sum": md5sum})
 
     @app.route(_CERTIFICATE, methods=["DELETE"])
+    @gated
     async def delete_certificate(self, request, lid, filename):
-        self.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         details = await self.certificates.delete(lid, filename)
         return render_json(request, {"message": "OK", "details": details})
@@ -293,31 +289,30 @@ class AgentAPI:
 
     @app.route(V + "/plug/vip/<ip>", methods=["POST"], endpoint="plug_vip")
     @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
+    @gated
     def plug_vip(self, request, ip):
-        self.topology.check_gate()
-        vip = parse_vip(ip)
-        spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
+        vip = parse_vip(ip)  # before the body: a bad VIP is "Invalid VIP" whatever the body
+        spec = parse_vip_request(V0_1, vip, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.network.plug_vip(vip, spec))
 
     @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
+    @gated
     def plug_vip_fallback(self, request, rest):
         """Paths the VIP routes did not match. One raw segment whose decoded form has a slash
         (``..%2F..%2Fetc``, ``%2F``) or that is empty is a VIP that is not an address: 400
         "Invalid VIP", like any other bad VIP. More raw segments (``/plug/vip/<ip>/more``) are
         an unknown route: 404."""
-
-        self.topology.check_gate()
         raw = request.path.decode("ascii", "replace").split("/plug/vip/", 1)[-1]
         if "/" not in raw.rstrip("/"):
             shown = rest if len(rest) <= 100 else rest[:100] + "..."
-            raise InvalidRequest(f"{shown!r} is not an IPv4 or IPv6 address", message="Invalid VIP")
+            raise InvalidVIP(f"{shown!r} is not an IPv4 or IPv6 address")
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
     @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
+    @gated
     def plug_network(self, request):
-        self.topology.check_gate()
-        spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
+        spec = parse_network_request(V0_1, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.network.plug_network(spec))
 
     @staticmethod

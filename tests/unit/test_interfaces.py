@@ -42,5 +42,6 @@ def test_keepalived_provides_its_state(config):
 
 def test_the_network_plugger_provides_its_interface(tmp_path):
     config = SimpleNamespace(network=SimpleNamespace(namespace=""), agent=SimpleNamespace(state_dir=str(tmp_path)))
-    plugger = NetworkPlugger(config, MemoryReactorClock(), netlink=object(), run_blocking=lambda fn, *a: None)
+    plugger = NetworkPlugger(config, MemoryReactorClock(), SimpleNamespace(keepalived_owns_vips=False), netlink=object(),
+                             run_blocking=lambda fn, *a: None)
     assert verifyObject(INetworkPlugger, plugger)
