@@ -319,9 +319,10 @@ class StoreResult:
 class CertificateStore:
     """Certificates of all listeners under ``certs_dir``.
 
-    ``listeners`` is the listener registry (``IListenerRegistry``): it tells which listeners exist and run, whether a listener's
-    configuration uses a file, and carries runtime API commands. Operations on
-    one listener's certificates run under that listener's lock
+    ``listeners`` is the listener registry (``IListenerRegistry``): it tells
+    which listeners exist and run, whether a listener's configuration uses a
+    file, and carries runtime API commands. Operations on one listener's
+    certificates run under that listener's lock
     (``listeners.serialised``): serialised with each other and with the
     listener's own operations; different listeners proceed in parallel.
     """
