@@ -18,6 +18,7 @@ adopts them, so restarting the agent never drops traffic.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from amphora.api.app import AgentAPI
+from amphora.api.faces import build_faces
 from amphora.api.http import BodyLimits
 from amphora.api.site import AgentSite
 from amphora.api.tls import ServerContextFactory
@@ -126,8 +128,10 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
     heartbeat = HeartbeatService(reactor, config.heartbeat, amphora_id=agent.amphora_id, state_dir=agent.state_dir,
                                  listeners=listeners, topology=topology, keepalived=keepalived, ready=ready.wait)
     heartbeat.setServiceParent(parent)
+    faces = functools.partial(build_faces, config, facts=facts, sampler=sampler, topology=topology,
+                              listeners=listeners)
     api = AgentAPI(facts=facts, topology=topology, listeners=listeners, certificates=certificates, network=network,
-                   logs=logs, sampler=sampler, max_config_bytes=config.haproxy.max_config_bytes)
+                   logs=logs, sampler=sampler, max_config_bytes=config.haproxy.max_config_bytes, faces=faces)
     max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
     site = AgentSite(api.app.resource(), clock=reactor, max_body_bytes=max_body,
                      timeout=300, body_limit=BodyLimits(max_body, config.haproxy.max_config_bytes,

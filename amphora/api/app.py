@@ -15,7 +15,7 @@ import functools
 
 from amphora import API_VERSION
 from amphora.api.base import new_app, not_allowed as _not_allowed
-from amphora.api.faces import DISCOVERY, build_faces
+from amphora.api.faces import DISCOVERY
 from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
 from amphora.api.params import gated, json_body, listener_id, read_body
@@ -38,22 +38,23 @@ class AgentAPI:
     """The HTTP face of one agent, over the domain objects it is given (see amphora.agent):
     ``facts`` (HostFacts), ``topology``, ``listeners`` (IListenerRegistry), ``certificates``
     (CertificateStore), ``network`` (INetworkPlugger), ``logs`` (ListenerLogs), ``sampler``
-    (HostSampler) and ``max_config_bytes`` ([haproxy] max_config_bytes)."""
+    (HostSampler), ``max_config_bytes`` ([haproxy] max_config_bytes) and ``faces``
+    (``faces(v0_1_resource) -> {prefix: resource}``, amphora.api.faces.build_faces)."""
 
     # The shared converter, URL rules and error handlers (amphora.api.base).
     app = new_app(allowed_for=_allowed)
 
     def __init__(self, *, facts, topology, listeners, certificates, network, logs, sampler,
-                 max_config_bytes: int):
+                 max_config_bytes: int, faces):
         self.facts, self.topology, self.listeners = facts, topology, listeners
         self.certificates, self.network, self.logs = certificates, network, logs
-        self.sampler, self.max_config_bytes = sampler, max_config_bytes
+        self.sampler, self.max_config_bytes, self._build_faces = sampler, max_config_bytes, faces
 
     @functools.cached_property
     def faces(self) -> dict:
         """The Octavia faces: separate route trees over the same domain objects (built at
-        first use, from the agent's collaborators)."""
-        return build_faces(self.agent, self.app.resource())
+        first use, over this tree's resource for /0.5)."""
+        return self._build_faces(self.app.resource())
 
     # -- the Octavia faces (amphora.api.faces): version discovery, /1.0, /0.5 --
 

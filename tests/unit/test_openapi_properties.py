@@ -54,7 +54,8 @@ class _Topology:
 
 
 _STUB = StubTreq(AgentAPI(facts=None, topology=_Topology(), listeners=FakeListeners(), certificates=None,
-                          network=FakeNetwork(), logs=None, sampler=None, max_config_bytes=0).app.resource())
+                          network=FakeNetwork(), logs=None, sampler=None, max_config_bytes=0,
+                          faces=lambda v0_1: {}).app.resource())
 
 
 def call(method: str, path: str, body) -> tuple[int, object]:
