@@ -6,7 +6,7 @@ against it with ``verifyObject`` (tests/unit/test_interfaces.py).
 
 - ``IListenerRegistry``: ``amphora.listeners.manager.ListenerManager``, read
   by the certificate store, the heartbeat, the details document, the log
-  collector and the API;
+  collector, and driven by the API's faces (v0.1, 1.0, 0.5);
 - ``IKeepalivedState``: ``amphora.keepalived.Keepalived``, driven by the
   topology and read by the heartbeat's gate;
 - ``INetworkPlugger``: ``amphora.network.NetworkPlugger``, driven by the API,
@@ -57,6 +57,29 @@ class IListenerRegistry(Interface):
 
     def restore():
         """Deferred: adopt running haproxy processes, start those that should run (agent start)."""
+
+    # -- operations more than one API face drives --
+
+    def upload(lid, data):
+        """Deferred[str]: check and store a v0.1 listener's configuration (v0.1, 0.5)."""
+
+    def kind(iid):
+        """``"listener"``, ``"loadbalancer"`` or None when nothing with that id exists."""
+
+    def get_config(iid, kind=None):
+        """The stored configuration of a listener or load balancer (``kind`` None: either)."""
+
+    def delete(iid, kind=None):
+        """Deferred[str]: stop and remove a listener or load balancer."""
+
+    def upload_loadbalancer(lb_id, amphora_id, body):
+        """Deferred: check and store a 1.0 load balancer's configuration."""
+
+    def loadbalancer_action(lb_id, action):
+        """Deferred[str]: start, stop or reload a load balancer (1.0 semantics)."""
+
+    def frontends():
+        """One ``{"status", "uuid", "type"}`` per frontend of every stored load balancer."""
 
 
 class IKeepalivedState(Interface):

@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.internet.defer import DeferredLock, maybeDeferred
 from zope.interface import implementer
 
-from amphora.errors import ListenerNotFound, OperationFailed
+from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, OperationFailed
 from amphora.interfaces import IKeepalivedState, IListenerRegistry, INetworkPlugger
 from amphora.listeners import stats
 
@@ -30,7 +30,11 @@ class FakeListeners:
     - ``runtime_answers``: canned runtime answers by command verb (the first three
       words), bytes, an Exception or ``callable(command)``; ``calls`` records
       ``(lid, command)`` of every runtime command;
-    - ``used``: ``(lid, path)`` pairs the configurations reference (``uses_file``).
+    - ``used``: ``(lid, path)`` pairs the configurations reference (``uses_file``);
+    - ``configs``: stored configurations by id (``upload`` of a v0.1 listener,
+      ``upload_loadbalancer`` of a 1.0 load balancer, which then runs with two
+      HTTP frontends ``1-<id>`` and ``2-<id>``); a body containing ``bad`` is
+      refused as haproxy would; ``operations`` records ``(operation, id, ...)``.
 
     ``running`` defaults to the ids of ``stats`` and ``sockets``.
     """
@@ -49,15 +53,18 @@ class FakeListeners:
         self.config_hooks: list = []
         self.delete_hooks: list = []
         self.restored = 0
+        self.configs: dict[str, bytes] = {}
+        self.loadbalancers: set[str] = set()
+        self.operations: list[tuple] = []
         self._locks: dict = {}
 
     # -- ids ---------------------------------------------------------------------------------
 
     def listener_ids(self) -> list[str]:
-        return sorted(set(self.existing) | set(self.running))
+        return sorted((set(self.existing) | set(self.running)) - self.loadbalancers)
 
     def all_listener_ids(self) -> list[str]:
-        return self.listener_ids()
+        return sorted(set(self.listener_ids()) | {f["uuid"] for f in self.frontends()})
 
     def running_ids(self) -> list[str]:
         return sorted(self.running)
@@ -66,10 +73,12 @@ class FakeListeners:
         return len(self.running_ids())
 
     def exists(self, lid: str) -> bool:
-        return lid in self.existing or lid in self.running
+        return lid in self.listener_ids()
 
     def heartbeat_frontends(self, lid: str):
-        return None  # every id here is a v0.1 listener: one heartbeat entry per haproxy
+        if lid not in self.loadbalancers:
+            return None  # a v0.1 listener: one heartbeat entry per haproxy
+        return [f"{n}-{lid}" for n in (1, 2)]
 
     def uses_file(self, lid: str, path: str) -> bool:
         return (lid, path) in self.used
@@ -116,6 +125,52 @@ class FakeListeners:
     def restore(self):
         self.restored += 1
         return defer.succeed(None)
+
+    # -- operations the API faces drive ---------------------------------------------------------
+
+    def _store(self, operation: tuple, iid: str, body: bytes):
+        self.operations.append(operation)
+        if b"bad" in body:
+            return defer.fail(InvalidRequest("[ALERT] parsing error", message="Invalid request"))
+        self.configs[iid] = body
+        return defer.succeed(None)
+
+    def upload(self, lid: str, data: bytes):
+        d = self._store(("upload_listener", lid), lid, data)
+        return d.addCallback(lambda _: (self.existing.add(lid), "Configuration file is valid")[1])
+
+    def upload_loadbalancer(self, lb_id: str, amphora_id: str, body: bytes):
+        d = self._store(("upload", lb_id, amphora_id), lb_id, body)
+        return d.addCallback(lambda _: (self.loadbalancers.add(lb_id), self.running.add(lb_id), None)[2])
+
+    def kind(self, iid: str):
+        if iid in self.loadbalancers:
+            return "loadbalancer"
+        return "listener" if self.exists(iid) else None
+
+    def get_config(self, iid: str, kind=None) -> bytes:
+        if iid not in self.configs or (kind is not None and self.kind(iid) != kind):
+            raise ListenerNotFound(iid)
+        return self.configs[iid]
+
+    def delete(self, iid: str, kind=None):
+        self.operations.append(("delete", iid))
+        for ids in (self.loadbalancers, self.running, self.existing):
+            ids.discard(iid)
+        self.configs.pop(iid, None)
+        return defer.succeed("deleted")
+
+    def loadbalancer_action(self, lb_id: str, action: str):
+        self.operations.append(("action", lb_id, action))
+        if action.lower() not in ("start", "stop", "reload"):
+            return defer.fail(InvalidRequest(f"Unknown action: {action}", message="Invalid Request"))
+        if lb_id not in self.loadbalancers:
+            return defer.fail(NotFound(f"No loadbalancer with UUID: {lb_id}", message="Loadbalancer Not Found"))
+        return defer.succeed(f"Listener {lb_id} {action.lower()}ed")
+
+    def frontends(self) -> list[dict]:
+        return [{"status": "ACTIVE", "uuid": f"{n}-{lb}", "type": "HTTP"} for lb in sorted(self.loadbalancers)
+                for n in (1, 2)]
 
 
 @implementer(IKeepalivedState)
