@@ -1,6 +1,8 @@
-"""The composition root: builds every domain object and the service tree.
+"""The composition root: ``build_parts`` builds every domain object and hands
+each consumer only what it uses; ``AmphoraAgent`` serves them.
 
-``AmphoraAgent`` is the MultiService that twistd runs. Its start-up order:
+``AmphoraAgent`` is the MultiService that twistd runs; it only binds early and
+accepts after the restore. Its start-up order:
 
 1. ``privilegedStartService``: bind the API port (a bind error ends twistd
    at once with one clear line) but do not accept yet;
@@ -16,24 +18,27 @@ adopts them, so restarting the agent never drops traffic.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from dataclasses import dataclass
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from amphora.api.app import AgentAPI
+from amphora.api.faces import build_faces
 from amphora.api.http import BodyLimits
 from amphora.api.site import AgentSite
 from amphora.api.tls import ServerContextFactory
 from amphora.certificates import CertificateStore
 from amphora.config import AgentConfig
 from amphora.fsutil import ensure_dir
-from amphora.heartbeat.emitter import make_heartbeat
+from amphora.heartbeat.emitter import HeartbeatService
 from amphora.host import HostFacts, HostSampler
 from amphora.keepalived import Keepalived, KeepalivedService
 from amphora.listeners.logs import ListenerLogs
@@ -48,43 +53,128 @@ log = Logger()
 BODY_SLACK = 64 * 1024
 
 
+class Ready:
+    """The "the API accepts connections" signal, handed to those that wait for it
+    (the heartbeat's first beat, the package inventory's first query)."""
+
+    def __init__(self):
+        self.fired = False
+        self.value = None
+        self._waiters: list[Deferred] = []
+
+    def wait(self) -> Deferred:
+        """A Deferred firing (with the agent) once the API accepts connections."""
+        if self.fired:
+            return succeed(self.value)
+        d = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def fire(self, value=None) -> None:
+        self.fired, self.value = True, value
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(value)
+
+
+@dataclass
+class Parts:
+    """Every domain object of one agent, as ``build_parts`` wired them."""
+
+    config: AgentConfig
+    reactor: object
+    facts: HostFacts
+    topology: Topology
+    network: NetworkPlugger
+    listeners: object  # IListenerRegistry
+    certificates: CertificateStore
+    logs: ListenerLogs
+    sampler: HostSampler
+    keepalived: Keepalived
+    heartbeat: HeartbeatService
+    api: AgentAPI
+    site: AgentSite
+
+    def restore_steps(self) -> list:
+        """The start-up sequence, in dependency order: interfaces before the listeners that bind them."""
+        return [("host facts", self.facts.load), ("network restore", self.network.restore),
+                ("topology restore", self.topology.restore), ("listener restore", self.listeners.restore)]
+
+
+def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready, listeners=None) -> Parts:
+    """Build every part; services join ``parent``. ``listeners`` replaces the listener
+    manager (an ``IListenerRegistry``, e.g. ``amphora.testing.FakeListeners``)."""
+    agent = config.agent
+    for path, mode in ((agent.state_dir, 0o755), (agent.run_dir, 0o755), (agent.certs_dir, 0o700)):
+        ensure_dir(path, mode)
+    facts = HostFacts(config, reactor)
+    topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
+    # Order matters: the listener manager needs nothing else; certificates and
+    # logs hook into it; the sampler and heartbeat read what they report.
+    network = NetworkPlugger(config, reactor, vip_owner=topology)
+    if listeners is None:
+        listeners = ListenerManager(config, reactor)
+        listeners.setServiceParent(parent)
+    certificates = CertificateStore(agent.certs_dir, reactor, listeners, agent.max_certificate_bytes)
+    certificates.check_storage()
+    listeners.delete_hooks.append(certificates.delete_all)  # a deleted listener's keys go too
+    logs = ListenerLogs(config, reactor, listeners)  # hooks into listeners.config_hooks / delete_hooks
+    logs.setServiceParent(parent)
+    sampler = HostSampler.from_config(config, reactor, ready.wait)
+    sampler.setServiceParent(parent)
+    keepalived = Keepalived(config, reactor, network)
+    KeepalivedService(keepalived).setServiceParent(parent)  # detaches, never stops it
+    topology.attach(keepalived, reactor, config.keepalived.transition_timeout, network=network)
+    heartbeat = HeartbeatService(reactor, config.heartbeat, amphora_id=agent.amphora_id, state_dir=agent.state_dir,
+                                 listeners=listeners, topology=topology, keepalived=keepalived, ready=ready.wait)
+    heartbeat.setServiceParent(parent)
+    faces = functools.partial(build_faces, config, facts=facts, sampler=sampler, topology=topology,
+                              listeners=listeners, network=network)
+    api = AgentAPI(facts=facts, topology=topology, listeners=listeners, certificates=certificates, network=network,
+                   logs=logs, sampler=sampler, max_config_bytes=config.haproxy.max_config_bytes, faces=faces)
+    max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
+    site = AgentSite(api.app.resource(), clock=reactor, max_body_bytes=max_body,
+                     timeout=300, body_limit=BodyLimits(max_body, config.haproxy.max_config_bytes,
+                                                        agent.max_certificate_bytes))
+    site.access_log = agent.access_log
+    return Parts(config, reactor, facts, topology, network, listeners, certificates, logs, sampler, keepalived,
+                 heartbeat, api, site)
+
+
 class AmphoraAgent(MultiService):
-    def __init__(self, config: AgentConfig, reactor):
+    """Binds the API port early and accepts once the restore steps ran.
+
+    ``site`` is what the port serves, ``steps()`` the start-up sequence
+    (``[(name, callable)]``, read when the agent starts), ``ready`` the signal
+    it fires once it accepts.
+    The parts (``parts``) are readable as attributes (``agent.listeners``)
+    for tools and tests; nothing here uses them.
+    """
+
+    def __init__(self, config: AgentConfig, reactor, ready: Ready | None = None):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        agent = config.agent
-        for path, mode in ((agent.state_dir, 0o755), (agent.run_dir, 0o755), (agent.certs_dir, 0o700)):
-            ensure_dir(path, mode)
-        self.facts = HostFacts(config, reactor)
-        self.topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
-        # Order matters: the listener manager needs nothing else; certificates and
-        # logs hook into it; the sampler and heartbeat read everything.
-        self.network = NetworkPlugger(config, reactor, vip_owner=self.topology)
-        self.listeners = ListenerManager(config, reactor)
-        self.listeners.setServiceParent(self)
-        self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
-        self.certificates.check_storage()
-        self.listeners.delete_hooks.append(self.certificates.delete_all)  # a deleted listener's keys go too
-        self.logs = ListenerLogs(config, reactor)
-        self.logs.setServiceParent(self)
-        self.logs.attach(self.listeners)  # hooks into listeners.config_hooks / delete_hooks
-        self.sampler = HostSampler.for_agent(self)
-        self.sampler.setServiceParent(self)
-        self.keepalived = Keepalived(config, reactor, vip_interface=self.network.vip_interface)
-        KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
-        self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout, network=self.network)
-        self.heartbeat = make_heartbeat(self)
-        self.api = AgentAPI(self)
-        max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
-        self.site = AgentSite(self.api.app.resource(), clock=reactor, max_body_bytes=max_body,
-                              timeout=300, body_limit=BodyLimits(max_body, config.haproxy.max_config_bytes,
-                                                                 agent.max_certificate_bytes))
-        self.site.access_log = agent.access_log
+        self.ready = ready if ready is not None else Ready()
+        self.parts: Parts | None = None
+        self.site = None
+        self.steps = list
         self.port = None
-        self._ready: list[Deferred] = []
-        self.is_ready = False
         self.parent_hooks = []  # called with the parent before joining it (see amphora.tap)
+
+    def serve(self, parts: Parts) -> None:
+        """Serve ``parts.site`` after ``parts.restore_steps()``."""
+        self.parts, self.site, self.steps = parts, parts.site, parts.restore_steps
+
+    def __getattr__(self, name):
+        parts = self.__dict__.get("parts")
+        if parts is not None and name in Parts.__dataclass_fields__:
+            return getattr(parts, name)
+        raise AttributeError(name)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready.fired
 
     def setServiceParent(self, parent):
         for hook in self.parent_hooks:
@@ -126,12 +216,7 @@ class AmphoraAgent(MultiService):
         the later ones from running, so one bad piece of state cannot leave
         every listener down after a reboot.
         """
-        for name, step in (
-            ("host facts", self.facts.load),
-            ("network restore", self.network.restore),
-            ("topology restore", self.topology.restore),
-            ("listener restore", self.listeners.restore),
-        ):
+        for name, step in self.steps():
             try:
                 yield maybeDeferred(step)
             except Exception:
@@ -144,18 +229,11 @@ class AmphoraAgent(MultiService):
             address = self.port.getHost()
             log.info("amphora-agent {uuid} serving on {host}:{port}", uuid=self.config.agent.amphora_id,
                      host=address.host, port=address.port)
-        self.is_ready = True
-        waiters, self._ready = self._ready, []
-        for d in waiters:
-            d.callback(self)
+        self.ready.fire(self)
 
     def when_ready(self) -> Deferred:
         """Fires with the agent once the API accepts connections."""
-        if self.is_ready:
-            return _fired(self)
-        d = Deferred()
-        self._ready.append(d)
-        return d
+        return self.ready.wait()
 
     @property
     def api_port(self) -> int:
@@ -169,12 +247,10 @@ class AmphoraAgent(MultiService):
         yield super().stopService()
 
 
-def _fired(value):
-    d = Deferred()
-    d.callback(value)
-    return d
-
-
-def build_agent(config: AgentConfig, reactor) -> AmphoraAgent:
+def build_agent(config: AgentConfig, reactor, listeners=None) -> AmphoraAgent:
+    """The agent twistd runs: every part built, the API served after the restore.
+    ``listeners`` replaces the listener manager (tests)."""
     os.umask(0o022)
-    return AmphoraAgent(config, reactor)
+    agent = AmphoraAgent(config, reactor)
+    agent.serve(build_parts(config, reactor, agent, agent.ready, listeners=listeners))
+    return agent

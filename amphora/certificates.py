@@ -319,15 +319,15 @@ class StoreResult:
 class CertificateStore:
     """Certificates of all listeners under ``certs_dir``.
 
-    ``listeners`` is the agent's ListenerManager (or None while there is
-    none): it tells which listeners exist and run, whether a listener's
-    configuration uses a file, and carries runtime API commands. Operations on
-    one listener's certificates run under that listener's lock
+    ``listeners`` is the listener registry (``IListenerRegistry``): it tells
+    which listeners exist and run, whether a listener's configuration uses a
+    file, and carries runtime API commands. Operations on one listener's
+    certificates run under that listener's lock
     (``listeners.serialised``): serialised with each other and with the
     listener's own operations; different listeners proceed in parallel.
     """
 
-    def __init__(self, certs_dir: str, reactor, listeners=None, max_bytes: int = 64 * 1024,
+    def __init__(self, certs_dir: str, reactor, listeners, max_bytes: int = 64 * 1024,
                  mountinfo_path: str = "/proc/self/mountinfo"):
         self.certs_dir = certs_dir
         self.reactor = reactor
@@ -520,8 +520,6 @@ class CertificateStore:
     # -- helpers -------------------------------------------------------------------
 
     def _running(self, lid: str) -> bool:
-        if self.listeners is None:
-            return False
         try:
             return lid in self.listeners.running_ids()
         except Exception:  # noqa: BLE001 - a broken manager must not break certificate uploads
@@ -537,7 +535,7 @@ class CertificateStore:
 
     def _missing(self, lid: str, name: str) -> NotFound:
         known = os.path.isdir(os.path.join(self.certs_dir, lid))
-        if not known and self.listeners is not None:
+        if not known:
             try:
                 known = bool(self.listeners.exists(lid))
             except Exception:  # noqa: BLE001
@@ -566,8 +564,6 @@ class CertificateStore:
     def _with_listener(self, lid, fn, *args):
         """Under the listener's own lock (the one its upload, reload and delete hold), so a live
         swap never lands on a worker that a reload is replacing."""
-        if self.listeners is None:
-            return maybeDeferred(fn, *args)
         return self.listeners.serialised(lid, fn, *args)
 
 

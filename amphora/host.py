@@ -356,7 +356,7 @@ _ZERO_CPU = {"total": 0.0, "user": 0.0, "system": 0.0, "soft_irq": 0.0}
 
 
 class HostSampler(MultiService):
-    """Samples host figures on a timer; ``document(agent)`` builds /v0.1/details from them.
+    """Samples host figures on a timer; ``document(...)`` builds /v0.1/details from them.
 
     Every ``interval`` seconds (and once more shortly after start, so rates
     exist within a second): CPU times, the byte counters of the agent's own
@@ -411,13 +411,12 @@ class HostSampler(MultiService):
         self._namespace_rates: dict = {}
 
     @classmethod
-    def for_agent(cls, agent) -> "HostSampler":
-        """The production sampler of ``agent`` (monotonic time, packages refreshed once it serves)."""
-        config = agent.config
-        packages = PackageInventory(agent.reactor, config.agent.state_dir, config.agent.packages,
-                                    config.agent.packages_max_age, ready=agent.when_ready)
+    def from_config(cls, config, reactor, ready) -> "HostSampler":
+        """The production sampler (monotonic time; packages refreshed once ``ready()`` fires)."""
+        packages = PackageInventory(reactor, config.agent.state_dir, config.agent.packages,
+                                    config.agent.packages_max_age, ready=ready)
         # Monotonic time: a wall-clock step must not turn into a bogus rate.
-        return cls(agent.reactor, namespace=config.network.namespace, packages=packages, now=time.monotonic)
+        return cls(reactor, namespace=config.network.namespace, packages=packages, now=time.monotonic)
 
     # -- life cycle -----------------------------------------------------------
 
@@ -439,9 +438,8 @@ class HostSampler(MultiService):
         if self._warmup is not None and self._warmup.active():
             self._warmup.cancel()
         self._warmup = None
-        close = getattr(self.namespace_reader, "close", None)
-        if close is not None:
-            close()
+        if self.namespace_reader is not None:
+            self.namespace_reader.close()
         return super().stopService()
 
     # -- sampling -------------------------------------------------------------
@@ -535,11 +533,9 @@ class HostSampler(MultiService):
 
     # -- the document ---------------------------------------------------------
 
-    def document(self, agent) -> dict:
-        """GET /v0.1/details: the spec's fields, from published samples only (no I/O here)."""
-        facts = agent.facts
-        topology = agent.topology
-        listeners = agent.listeners
+    def document(self, facts: HostFacts, topology, listeners) -> dict:
+        """GET /v0.1/details: the spec's fields, from published samples only (no I/O here),
+        with ``facts``, the ``topology`` and the listener registry's counts."""
         return {
             "hostname": facts.hostname,
             "uuid": facts.amphora_id,
@@ -549,13 +545,13 @@ class HostSampler(MultiService):
             "network_rx": self.network_rx,
             "networks": self.networks,
             "active": bool(topology.active),
-            "haproxy_count": int(listeners.running_count()) if listeners is not None else 0,
+            "haproxy_count": int(listeners.running_count()),
             "cpu": self.cpu,
             "memory": self.memory,
             "disk": self.disk,
             "load": self.load,
             "topology": topology.topology,
             "topology_status": topology.status,
-            "listeners": list(listeners.all_listener_ids()) if listeners is not None else [],
+            "listeners": list(listeners.all_listener_ids()),
             "packages": self.packages.document() if self.packages is not None else [],
         }

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from amphora.errors import InvalidRequest, TopologyTransitionInProgress
+from amphora.errors import TopologyTransitionInProgress
 from amphora.fsutil import atomic_write_json, read_json
 
 if TYPE_CHECKING:
@@ -82,9 +82,9 @@ def _discard(d: defer.Deferred) -> None:
 class Topology:
     """The topology in force, its transitions and the 503 gate.
 
-    ``attach(keepalived, clock, timeout, network)`` connects the keepalived adapter
-    (amphora.keepalived.Keepalived); without it ACTIVE-STANDBY cannot be set.
-    ``network`` (the plugger) is told when the VIPs change hands
+    ``attach(keepalived, clock, timeout, network)`` connects keepalived
+    (``IKeepalivedState``) and the network plugger (``INetworkPlugger``) once
+    they are built (the plugger asks the topology who owns the VIPs). ``network`` is told when the VIPs change hands
     (``sync_vips``): the agent configures them outside ACTIVE-STANDBY,
     keepalived inside it (``keepalived_owns_vips``).
     """
@@ -121,7 +121,7 @@ class Topology:
             self.configured_role = self.settings.role
         self.topology = topology
 
-    def attach(self, keepalived, clock, transition_timeout: float, network=None) -> None:
+    def attach(self, keepalived, clock, transition_timeout: float, network) -> None:
         self.keepalived = keepalived
         self.clock = clock
         self.transition_timeout = transition_timeout
@@ -141,7 +141,7 @@ class Topology:
 
     @property
     def vrrp_state(self):
-        if self.topology != ACTIVE_STANDBY or self.keepalived is None:
+        if self.topology != ACTIVE_STANDBY:
             return None
         return self.keepalived.vrrp_state
 
@@ -154,7 +154,7 @@ class Topology:
         state = self.vrrp_state
         if state is not None:
             return _LIVE_ROLE.get(state, "STANDBY")
-        if self.topology == ACTIVE_STANDBY and self.status == STATUS_OK and self.keepalived is not None:
+        if self.topology == ACTIVE_STANDBY and self.status == STATUS_OK:
             return "STANDBY"
         return self.configured_role
 
@@ -203,8 +203,6 @@ class Topology:
             log.info("topology: {old} -> {new}", old=self.topology, new=topology)
             self._commit(topology, None)
             return Outcome.APPLIED
-        if self.keepalived is None:
-            raise InvalidRequest("topology: ACTIVE-STANDBY is not available (no keepalived)")
         previous = (self.topology, self.settings)
         log.info("topology: {old} -> {new} (role {role}) started", old=self.topology, new=topology,
                  role=settings.role if settings else "-")
@@ -278,7 +276,7 @@ class Topology:
     def _hand_over(self):
         """Let the plugger put the VIPs where the topology in force says (it never fails)."""
         self._handed_over = True
-        return self.network.sync_vips() if self.network is not None else defer.succeed(None)
+        return self.network.sync_vips()
 
     @defer.inlineCallbacks
     def _rollback(self, previous):
@@ -304,8 +302,6 @@ class Topology:
         """Re-apply the stored topology at start-up. keepalived is started and the gate is
         held until it reports a VRRP state (bounded by the transition timeout); start-up itself
         does not wait for VRRP."""
-        if self.keepalived is None:
-            return
         if self.topology != ACTIVE_STANDBY:
             yield self.keepalived.stop_leftover()
             return

@@ -128,6 +128,7 @@ def reactor_stall(beats: int = 3) -> dict:
 
     from amphora.config import HeartbeatSection
     from amphora.heartbeat.emitter import HeartbeatService
+    from amphora.testing import FakeKeepalived, FakeListeners
 
     from twisted.internet.defer import succeed
     from twisted.internet.task import deferLater
@@ -135,10 +136,7 @@ def reactor_stall(beats: int = 3) -> dict:
     # Rows parsed once: the listener manager's own CSV parsing is not the heartbeat's cost.
     rows = {lid: parse_show_stat(text) for lid, text in answers_for(200, 100).items()}
 
-    class Parsed:
-        def running_ids(self):
-            return sorted(rows)
-
+    class Parsed(FakeListeners):
         def show_stat(self, lid):
             return succeed(rows[lid])
 
@@ -148,11 +146,11 @@ def reactor_stall(beats: int = 3) -> dict:
         sink = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
         for offload in (True, False):
             with tempfile.TemporaryDirectory(prefix="amp6-bench-") as state:
-                config = SimpleNamespace(
-                    agent=SimpleNamespace(amphora_id=str(uuid.uuid4()), state_dir=state),
-                    heartbeat=HeartbeatSection(controllers=(("127.0.0.1", sink.getHost().port),), key=KEY))
-                agent = SimpleNamespace(config=config, listeners=Parsed(), topology=None, keepalived=None)
-                service = HeartbeatService(agent, reactor, offload=offload)
+                settings = HeartbeatSection(controllers=(("127.0.0.1", sink.getHost().port),), key=KEY)
+                topology = SimpleNamespace(topology=None, role=None, status=None)
+                service = HeartbeatService(reactor, settings, amphora_id=str(uuid.uuid4()), state_dir=state,
+                                           listeners=Parsed(running=rows), topology=topology,
+                                           keepalived=FakeKeepalived(), offload=offload)
                 service.controllers[0].address = (2, "127.0.0.1", sink.getHost().port)
                 service.running = True   # beat() by hand, without the LoopingCall
                 gaps, last = [], [time.perf_counter()]

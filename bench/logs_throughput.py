@@ -81,6 +81,7 @@ def run(kind: str, lines: int, blocking: bool = True) -> tuple[float, int, int]:
         else:
             from amphora.config import parse_config
             from amphora.listeners.logs import ListenerLogs
+            from amphora.testing import FakeListeners
             from tests.helpers import config_text, make_pki
             ready, stop = multiprocessing.Queue(), multiprocessing.Queue()
             sinkproc = multiprocessing.Process(target=sink, args=(ready, stop))
@@ -90,9 +91,9 @@ def run(kind: str, lines: int, blocking: bool = True) -> tuple[float, int, int]:
             config = parse_config(config_text(pki, tmp, 0, {"logs": {
                 "forward": f"udp://127.0.0.1:{sink_port}", "max_bytes": str(50 * 1024 * 1024),
                 "backups": "1"}}))
-            logs = ListenerLogs(config, reactor)
-            logs.startService()
             lid = str(uuid.uuid4())
+            logs = ListenerLogs(config, reactor, FakeListeners(existing=[lid]))
+            logs.startService()
             logs.config_hook(lid)
             path = logs.socket_path(lid)
             count = lambda: logs._collectors[lid].received  # noqa: E731

@@ -17,11 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
-from twisted.internet.defer import DeferredLock, maybeDeferred, succeed
 from twisted.internet.task import deferLater
 
 from amphora import devpki
-from amphora.listeners import stats
 
 HAPROXY = "/usr/sbin/haproxy"
 
@@ -91,60 +89,6 @@ def ed25519_key_pem() -> bytes:
 
 def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
-
-
-# -- a stand-in for the listener manager, on a real haproxy -------------------------
-
-class FakeListeners:
-    """The parts of ListenerManager the certificate store uses.
-
-    ``runtime`` is the real runtime API client (amphora.listeners.stats.query)
-    on the socket given in ``sockets``; ``calls`` records every command.
-    """
-
-    def __init__(self, reactor=None, sockets: dict | None = None, used: set | None = None,
-                 answers: dict | None = None):
-        self.reactor = reactor
-        self.sockets = sockets or {}
-        self.running: set[str] = set()
-        self.existing: set[str] = set()
-        self.used = used if used is not None else set()  # (lid, path) the configuration references
-        self.answers = answers  # canned answers by command verb, for unit tests
-        self.calls: list[tuple[str, str]] = []
-        self.delete_hooks: list = []
-        self._locks: dict = {}  # lid -> DeferredLock, as the manager's per-listener lock
-
-    def serialised(self, lid, fn, *args):
-        lock = self._locks.setdefault(lid, DeferredLock())
-
-        def release(result):
-            if not lock.locked and not lock.waiting and self._locks.get(lid) is lock:
-                del self._locks[lid]
-            return result
-
-        return lock.run(maybeDeferred, fn, *args).addBoth(release)
-
-    def running_ids(self):
-        return sorted(self.running)
-
-    def exists(self, lid):
-        return lid in self.existing or lid in self.running
-
-    def uses_file(self, lid, path):
-        return (lid, path) in self.used
-
-    def runtime(self, lid, command):
-        self.calls.append((lid, command))
-        if self.answers is not None:
-            verb = " ".join(command.split(" ", 3)[:3])
-            answer = self.answers.get(verb, b"")
-            if isinstance(answer, Exception):
-                from twisted.internet.defer import fail
-                return fail(answer)
-            if callable(answer):
-                return answer(command)
-            return succeed(answer)
-        return stats.query(self.reactor, self.sockets[lid], command, timeout=5.0)
 
 
 # -- a real haproxy terminating TLS --------------------------------------------------

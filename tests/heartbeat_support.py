@@ -1,10 +1,8 @@
 """Helpers for the heartbeat tests: canned and synthetic ``show stat``, fakes, real haproxy.
 
 ``RealHAProxy`` starts a real haproxy (foreground, its own stats socket) and
-kills it by pid; ``FakeListeners`` is a stand-in for ``agent.listeners``
-(the listener manager is another branch) with the same ``running_ids`` /
-``listener_ids`` / ``show_stat`` interface, backed by real stats sockets or
-by canned answers.
+kills it by pid; the listener registry's fake is ``amphora.testing.FakeListeners``
+(real stats sockets or canned answers).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import uuid
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from amphora.listeners.stats import parse_show_stat, query
 
 HEADER = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,"
           "wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,"
@@ -53,57 +50,6 @@ def synthetic_csv(listener: str, pools: dict[str, dict[str, str]], suffix=True, 
 
 def uuids(n: int) -> list[str]:
     return [str(uuid.uuid4()) for _ in range(n)]
-
-
-class FakeListeners:
-    """``agent.listeners`` stand-in: answers from ``answers[lid]`` or a real stats socket.
-
-    ``answers[lid]`` may be CSV text (parsed), an Exception (errback), the
-    string "hang" (a Deferred that never fires), or a callable returning any
-    of those. ``sockets[lid]`` instead queries a real stats socket.
-    """
-
-    def __init__(self, reactor, answers=None, sockets=None, running=None, existing=None):
-        self.reactor = reactor
-        self.answers = dict(answers or {})
-        self.sockets = dict(sockets or {})
-        self.running = running
-        self.existing = existing
-        self.calls: list[str] = []
-
-    def running_ids(self) -> list[str]:
-        if self.running is not None:
-            return sorted(self.running)
-        return sorted(set(self.answers) | set(self.sockets))
-
-    def listener_ids(self) -> list[str]:
-        if self.existing is not None:
-            return sorted(self.existing)
-        return self.running_ids()
-
-    def all_listener_ids(self) -> list[str]:
-        return self.listener_ids()
-
-    def heartbeat_frontends(self, lid: str):
-        """None: every id here is a v0.1 listener (one heartbeat entry per haproxy)."""
-        return None
-
-    def restore(self):
-        """The agent's start-up step calls this on a real manager; nothing to adopt here."""
-        return defer.succeed(None)
-
-    def show_stat(self, lid: str):
-        self.calls.append(lid)
-        if lid in self.sockets:
-            return query(self.reactor, self.sockets[lid], "show stat", timeout=2.0).addCallback(parse_show_stat)
-        answer = self.answers[lid]
-        if callable(answer):
-            answer = answer()
-        if isinstance(answer, Exception):
-            return defer.fail(answer)
-        if answer == "hang":
-            return defer.Deferred()
-        return defer.succeed(parse_show_stat(answer))
 
 
 class FakePort:

@@ -15,7 +15,7 @@ import functools
 
 from amphora import API_VERSION
 from amphora.api.base import new_app, not_allowed as _not_allowed
-from amphora.api.faces import DISCOVERY, build_faces
+from amphora.api.faces import DISCOVERY
 from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
 from amphora.api.params import gated, json_body, listener_id, read_body
@@ -35,19 +35,26 @@ def _allowed(path: bytes, allowed):
 
 
 class AgentAPI:
-    """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
+    """The HTTP face of one agent, over the domain objects it is given (see amphora.agent):
+    ``facts`` (HostFacts), ``topology``, ``listeners`` (IListenerRegistry), ``certificates``
+    (CertificateStore), ``network`` (INetworkPlugger), ``logs`` (ListenerLogs), ``sampler``
+    (HostSampler), ``max_config_bytes`` ([haproxy] max_config_bytes) and ``faces``
+    (``faces(v0_1_resource) -> {prefix: resource}``, amphora.api.faces.build_faces)."""
 
     # The shared converter, URL rules and error handlers (amphora.api.base).
     app = new_app(allowed_for=_allowed)
 
-    def __init__(self, agent):
-        self.agent = agent
+    def __init__(self, *, facts, topology, listeners, certificates, network, logs, sampler,
+                 max_config_bytes: int, faces):
+        self.facts, self.topology, self.listeners = facts, topology, listeners
+        self.certificates, self.network, self.logs = certificates, network, logs
+        self.sampler, self.max_config_bytes, self._build_faces = sampler, max_config_bytes, faces
 
     @functools.cached_property
     def faces(self) -> dict:
         """The Octavia faces: separate route trees over the same domain objects (built at
-        first use, from the agent's collaborators)."""
-        return build_faces(self.agent, self.app.resource())
+        first use, over this tree's resource for /0.5)."""
+        return self._build_faces(self.app.resource())
 
     # -- the Octavia faces (amphora.api.faces): version discovery, /1.0, /0.5 --
 
@@ -69,7 +76,7 @@ class AgentAPI:
     @app.route("/info", methods=["GET"])
     @app.route(V + "/info", methods=["GET"], endpoint="info_v0_1")
     def info(self, request):
-        facts = self.agent.facts
+        facts = self.facts
         return render_json(request, {
             "hostname": facts.hostname,
             "uuid": facts.amphora_id,
@@ -79,12 +86,12 @@ class AgentAPI:
 
     @app.route(V + "/topology", methods=["GET"])
     def get_topology(self, request):
-        return render_json(request, self.agent.topology.document())
+        return render_json(request, self.topology.document())
 
     @app.route(V + "/topology", methods=["POST"])
     @gated
     def set_topology(self, request):
-        outcome = self.agent.topology.request(parse_topology(json_body(request)))
+        outcome = self.topology.request(parse_topology(json_body(request)))
         if outcome is Outcome.STARTED:
             return render_json(request, {"message": "OK", "details": "topology change in progress: "
                                          "GET /v0.1/topology shows TOPOLOGY-CHANGE until it is done"}, 202)
@@ -95,38 +102,38 @@ class AgentAPI:
     @app.route(V + "/details", methods=["GET"])
     def details(self, request):
         # Only published samples are read here: nothing waits, forks or walks /proc.
-        return render_json(request, self.agent.sampler.document(self.agent))
+        return render_json(request, self.sampler.document(self.facts, self.topology, self.listeners))
 
     # -- listeners ------------------------------------------------------------
 
     @app.route(V + "/listeners", methods=["GET"])
     def list_listeners(self, request):
-        return render_json(request, self.agent.listeners.status_list())
+        return render_json(request, self.listeners.status_list())
 
     @app.route(V + "/listeners/<lid>", methods=["GET"])
     async def get_listener(self, request, lid):
-        doc = await self.agent.listeners.status(listener_id(lid))
+        doc = await self.listeners.status(listener_id(lid))
         return render_json(request, doc)
 
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
     @gated
     async def delete_listener(self, request, lid):
-        details = await self.agent.listeners.delete(listener_id(lid), kind="listener")
+        details = await self.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
     @gated
     async def put_haproxy(self, request, lid):
         lid = listener_id(lid)
-        body = read_body(request, self.agent.config.haproxy.max_config_bytes)
+        body = read_body(request, self.max_config_bytes)
         if not body.strip():  # the document says the body is required
             raise InvalidRequest("a haproxy configuration body is required")
-        details = await self.agent.listeners.upload(lid, body)
+        details = await self.listeners.upload(lid, body)
         return render_json(request, {"message": "OK", "details": details}, 201)
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
     def get_haproxy(self, request, lid):
-        data = self.agent.listeners.get_config(listener_id(lid), kind="listener")
+        data = self.listeners.get_config(listener_id(lid), kind="listener")
         request.setHeader(b"content-type", b"text/plain")
         return data
 
@@ -148,7 +155,7 @@ class AgentAPI:
         allowed = listener_allow(request.path)
         if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
             raise _not_allowed(request, allowed)
-        details = await self.agent.listeners.action(lid, action)
+        details = await self.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
     # -- listener logs --
@@ -157,13 +164,10 @@ class AgentAPI:
     def get_listener_logs(self, request, lid):
         """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
         lid, lines = listener_id(lid), parse_lines(request.args)
-        listeners, logs = self.agent.listeners, self.agent.logs
-        known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
-        if not known:
+        logs = self.logs
+        if not self.listeners.exists(lid):
             raise ListenerNotFound(lid)
         request.setHeader(b"content-type", b"text/plain")
-        if logs is None:
-            return b""
         losses = logs.losses(lid)  # what was lost, for operators
         request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
         if losses.forward_lost is not None:
@@ -180,7 +184,7 @@ class AgentAPI:
     @gated
     async def put_certificate(self, request, lid, filename):
         lid, filename = listener_id(lid), check_name(filename)
-        store = self.agent.certificates
+        store = self.certificates
         try:
             data = read_body(request, store.max_bytes)
         except PayloadTooLarge:
@@ -193,7 +197,7 @@ class AgentAPI:
     @app.route(_CERTIFICATE, methods=["GET"])
     def get_certificate(self, request, lid, filename):
         lid, filename = listener_id(lid), check_name(filename)
-        md5sum = self.agent.certificates.md5sum(lid, filename)
+        md5sum = self.certificates.md5sum(lid, filename)
         request.setHeader(b"etag", md5sum.encode())
         return render_json(request, {"md5sum": md5sum})
 
@@ -201,7 +205,7 @@ class AgentAPI:
     @gated
     async def delete_certificate(self, request, lid, filename):
         lid, filename = listener_id(lid), check_name(filename)
-        details = await self.agent.certificates.delete(lid, filename)
+        details = await self.certificates.delete(lid, filename)
         return render_json(request, {"message": "OK", "details": details})
 
     # -- plug (network) -------------------------------------------------------
@@ -217,7 +221,7 @@ class AgentAPI:
     def plug_vip(self, request, ip):
         vip = parse_vip(ip)  # before the body: a bad VIP is "Invalid VIP" whatever the body
         spec = parse_vip_request(V0_1, vip, json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.agent.network.plug_vip(vip, spec))
+        return self._plugged(request, self.network.plug_vip(vip, spec))
 
     @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
     @gated
@@ -237,7 +241,7 @@ class AgentAPI:
     @gated
     def plug_network(self, request):
         spec = parse_network_request(V0_1, json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.agent.network.plug_network(spec))
+        return self._plugged(request, self.network.plug_network(spec))
 
     @staticmethod
     def _plugged(request, deferred):

@@ -14,12 +14,12 @@ listener_id = check_listener_id
 
 def gated(route):
     """The spec's 503 "Topology transition in progress" for a mutating route, checked before
-    the route reads anything of the request. For methods of a class with ``self.agent``
-    (the composition root: ``agent.topology``); every face's mutating routes use it."""
+    the route reads anything of the request. For methods of a class with ``self.topology``;
+    every face's mutating routes use it."""
 
     @functools.wraps(route)
     def gate(self, request, *args, **kwargs):
-        self.agent.topology.check_gate()
+        self.topology.check_gate()
         return route(self, request, *args, **kwargs)
 
     return gate

@@ -147,21 +147,26 @@ class _Sender(DatagramProtocol):
 class HeartbeatService(Service):
     """Periodic signed beats to the controllers; see the module docstring.
 
-    ``agent`` is the composition root (or any object with ``config``,
-    ``listeners``, ``topology``, ``keepalived``); its attributes are read
-    at every beat, so a listener manager that appears later is picked up.
+    ``settings`` is the ``[heartbeat]`` section; ``listeners`` the listener
+    registry (``IListenerRegistry``), ``topology`` what the beat reports
+    (``topology``, ``role``, ``status``), ``keepalived`` its state
+    (``IKeepalivedState``) for the ACTIVE-STANDBY gate. ``ready()`` returns a
+    Deferred that fires once the agent serves: the first beat waits for it.
     ``resolve`` is injectable for tests; ``offload`` runs the build and
     signing in the reactor's thread pool (when the reactor has one).
     """
 
     name = "heartbeat"
 
-    def __init__(self, agent, reactor, resolve=None, stats_timeout: float | None = None, offload: bool = True):
-        self.agent = agent
+    def __init__(self, reactor, settings, *, amphora_id: str, state_dir: str, listeners, topology, keepalived,
+                 ready=None, resolve=None, stats_timeout: float | None = None, offload: bool = True):
         self.reactor = reactor
-        config = agent.config
-        self.settings = config.heartbeat
-        self.amphora_id = config.agent.amphora_id
+        self.settings = settings
+        self.amphora_id = amphora_id
+        self.listeners = listeners
+        self.topology = topology
+        self.keepalived = keepalived
+        self.ready = ready if ready is not None else (lambda: defer.succeed(None))
         self.interval = self.settings.interval
         # The largest UDP payload over IPv4 is 65507 bytes: a larger limit would
         # only turn "reduce the beat" into "every send fails with EMSGSIZE".
@@ -171,10 +176,10 @@ class HeartbeatService(Service):
             2.0, max(0.25, self.interval / 2))
         self.resolve = resolve or default_resolver(reactor)
         self.offload = offload
-        self.fanout = getattr(self.settings, "fanout", ALL)
+        self.fanout = self.settings.fanout
         self._next = 0
         self.controllers = [Controller(host, port) for host, port in self.settings.controllers]
-        self.state = msg.BeatState(config.agent.state_dir)
+        self.state = msg.BeatState(state_dir)
         self.last_pools: dict[str, dict] = {}
         self.limiter = RateLimiter(reactor)
         self.ports: dict[int, object] = {}
@@ -197,8 +202,7 @@ class HeartbeatService(Service):
             controller.address = literal_address(controller.host, controller.port)
             if controller.address is None:
                 self._resolve(controller)
-        when_ready = getattr(self.agent, "when_ready", None)
-        ready = when_ready() if callable(when_ready) else defer.succeed(None)
+        ready = self.ready()
         ready.addCallback(lambda _: self._start_loop())
         ready.addErrback(lambda f: log.failure("heartbeat: could not start", f))
 
@@ -309,23 +313,10 @@ class HeartbeatService(Service):
 
     def skip_reason(self) -> str | None:
         """Why no beat should be sent now (ACTIVE-STANDBY without keepalived), or None."""
-        topology = getattr(self.agent, "topology", None)
-        if getattr(topology, "topology", None) != ACTIVE_STANDBY:
+        if self.topology.topology != ACTIVE_STANDBY:
             return None
-        keepalived = getattr(self.agent, "keepalived", None)
-        if keepalived is None:
-            return None
-        # Octavia's agent withholds beats only when a keepalived configuration exists;
-        # an object without ``configured`` counts as configured.
-        configured = getattr(keepalived, "configured", True)
-        if callable(configured):
-            configured = configured()
-        if configured is False:
-            return None
-        running = getattr(keepalived, "running", None)
-        if callable(running):
-            running = running()
-        if running is False:
+        # Octavia's agent withholds beats only when a keepalived configuration exists.
+        if self.keepalived.configured and not self.keepalived.running:
             return "ACTIVE-STANDBY and keepalived is configured but not running"
         return None
 
@@ -422,8 +413,8 @@ class HeartbeatService(Service):
             return None
         self.limiter.clear("no-address")
 
-        listeners = getattr(self.agent, "listeners", None)
-        running = list(listeners.running_ids()) if listeners is not None else []
+        listeners = self.listeners
+        running = list(listeners.running_ids())
         # A 1.0 load balancer reports one entry per frontend (its Octavia listeners).
         frontends = {lid: listeners.heartbeat_frontends(lid) for lid in running}
         answers = yield defer.gatherResults([self._stat(listeners, lid) for lid in running])
@@ -481,11 +472,10 @@ class HeartbeatService(Service):
         return defer.maybeDeferred(fn, *args)
 
     def _extra(self) -> dict:
-        topology = getattr(self.agent, "topology", None)
-        if topology is None:
-            return {}
-        return {"topology": getattr(topology, "topology", None), "role": getattr(topology, "role", None),
-                "topology_status": getattr(topology, "status", None)}
+        """The topology fields of the beat; a field the topology does not know (None) is left out."""
+        topology = self.topology
+        fields = {"topology": topology.topology, "role": topology.role, "topology_status": topology.status}
+        return {key: value for key, value in fields.items() if value is not None}
 
     def _prune(self, listeners, reported: list[str]) -> None:
         """Forget counters of listeners that no longer exist.
@@ -497,7 +487,7 @@ class HeartbeatService(Service):
         balancers' frontends).
         """
         try:
-            known = set(listeners.all_listener_ids()) if listeners is not None else set()
+            known = set(listeners.all_listener_ids())
         except Exception:
             known = set()
         known.update(reported)
@@ -525,10 +515,3 @@ class HeartbeatService(Service):
         else:
             log.error("heartbeat: even without pools the beat is {sent} bytes, over max_packet_bytes {limit};"
                       " sending it anyway", sent=reduction.sent_bytes, limit=reduction.limit)
-
-
-def make_heartbeat(agent) -> HeartbeatService:
-    """Build the heartbeat service and attach it to the agent's service tree."""
-    service = HeartbeatService(agent, agent.reactor)
-    service.setServiceParent(agent)
-    return service

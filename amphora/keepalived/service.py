@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from amphora.errors import OperationFailed
 from amphora.fsutil import atomic_write, ensure_dir
+from amphora.interfaces import IKeepalivedState
 from amphora.keepalived.config import ENV, INSTANCE, VRRPSettings, render_check_script, render_config
 from amphora.keepalived.notify import NotifyEvent, NotifyFifo
 from amphora.netlink import NetlinkQueries
@@ -86,6 +88,7 @@ class KeepalivedService(Service):
         self.keepalived.detach()
 
 
+@implementer(IKeepalivedState)
 class Keepalived:
     """keepalived for this amphora: one supervised process, one config, one FIFO reader.
 
@@ -100,9 +103,11 @@ class Keepalived:
     - ``apply(settings) -> Deferred``: render, check, then start or reload;
     - ``stop() -> Deferred``: stop keepalived and make sure ha_ip is gone;
     - ``wait_state() -> Deferred``: fires with the next reported state.
+
+    ``network`` (``INetworkPlugger``) says where a VIP was plugged.
     """
 
-    def __init__(self, config, reactor, *, process_factory=None, runner=None, netlink=None, vip_interface=None):
+    def __init__(self, config, reactor, network, *, process_factory=None, runner=None, netlink=None):
         self.reactor = reactor
         self.binary = config.keepalived.binary
         self.advert_int = config.keepalived.advert_int
@@ -114,8 +119,7 @@ class Keepalived:
         self._run = runner or run
         # Address and route queries (``amphora.netlink.NetlinkQueries``): netlink in a thread.
         self.netlink = netlink if netlink is not None else NetlinkQueries(reactor)
-        # ``vip_interface(ip) -> name | None``: where the network side plugged that VIP.
-        self._vip_interface = vip_interface
+        self.network = network
         self.process = None
         self.settings: VRRPSettings | None = None
         self.interface = ""          # the resolved VIP interface of the applied settings
@@ -290,13 +294,12 @@ class Keepalived:
 
     @defer.inlineCallbacks
     def find_interface(self, ha_ip: str):
-        """The VIP interface when none was given: where the VIP was plugged (agent.network), else
+        """The VIP interface when none was given: where the VIP was plugged (``network``), else
         the one whose subnet holds ha_ip, else the one with the default route, else the only
         non-loopback interface."""
-        if self._vip_interface is not None:
-            name = self._vip_interface(ha_ip)
-            if name:
-                return name
+        name = self.network.vip_interface(ha_ip)
+        if name:
+            return name
         try:
             links = yield self.netlink.interfaces(self.namespace)
         except Exception as e:

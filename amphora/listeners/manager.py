@@ -40,8 +40,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import DeferredList, fail, inlineCallbacks, maybeDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from amphora.errors import InvalidRequest, ListenerNotFound, LoadBalancerNotFound, OperationFailed
+from amphora.interfaces import IListenerRegistry
 from amphora.listeners.haproxy import HAProxy, pools_document
 from amphora.listeners.instance import (ACTIVE, ERROR, LISTENER, STATUS_STOPPED,  # noqa: F401 (re-exported)
                                         HaproxyInstance, listener_status)
@@ -53,6 +55,7 @@ log = Logger()
 ACTIONS = ("start", "stop", "reload")
 
 
+@implementer(IListenerRegistry)
 class ListenerManager(Service):
     """``agent.listeners``; see the module docstring for the interface."""
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, replace
 from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from amphora.errors import AgentError, InvalidRequest, NoSuitableInterface, OperationFailed
 from amphora.fsutil import atomic_write_json, read_json
+from amphora.interfaces import INetworkPlugger
 from amphora.netlink import NetlinkFailure
 from amphora.network.links import Link, Netlink, choose_interface
 from amphora.netspec import MIN_MTU_IPV6, PlugSpec
@@ -49,15 +51,17 @@ class _Entry:
     name: str = ""
 
 
+@implementer(INetworkPlugger)
 class NetworkPlugger:
-    """``agent.network``: plug VIPs and networks, remember them, restore them at start.
+    """Plug VIPs and networks, remember them, restore them at start.
 
-    ``run_blocking(fn, *args)`` runs netlink work off the reactor thread and
+    ``vip_owner`` is the topology: its ``keepalived_owns_vips`` says who
+    configures the VIPs. ``run_blocking(fn, *args)`` runs netlink work off the reactor thread and
     returns a Deferred (default: the reactor's thread pool); tests inject a
     synchronous one together with a fake ``netlink``.
     """
 
-    def __init__(self, config, reactor, netlink=None, run_blocking=None, vip_owner=None):
+    def __init__(self, config, reactor, vip_owner, netlink=None, run_blocking=None):
         self.namespace = config.network.namespace
         if self.namespace:
             # Parsed configurations are checked already; this guards any other
@@ -114,7 +118,7 @@ class NetworkPlugger:
         return None
 
     def _keepalived_vips(self) -> bool:
-        return self.vip_owner is not None and self.vip_owner.keepalived_owns_vips
+        return self.vip_owner.keepalived_owns_vips
 
     def _entry_for_vip(self, vip: str) -> _Entry | None:
         return next((e for e in self._entries.values() if vip in e.spec.vips), None)

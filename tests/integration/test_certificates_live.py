@@ -18,6 +18,7 @@ from twisted.internet.threads import deferToThread
 
 from amphora.certificates import CertificateStore
 from amphora.listeners import stats
+from amphora.testing import FakeListeners
 from tests import certificates_support as cs
 
 NAME = "www.example.com.pem"
@@ -35,7 +36,7 @@ async def test_live_swap_with_real_haproxy(tmp_path):
     sock = str(tmp_path / "amp4-admin.sock")
     root_ca = tmp_path / "root.pem"
     root_ca.write_bytes(cs.root_ca().cert_pem)
-    listeners = cs.FakeListeners(reactor, sockets={lid: sock})
+    listeners = FakeListeners(reactor, sockets={lid: sock}, running=())
     store = CertificateStore(str(certs_dir), reactor, listeners=listeners)
 
     first, second, third = cs.bundle("a.example.com"), cs.bundle("b.example.com", key_kind="ec"), \

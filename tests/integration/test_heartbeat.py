@@ -2,7 +2,7 @@
 
 The listeners are two REAL haproxy processes (with admin stats sockets) in
 front of a small web server; until the listener manager lands, a stand-in
-``agent.listeners`` (tests.heartbeat_support.FakeListeners) exposes them
+``agent.listeners`` (amphora.testing.FakeListeners) exposes them
 with the agreed interface, set on the agent before it starts.
 """
 
@@ -25,7 +25,8 @@ from amphora.agent import build_agent
 from amphora.heartbeat import envelope
 from amphora.heartbeat.receiver import HeartbeatReceiver, listen
 from amphora.listeners.stats import parse_show_stat, query
-from tests.heartbeat_support import FakeListeners, RealHAProxy, synthetic_csv, uuids
+from amphora.testing import FakeListeners
+from tests.heartbeat_support import RealHAProxy, synthetic_csv, uuids
 from tests.helpers import REPO
 
 KEY = "integration-heartbeat-key"
@@ -87,8 +88,7 @@ def haproxies(web, tmp_path):
 
 
 async def start_agent(config, listeners):
-    agent = build_agent(config, reactor)
-    agent.listeners = listeners
+    agent = build_agent(config, reactor, listeners=listeners)
     agent.privilegedStartService()
     agent.startService()
     await agent.when_ready()

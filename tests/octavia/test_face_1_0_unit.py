@@ -1,4 +1,4 @@
-"""The 1.0 route tree over a fake haproxy registry (the API the domain provides):
+"""The 1.0 route tree over the fake listener registry (amphora.testing.FakeListeners):
 status codes, bodies, ETags and what reaches the domain. Responses go through the
 OpenAPI plugin like every other agent answer."""
 
@@ -10,57 +10,19 @@ import types
 import uuid
 
 import pytest
+from twisted.internet.defer import succeed
 import pytest_twisted
 from treq.testing import StubTreq
-from twisted.internet.defer import fail, succeed
 from twisted.web.resource import Resource
 
 from amphora.api.faces.report import HostReport
 from amphora.api.faces.v1_0 import Face1_0
 from amphora.certfiles import CertificateFiles
-from amphora.errors import InvalidRequest, NotFound
+from amphora.testing import FakeListeners
 
 AMPHORA = str(uuid.uuid4())
 LB = str(uuid.uuid4())
 BASE = "https://amphora"
-
-
-class FakeRegistry:
-    def __init__(self):
-        self.configs: dict[str, bytes] = {}
-        self.calls: list[tuple] = []
-
-    def upload_loadbalancer(self, lb_id, amphora_id, body):
-        self.calls.append(("upload", lb_id, amphora_id))
-        if b"bad" in body:
-            return fail(InvalidRequest("[ALERT] parsing error", message="Invalid request"))
-        self.configs[lb_id] = body
-        return succeed(None)
-
-    def loadbalancer_action(self, lb_id, action):
-        self.calls.append(("action", lb_id, action))
-        if action.lower() not in ("start", "stop", "reload"):
-            return fail(InvalidRequest(f"Unknown action: {action}", message="Invalid Request"))
-        if lb_id not in self.configs:
-            return fail(NotFound(f"No loadbalancer with UUID: {lb_id}", message="Loadbalancer Not Found"))
-        return succeed(f"Listener {lb_id} {action.lower()}ed")
-
-    def delete(self, lb_id):
-        self.calls.append(("delete", lb_id))
-        self.configs.pop(lb_id, None)
-        return succeed("deleted")
-
-    def get_config(self, lb_id):
-        return self.configs[lb_id]
-
-    def kind(self, lb_id):
-        return "loadbalancer" if lb_id in self.configs else None
-
-    def frontends(self):
-        return [{"status": "ACTIVE", "uuid": f"{n}-{lb}", "type": "HTTP"} for lb in self.configs for n in (1, 2)]
-
-    def running_count(self):
-        return len(self.configs)
 
 
 class FakePlugger:
@@ -85,7 +47,7 @@ class Gate:
 
 @pytest.fixture
 def registry():
-    return FakeRegistry()
+    return FakeListeners()
 
 
 @pytest.fixture
@@ -124,7 +86,7 @@ async def test_upload_then_reload_start_get_and_delete(http, registry):
     response, body = await call(http, "PUT", f"/1.0/loadbalancer/{AMPHORA}/{LB}/haproxy", config)
     assert (response.code, body) == (202, {"message": "OK"})
     assert response.headers.getRawHeaders(b"etag") == [hashlib.md5(config).hexdigest().encode()]
-    assert registry.calls == [("upload", LB, AMPHORA)]
+    assert registry.operations == [("upload", LB, AMPHORA)]
     for action in ("reload", "START", "stop"):
         response, body = await call(http, "PUT", f"/1.0/loadbalancer/{LB}/{action}")
         assert response.code == 202 and body["message"] == "OK" and LB in body["details"]
@@ -144,7 +106,7 @@ async def test_upload_then_reload_start_get_and_delete(http, registry):
     assert body["keepalived_version"] == "1:2.2.7-1" and body["ipvsadm_version"] is None
     response, body = await call(http, "DELETE", f"/1.0/listeners/{LB}")
     assert (response.code, body) == (200, {"message": "OK"})
-    assert registry.calls[-1] == ("delete", LB)
+    assert registry.operations[-1] == ("delete", LB)
 
 
 @pytest_twisted.ensureDeferred
@@ -165,7 +127,7 @@ async def test_errors_keep_the_domain_s_words(http, registry):
 async def test_unknown_delete_is_200_without_touching_the_domain(http, registry):
     response, body = await call(http, "DELETE", f"/1.0/listeners/{uuid.uuid4()}")
     assert (response.code, body) == (200, {"message": "OK"})
-    assert registry.calls == []
+    assert registry.operations == []
 
 
 @pytest_twisted.ensureDeferred
@@ -173,7 +135,7 @@ async def test_upload_for_another_amphora_is_refused(http, registry):
     other = str(uuid.uuid4())
     response, body = await call(http, "PUT", f"/1.0/loadbalancer/{other}/{LB}/haproxy", b"global\n")
     assert response.code == 400 and other in body["details"]
-    assert registry.calls == []
+    assert registry.operations == []
 
 
 @pytest_twisted.ensureDeferred
@@ -182,7 +144,7 @@ async def test_bad_ids_are_400(http, registry):
                          ("GET", "/1.0/loadbalancer/NOT-A-UUID/haproxy")):
         response, body = await call(http, method, path)
         assert response.code == 400, path
-    assert registry.calls == []
+    assert registry.operations == []
 
 
 @pytest_twisted.ensureDeferred

@@ -16,6 +16,7 @@ from amphora import certificates
 from amphora.certificates import (CertificateStore, check_name, filesystem_type, md5_hex,
                                   validate_pem)
 from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
+from amphora.testing import FakeListeners
 from tests import certificates_support as cs
 
 LID = "0b5d2d4e-8c9b-4f55-9a55-6f1d3c3b7a10"
@@ -308,13 +309,13 @@ def _mountinfo(tmp_path, text):
 
 
 def test_storage_warning_on_disk(tmp_path, captured_log):
-    store = CertificateStore("/var/lib/certs", Clock(), mountinfo_path=_mountinfo(tmp_path, MOUNTINFO))
+    store = CertificateStore("/var/lib/certs", Clock(), FakeListeners(), mountinfo_path=_mountinfo(tmp_path, MOUNTINFO))
     assert store.check_storage() == "ext4"
     assert any("not on a memory filesystem" in formatEvent(e) for e in captured_log)
 
 
 def test_no_storage_warning_on_tmpfs(tmp_path, captured_log):
-    store = CertificateStore("/run/amphora-agent/certs", Clock(),
+    store = CertificateStore("/run/amphora-agent/certs", Clock(), FakeListeners(),
                              mountinfo_path=_mountinfo(tmp_path, MOUNTINFO))
     assert store.check_storage() == "ramfs"
     assert captured_log == []
@@ -329,7 +330,7 @@ def test_real_mountinfo_agrees_with_psutil(tmp_path, where):
     best = max((p for p in psutil.disk_partitions(all=True)
                 if path == p.mountpoint or path.startswith(p.mountpoint.rstrip("/") + "/")),
                key=lambda p: len(p.mountpoint))
-    assert CertificateStore(path, Clock()).check_storage() == best.fstype
+    assert CertificateStore(path, Clock(), FakeListeners()).check_storage() == best.fstype
 
 
 # -- the store ------------------------------------------------------------------------
@@ -345,7 +346,7 @@ def certs_dir(tmp_path):
 def store(certs_dir):
     clock = Clock()
     clock.advance(datetime.datetime.now(datetime.timezone.utc).timestamp())
-    return CertificateStore(certs_dir, clock, listeners=None, max_bytes=64 * 1024)
+    return CertificateStore(certs_dir, clock, listeners=FakeListeners(), max_bytes=64 * 1024)
 
 
 def all_files(root):
@@ -440,7 +441,7 @@ def test_get_missing(store, rsa_bundle):
 
 
 def test_get_missing_on_known_listener_without_certificates(certs_dir):
-    listeners = cs.FakeListeners()
+    listeners = FakeListeners()
     listeners.existing.add(LID)
     store = CertificateStore(certs_dir, Clock(), listeners=listeners)
     with pytest.raises(NotFound) as e:
@@ -499,7 +500,7 @@ COMMIT_OK = b"Committing X.\nSuccess!\n\n"
 
 def live_store(certs_dir, answers, running=True, used=True, name="a.pem"):
     path = os.path.join(certs_dir, LID, name)
-    listeners = cs.FakeListeners(answers=answers, used={(LID, path)} if used else set())
+    listeners = FakeListeners(runtime_answers=answers, used={(LID, path)} if used else set())
     if running:
         listeners.running.add(LID)
     clock = Clock()
@@ -688,7 +689,7 @@ def test_upload_waits_for_the_listener_managers_lock(certs_dir, rsa_bundle):
     """A certificate swap never interleaves with the listener's own operations (reload, delete)."""
     from twisted.internet.defer import DeferredLock, maybeDeferred
 
-    listeners = cs.FakeListeners()
+    listeners = FakeListeners()
     lock = DeferredLock()
     listeners.serialised = lambda lid, fn, *args: lock.run(maybeDeferred, fn, *args)
     store = CertificateStore(certs_dir, Clock(), listeners=listeners)

@@ -10,24 +10,31 @@ from twisted.logger import capturedLogs, formatEvent
 from amphora.config import HeartbeatSection
 from amphora.heartbeat import envelope
 from amphora.heartbeat.emitter import HeartbeatService, RateLimiter
-from tests.heartbeat_support import FakeListeners, FakeReactor, synthetic_csv, uuids
+from amphora.testing import FakeKeepalived, FakeListeners
+from tests.heartbeat_support import FakeReactor, synthetic_csv, uuids
 
 AMP = "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce"
 KEY = "s3cr3t-heartbeat-key"
 CTRL = ("127.0.0.1", 5555)
 
 
+def topo(name=None, role=None, status=None):
+    """What the heartbeat reads of the topology; all None: nothing to report."""
+    return SimpleNamespace(topology=name, role=role, status=status)
+
+
 def make(tmp_path, listeners=None, controllers=(CTRL,), interval=10.0, limit=65000, resolve=None,
-         topology=None, keepalived=None, reactor=None, fanout="all", **agent_attrs):
+         topology=None, keepalived=None, reactor=None, fanout="all", ready=None):
     reactor = reactor or FakeReactor()
-    config = SimpleNamespace(
-        agent=SimpleNamespace(amphora_id=AMP, state_dir=str(tmp_path)),
-        heartbeat=HeartbeatSection(controllers=tuple(controllers), interval=interval, key=KEY,
-                                   max_packet_bytes=limit, fanout=fanout))
-    agent = SimpleNamespace(config=config, listeners=listeners, topology=topology, keepalived=keepalived,
-                            **agent_attrs)
-    service = HeartbeatService(agent, reactor, resolve=resolve)
-    return reactor, agent, service
+    settings = HeartbeatSection(controllers=tuple(controllers), interval=interval, key=KEY,
+                                max_packet_bytes=limit, fanout=fanout)
+    parts = SimpleNamespace(listeners=listeners if listeners is not None else FakeListeners(),
+                            topology=topology if topology is not None else topo(),
+                            keepalived=keepalived if keepalived is not None else FakeKeepalived())
+    service = HeartbeatService(reactor, settings, amphora_id=AMP, state_dir=str(tmp_path),
+                               listeners=parts.listeners, topology=parts.topology, keepalived=parts.keepalived,
+                               ready=ready, resolve=resolve)
+    return reactor, parts, service
 
 
 def beats(reactor, addr=CTRL):
@@ -129,7 +136,7 @@ def test_hanging_and_garbage_stats_socket_do_not_stop_the_loop(tmp_path):
 
 
 def test_an_exception_in_one_beat_does_not_stop_the_next(tmp_path):
-    class Broken:
+    class Broken(FakeListeners):
         calls = 0
 
         def running_ids(self):
@@ -212,8 +219,8 @@ def test_names_resolve_asynchronously_and_failures_are_retried(tmp_path):
 
 
 def test_active_standby_without_keepalived_sends_nothing(tmp_path):
-    topology = SimpleNamespace(topology="ACTIVE-STANDBY", role="BACKUP", status="OK")
-    keepalived = SimpleNamespace(running=False, configured=True)
+    topology = topo("ACTIVE-STANDBY", "BACKUP", "OK")
+    keepalived = FakeKeepalived(running=False, configured=True)
     reactor, _, service = make(tmp_path, topology=topology, keepalived=keepalived)
     with capturedLogs() as events:
         service.startService()
@@ -223,18 +230,18 @@ def test_active_standby_without_keepalived_sends_nothing(tmp_path):
     keepalived.running = True
     reactor.advance(10)
     assert [(b["seq"], b["topology"], b["role"]) for b in beats(reactor)] == [(0, "ACTIVE-STANDBY", "BACKUP")]
-    keepalived.running = lambda: False          # a method works as well as an attribute
+    keepalived.running = False                  # stopped again
     reactor.advance(10)
     assert len(beats(reactor)) == 1
     service.stopService()
 
 
 @pytest.mark.parametrize("topology,keepalived", [
-    (SimpleNamespace(topology="SINGLE"), SimpleNamespace(running=False)),
-    (SimpleNamespace(topology="ACTIVE-STANDBY"), None),
-    (SimpleNamespace(topology="ACTIVE-STANDBY"), SimpleNamespace()),
-    (SimpleNamespace(topology="ACTIVE-STANDBY"), SimpleNamespace(running=False, configured=False)),
-    (None, None),
+    (topo("SINGLE"), FakeKeepalived(running=False, configured=True)),
+    (topo("ACTIVE-STANDBY"), FakeKeepalived()),
+    (topo("ACTIVE-STANDBY"), FakeKeepalived(running=True, configured=True)),
+    (topo("ACTIVE-STANDBY"), FakeKeepalived(running=False, configured=False)),
+    (topo(), FakeKeepalived()),
 ])
 def test_gate_only_applies_to_active_standby_with_a_stopped_keepalived(tmp_path, topology, keepalived):
     reactor, _, service = make(tmp_path, topology=topology, keepalived=keepalived)
@@ -245,7 +252,7 @@ def test_gate_only_applies_to_active_standby_with_a_stopped_keepalived(tmp_path,
 
 def test_waits_for_the_agent_to_be_ready(tmp_path):
     ready = defer.Deferred()
-    reactor, _, service = make(tmp_path, when_ready=lambda: ready)
+    reactor, _, service = make(tmp_path, ready=lambda: ready)
     service.startService()
     reactor.advance(20)
     assert beats(reactor) == []

@@ -21,6 +21,7 @@ from amphora.host import (
     memory_kb,
     parse_meminfo,
 )
+from amphora.testing import FakeListeners
 
 CPU = namedtuple("CPU", "user nice system idle iowait irq softirq steal guest guest_nice")
 StatVFS = namedtuple("StatVFS", "f_bsize f_frsize f_blocks f_bfree f_bavail")
@@ -264,6 +265,9 @@ class FakeNamespace:
     def fail(self, error):
         self.pending.pop(0).errback(error)
 
+    def close(self):
+        pass
+
 
 @pytest.fixture
 def clock():
@@ -377,27 +381,13 @@ class FakeTopology:
     active = 0  # falsy, not a bool: the document must still carry a JSON boolean
 
 
-class FakeListeners:
-    def running_count(self):
-        return 2
-
-    def listener_ids(self):
-        return ["0a6a3a4e-1111-4e0e-9a5e-2b2b2b2b2b2b", "f6c8e1a2-2222-4e0e-9a5e-2b2b2b2b2b2b"]
-
-    def all_listener_ids(self):  # v0.1 listeners and load balancers' frontends: none here
-        return self.listener_ids()
+TWO_RUNNING = ["0a6a3a4e-1111-4e0e-9a5e-2b2b2b2b2b2b", "f6c8e1a2-2222-4e0e-9a5e-2b2b2b2b2b2b"]
 
 
 class FakeFacts:
     hostname = "amphora-1"
     amphora_id = "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce"
     haproxy_version = "2.6.12"
-
-
-class FakeAgent:
-    facts = FakeFacts()
-    topology = FakeTopology()
-    listeners = None
 
 
 EXPECTED_TYPES = {
@@ -410,13 +400,13 @@ EXPECTED_TYPES = {
 
 def test_document_shape_without_listeners(clock):
     sampler, _ = make_sampler(clock)
-    doc = json.loads(json.dumps(sampler.document(FakeAgent())))  # before any sample, too
+    doc = json.loads(json.dumps(sampler.document(FakeFacts(), FakeTopology(), FakeListeners())))  # before any sample, too
     assert {k: type(v) for k, v in doc.items()} == EXPECTED_TYPES
     assert doc["active"] is False and doc["haproxy_count"] == 0 and doc["listeners"] == []
     sampler.startService()
     try:
         clock.advance(5.0)
-        later = json.loads(json.dumps(sampler.document(FakeAgent())))
+        later = json.loads(json.dumps(sampler.document(FakeFacts(), FakeTopology(), FakeListeners())))
         assert {k: type(v) for k, v in later.items()} == EXPECTED_TYPES
         assert set(later["cpu"]) == {"total", "user", "system", "soft_irq"}
         assert set(later["memory"]) == {"total", "free", "available", "buffers", "cached", "swap_used",
@@ -429,11 +419,9 @@ def test_document_shape_without_listeners(clock):
 
 def test_document_with_listeners(clock):
     sampler, _ = make_sampler(clock)
-    agent = FakeAgent()
-    agent.listeners = FakeListeners()
-    doc = sampler.document(agent)
+    doc = sampler.document(FakeFacts(), FakeTopology(), FakeListeners(running=TWO_RUNNING))
     assert doc["haproxy_count"] == 2
-    assert doc["listeners"] == FakeListeners().listener_ids()
+    assert doc["listeners"] == FakeListeners(running=TWO_RUNNING).listener_ids()
     assert doc["topology"] == "ACTIVE-STANDBY"
 
 
@@ -483,7 +471,7 @@ def test_hung_namespace_read_stops_reporting_stale_figures(clock):
 
 
 def test_namespace_reader_raising_synchronously_does_not_stop_sampling(clock):
-    class Exploding:
+    class Exploding(FakeNamespace):
         def read(self):
             raise RuntimeError("no thread for you")
 

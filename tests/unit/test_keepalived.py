@@ -20,6 +20,7 @@ from amphora.keepalived import (
     parse_notify_line, render_check_script, render_config,
 )
 from amphora.netlink import Interface
+from amphora.testing import FakeNetwork
 from tests.helpers import config_text
 
 SECRET = "b20e06cf1abcf29c708d3b437f4a29892a0921d0"
@@ -287,7 +288,8 @@ def kad(pki, tmp_path):
         processes.append(FakeProcess(*args))
         return processes[-1]
 
-    k = Keepalived(config, MemoryReactorClock(), process_factory=factory, runner=runner, netlink=FakeNetlink())
+    k = Keepalived(config, MemoryReactorClock(), FakeNetwork(), process_factory=factory, runner=runner,
+                   netlink=FakeNetlink())
     k.runner, k.processes = runner, processes
     yield k
     if k._fifo is not None:
@@ -417,7 +419,8 @@ def test_leftover_keepalived_is_stopped(kad, monkeypatch):
 
 
 def test_interface_from_the_network_side_first(kad):
-    kad._vip_interface = lambda ip: "vip0" if ip == "203.0.113.2" else None
+    kad.network = FakeNetwork(interface="vip0")
+    kad.network.vips.append("203.0.113.2")
     kad.apply(settings())
     assert kad.interface == "vip0"
     assert not any(call[0] == "interfaces" for call in kad.netlink.calls)

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from amphora.listeners.logs import collector, forward, logfile, syslog
+from amphora.testing import FakeListeners
 
 LID = "0b7f3c8e-1d2a-4c5b-8e9f-112233445566"
 AID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
@@ -406,15 +407,6 @@ class _FakeReactor(Clock):
         return port
 
 
-class _FakeListeners:
-    def __init__(self, ids):
-        self.ids = ids
-        self.config_hooks, self.delete_hooks = [], []
-
-    def listener_ids(self):
-        return list(self.ids)
-
-
 @pytest.fixture
 def short(tmp_path):
     from tests.logs_support import remove_dir, short_dir
@@ -424,20 +416,20 @@ def short(tmp_path):
     remove_dir(path)
 
 
-def _logs(pki, tmp_path, run, forward=""):
+def _logs(pki, tmp_path, run, forward="", listeners=None):
     from amphora.config import load_config
     from tests.helpers import write_config
 
     config = load_config(write_config(pki, str(tmp_path / "a"), 0, {
         "agent": {"run_dir": run}, "logs": {"forward": forward, "max_bytes": "100", "backups": "1"}}))
     reactor = _FakeReactor()
-    return collector.ListenerLogs(config, reactor, hostname="amp"), reactor
+    listeners = listeners if listeners is not None else FakeListeners(existing=[LID])
+    return collector.ListenerLogs(config, reactor, listeners, hostname="amp"), reactor
 
 
-def test_attach_tolerates_none_and_registers_hooks_once(pki, tmp_path, short):
-    logs, _ = _logs(pki, tmp_path, short)
-    logs.attach(None)
-    listeners = _FakeListeners([])
+def test_attach_registers_hooks_once(pki, tmp_path, short):
+    listeners = FakeListeners()
+    logs, _ = _logs(pki, tmp_path, short, listeners=listeners)
     logs.attach(listeners)
     logs.attach(listeners)
     assert listeners.config_hooks == [logs.config_hook]
@@ -462,15 +454,13 @@ def test_config_hook_binds_and_returns_a_global_log_line(pki, tmp_path, short):
 def test_config_hook_binds_nothing_for_a_listener_that_does_not_exist_yet(pki, tmp_path, short):
     """The check of a first upload gets the log line, but a refused upload must leave no
     socket (and no collector holding a descriptor) behind; the start after it binds."""
-    logs, reactor = _logs(pki, tmp_path, short)
-    listeners = _FakeListeners([])
-    listeners.exists = lambda lid: lid in listeners.ids
-    logs.attach(listeners)
+    listeners = FakeListeners()
+    logs, reactor = _logs(pki, tmp_path, short, listeners=listeners)
     text = logs.config_hook(LID)
     assert f"    log unix@{logs.socket_path(LID)} len 8192 format rfc5424 local0\n" in text
     assert reactor.unix == [] and not logs.collecting(LID)
     assert not os.path.exists(logs.socket_path(LID))
-    listeners.ids.append(LID)  # the upload was accepted: the start binds
+    listeners.existing.add(LID)  # the upload was accepted: the start binds
     assert logs.config_hook(LID) == text
     assert [p.path for p in reactor.unix] == [logs.socket_path(LID)] and logs.collecting(LID)
 
@@ -501,10 +491,9 @@ def test_delete_hook_removes_files_without_forwarder(pki, tmp_path, short):
 
 def test_start_rebinds_existing_listeners_and_drops_stale_sockets(pki, tmp_path, short):
     other = "11111111-2222-4333-8444-555555555555"
-    logs, reactor = _logs(pki, tmp_path, short)
+    logs, reactor = _logs(pki, tmp_path, short, listeners=FakeListeners(existing=[LID]))
     for lid in (LID, other):
         open(logs.socket_path(lid), "w").close()
-    logs.attach(_FakeListeners([LID]))
     logs.startService()
     assert [p.path for p in reactor.unix] == [logs.socket_path(LID)]
     assert not os.path.exists(logs.socket_path(other))
@@ -522,7 +511,7 @@ def test_unusable_log_dir_never_stops_the_agent(pki, tmp_path, short):
     config = load_config(write_config(pki, str(tmp_path / "a"), 0, {
         "agent": {"run_dir": short, "log_dir": str(blocker / "logs")}}))
     reactor = _FakeReactor()
-    logs = collector.ListenerLogs(config, reactor, hostname="amp")  # does not raise
+    logs = collector.ListenerLogs(config, reactor, FakeListeners(existing=[LID]), hostname="amp")  # does not raise
     assert logs.config_hook(LID)  # haproxy still gets its target; lines are dropped (and counted)
     reactor.unix[0].protocol.datagramReceived(HAPROXY_5424, None)
     reactor.advance(logfile.FLUSH_DELAY)

@@ -138,6 +138,7 @@ class FakeNetlink:
 
 
 def make(tmp_path, links, namespace="", vip_owner=None):
+    vip_owner = vip_owner if vip_owner is not None else SimpleNamespace(keepalived_owns_vips=False)
     config = SimpleNamespace(network=SimpleNamespace(namespace=namespace),
                              agent=SimpleNamespace(state_dir=str(tmp_path)))
     fake = FakeNetlink(links, namespace)
@@ -294,7 +295,8 @@ def test_plugs_are_serialised(tmp_path):
         pending.append((d, fn, args))
         return d
 
-    plugger = NetworkPlugger(config, reactor=None, netlink=fake, run_blocking=run_later)
+    plugger = NetworkPlugger(config, reactor=None, vip_owner=SimpleNamespace(keepalived_owns_vips=False),
+                             netlink=fake, run_blocking=run_later)
     first = plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", {"mac_address": MAC1}))
     second = plugger.plug_network(parse_network_body(None))
     assert len(pending) == 1, "the second plug waits for the lock"

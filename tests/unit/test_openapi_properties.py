@@ -29,9 +29,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treq.testing import StubTreq
-from twisted.internet.defer import succeed
 
 from amphora.api.app import AgentAPI
+from amphora.testing import FakeListeners, FakeNetwork
 from amphora.topology import Outcome
 from tests.openapi_support import contract, load_document
 from tests.schema_strategies import strategy
@@ -53,20 +53,9 @@ class _Topology:
         return Outcome.APPLIED
 
 
-class _Network:
-    def plug_vip(self, vip, spec):
-        return succeed(f"VIP {vip} plugged on interface eth1")
-
-    def plug_network(self, spec):
-        return succeed("Plugged interface eth1")
-
-
-class _Agent:
-    topology = _Topology()
-    network = _Network()
-
-
-_STUB = StubTreq(AgentAPI(_Agent()).app.resource())
+_STUB = StubTreq(AgentAPI(facts=None, topology=_Topology(), listeners=FakeListeners(), certificates=None,
+                          network=FakeNetwork(), logs=None, sampler=None, max_config_bytes=0,
+                          faces=lambda v0_1: {}).app.resource())
 
 
 def call(method: str, path: str, body) -> tuple[int, object]:

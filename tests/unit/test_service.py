@@ -91,7 +91,7 @@ def test_unexpected_exception_is_json_500_without_traceback(stub):
         def document(self):
             raise RuntimeError("secret internals")
 
-    agent.topology = Broken()
+    agent.api.topology = Broken()
     response = treq.get("https://x/v0.1/topology").result
     assert response.code == 500
     body = treq.content(response).result
@@ -138,8 +138,19 @@ def test_os_error_is_500_naming_the_cause(stub):
         def document(self):
             raise OSError(28, "No space left on device")
 
-    agent.topology = FullDisk()
+    agent.api.topology = FullDisk()
     response = treq.get("https://x/v0.1/topology").result
     assert response.code == 500
     body = json.loads(treq.content(response).result)
     assert body == {"message": "Internal Server Error", "details": "No space left on device (errno 28)"}
+
+
+def test_ready_fires_waiters_before_and_after():
+    from amphora.agent import Ready
+
+    ready, got = Ready(), []
+    ready.wait().addCallback(got.append)
+    assert got == [] and not ready.fired
+    ready.fire("agent")
+    ready.wait().addCallback(got.append)
+    assert got == ["agent", "agent"] and ready.fired

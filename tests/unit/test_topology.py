@@ -13,55 +13,12 @@ from twisted.internet.task import Clock
 from amphora.api.requests import parse_topology
 from amphora.errors import OperationFailed, TopologyTransitionInProgress
 from amphora.keepalived import auth_pass
+from amphora.testing import FakeKeepalived, FakeNetwork
 from amphora.topology import ACTIVE_STANDBY, STATUS_CHANGE, STATUS_OK, Outcome, Topology
 
 SECRET = "b20e06cf1abcf29c708d3b437f4a29892a0921d0"
 AS_ACTIVE = {"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": " 203.0.113.2", "secret": SECRET}
 AS_STANDBY = dict(AS_ACTIVE, role="STANDBY")
-
-
-class FakeKeepalived:
-    """Stands in for amphora.keepalived.Keepalived: records calls, reports states on demand."""
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.calls = []
-        self.running = False
-        self.vrrp_state = None
-        self.settings = None
-        self.report_after_start = "BACKUP"   # None: keepalived never reports
-        self.fail_apply = None
-        self._waiters = []
-
-    def apply(self, settings):
-        self.calls.append(("apply", settings))
-        if self.fail_apply:
-            return defer.fail(OperationFailed(self.fail_apply))
-        was_running = self.running
-        self.settings, self.running = settings, True
-        if not was_running and self.report_after_start:
-            self.clock.callLater(0.5, self.report, self.report_after_start)
-        return defer.succeed(None)
-
-    def stop(self):
-        self.calls.append(("stop",))
-        self.running, self.settings, self.vrrp_state = False, None, None
-        return defer.succeed(None)
-
-    def stop_leftover(self):
-        self.calls.append(("stop_leftover",))
-        return defer.succeed(None)
-
-    def wait_state(self):
-        d = defer.Deferred(lambda d: self._waiters.remove(d))
-        self._waiters.append(d)
-        return d
-
-    def report(self, state):
-        self.vrrp_state = state
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(state)
 
 
 @pytest.fixture
@@ -77,7 +34,7 @@ def fake(clock):
 @pytest.fixture
 def topo(tmp_path, fake, clock):
     t = Topology(str(tmp_path), "amp-host", "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce")
-    t.attach(fake, clock, 10.0)
+    t.attach(fake, clock, 10.0, network=FakeNetwork())
     return t
 
 
@@ -219,7 +176,7 @@ def test_restart_reapplies_the_stored_topology(topo, clock, fake, tmp_path):
     to_active_standby(topo, clock, fake, dict(AS_STANDBY, peers=["203.0.113.7"], priority=50))
     again = Topology(str(tmp_path), "amp-host", topo.amphora_id)
     fake2 = FakeKeepalived(clock)
-    again.attach(fake2, clock, 10.0)
+    again.attach(fake2, clock, 10.0, network=FakeNetwork())
     assert again.topology == ACTIVE_STANDBY and again.settings == topo.settings
     d = again.restore()
     assert d.called
@@ -234,7 +191,7 @@ def test_restore_timeout_releases_the_gate(topo, clock, fake, tmp_path):
     again = Topology(str(tmp_path), "amp-host", topo.amphora_id)
     fake2 = FakeKeepalived(clock)
     fake2.report_after_start = None
-    again.attach(fake2, clock, 10.0)
+    again.attach(fake2, clock, 10.0, network=FakeNetwork())
     again.restore()
     clock.advance(11)
     assert again.status == STATUS_OK and "no VRRP state" in again.last_error
@@ -247,20 +204,9 @@ def test_single_restore_only_stops_a_leftover_keepalived(topo, fake):
 
 # -- who holds the VIPs -------------------------------------------------------------
 
-class FakeNetwork:
-    """Stands in for the plugger: records each VIP hand-over with what keepalived did then."""
-
-    def __init__(self, topo, fake):
-        self.topo, self.fake, self.syncs = topo, fake, []
-
-    def sync_vips(self):
-        self.syncs.append((self.topo.keepalived_owns_vips, self.fake.running))
-        return defer.succeed(None)
-
-
 @pytest.fixture
 def network(topo, fake, clock):
-    net = FakeNetwork(topo, fake)
+    net = FakeNetwork(observe=lambda: (topo.keepalived_owns_vips, fake.running))
     topo.attach(fake, clock, 10.0, network=net)
     return net
 

@@ -9,8 +9,8 @@
 Each tree is its own Klein app with the shared error handlers
 (``amphora.api.base``), mounted by ``amphora.api.app`` as a branch. A tree takes
 explicit collaborators (the haproxy registry, a certificate store, the host
-facts and sampler, the topology), never the whole agent: ``build_faces`` is the
-one place that reads them off the agent.
+facts and sampler, the topology, the network plugger), never the whole agent: ``build_faces`` is the
+one place that hands them out (``amphora.agent.build_parts`` gives it its own).
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from amphora.certfiles import CertificateFiles
 DISCOVERY = {"api_version": "1.0"}
 
 
-def build_faces(agent, v0_1_resource) -> dict:
+def build_faces(config, v0_1_resource, *, facts, sampler, topology, listeners, network) -> dict:
     """The mounted resources of the Octavia faces, keyed by their path prefix."""
-    config = agent.config
-    report = HostReport(agent.facts, agent.sampler, agent.topology, agent.listeners,
-                        config.network.namespace)
-    common = {"registry": agent.listeners, "report": report, "gate": agent.topology,
+    report = HostReport(facts, sampler, topology, listeners, config.network.namespace)
+    common = {"registry": listeners, "report": report, "gate": topology,
               "amphora_id": config.agent.amphora_id, "max_config_bytes": config.haproxy.max_config_bytes}
     face_1_0 = Face1_0(certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
-                       plugger=agent.network, **common)
+                       plugger=network, **common)
     face_0_5 = Face0_5(v0_1=v0_1_resource, **common)
     return {"1.0": face_1_0.app.resource(), "0.5": face_0_5.app.resource()}

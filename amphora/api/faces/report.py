@@ -37,10 +37,13 @@ class HostReport:
 
     # -- versions ------------------------------------------------------------------
 
+    def _versions(self) -> dict[str, str]:
+        """The package inventory's versions ({} for a sampler without one)."""
+        packages = self.sampler.packages
+        return dict(packages.versions) if packages is not None else {}
+
     def _package(self, name: str) -> str | None:
-        packages = getattr(self.sampler, "packages", None)
-        versions = getattr(packages, "versions", None) or {}
-        return versions.get(name)
+        return self._versions().get(name)
 
     def haproxy_version(self) -> str:
         """The Debian package version (``2.6.12-1+deb12u4``), as Octavia's agent reports it;
@@ -92,7 +95,6 @@ class HostReport:
     def details(self, api_version: str, frontends: list[dict]) -> dict:
         sampler = self.sampler
         memory = sampler.memory
-        packages = getattr(sampler, "packages", None)
         return {
             **self.info(api_version),
             "networks": self.networks(),
@@ -109,6 +111,6 @@ class HostReport:
             "topology": self.topology.topology.replace("-", "_"),
             "topology_status": self.topology.status,
             "listeners": sorted({entry["uuid"] for entry in frontends}),
-            "packages": dict(getattr(packages, "versions", None) or {}),
+            "packages": self._versions(),
             "lvs_listener_process_count": 0,
         }

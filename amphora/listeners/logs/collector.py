@@ -86,11 +86,15 @@ class _Collector(DatagramProtocol):
 
 
 class ListenerLogs(Service):
-    """Collects, stores and forwards every listener's haproxy log lines (``agent.logs``)."""
+    """Collects, stores and forwards every listener's haproxy log lines.
+
+    ``listeners`` is the listener registry (``IListenerRegistry``): the collector
+    hooks into its config and delete hooks and asks it which listeners exist.
+    """
 
     name = "listener-logs"
 
-    def __init__(self, config, reactor, hostname: str | None = None):
+    def __init__(self, config, reactor, listeners, hostname: str | None = None):
         self.config = config
         self.reactor = reactor
         self.amphora_id = config.agent.amphora_id
@@ -100,7 +104,7 @@ class ListenerLogs(Service):
         self.max_bytes = config.logs.max_bytes
         self.backups = config.logs.backups
         self.forwarder = make_forwarder(reactor, config.logs.forward)
-        self.listeners = None
+        self.listeners = listeners
         self._collectors: dict[str, _Collector] = {}
         for path in (self.log_dir, self.socket_dir):
             try:
@@ -108,14 +112,13 @@ class ListenerLogs(Service):
             except OSError as e:  # logging never stops the agent: files/sockets fail later, logged
                 log.error("cannot create {path}: {error}; listener logs will be missing", path=path,
                           error=e.strerror or str(e))
+        self.attach(listeners)
 
     # -- wiring ------------------------------------------------------------------
 
     def attach(self, listeners) -> None:
-        """Register the config and delete hooks with the listener manager (if there is one)."""
+        """Register the config and delete hooks with ``listeners`` (once)."""
         self.listeners = listeners
-        if listeners is None:
-            return
         if self.config_hook not in listeners.config_hooks:
             listeners.config_hooks.append(self.config_hook)
         if self.delete_hook not in listeners.delete_hooks:
@@ -126,10 +129,10 @@ class ListenerLogs(Service):
         if self.forwarder is not None:
             self.forwarder.start()
         # haproxy keeps running across agent restarts and keeps sending to the
-        # same path: listen again for every listener that exists. Without a
-        # listener manager, the sockets a previous agent left say which.
+        # same path: listen again for every listener that exists. When the
+        # registry cannot tell, the sockets a previous agent left say which.
         left = set(self._socket_ids())
-        known = self._known_listener_ids() if self.listeners is not None else None
+        known = self._known_listener_ids()
         wanted = left if known is None else set(known)
         for lid in sorted(wanted):
             self.ensure(lid)
@@ -154,11 +157,8 @@ class ListenerLogs(Service):
             return None
 
     def _exists(self, lid: str) -> bool:
-        exists = getattr(self.listeners, "exists", None)
-        if exists is None:
-            return True
         try:
-            return bool(exists(lid))
+            return bool(self.listeners.exists(lid))
         except Exception as e:
             log.warn("cannot tell whether listener {lid} exists: {error}", lid=lid, error=e)
             return True
@@ -217,7 +217,7 @@ class ListenerLogs(Service):
         refused upload leaves no socket or collector behind. The start that
         follows an accepted upload runs this hook again and binds.
         """
-        if self.listeners is not None and not self._exists(lid):
+        if not self._exists(lid):
             return self.config_fragment(lid) if self.log_target(lid) is not None else ""
         if not self.ensure(lid):
             return ""
