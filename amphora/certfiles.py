@@ -7,7 +7,7 @@ byte for byte, under ``<cert_dir>/<lb_id>/<name>`` (``[octavia]``'s
 ``cert_dir``, the path the controller writes into the haproxy configuration),
 files 0600 in a 0700 directory, every write atomic. Only the names are
 checked, so that nothing a client sends can point outside that directory.
-The strict PEM validation of the v0.1 routes (``amphora.certificates``) stays
+The strict PEM validation of the v0.1 routes (``amphora.certpem``) stays
 there.
 
 Writes are small local files, done in the reactor thread like every other
