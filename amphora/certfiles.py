@@ -7,7 +7,7 @@ byte for byte, under ``<cert_dir>/<lb_id>/<name>`` (``[octavia]``'s
 ``cert_dir``, the path the controller writes into the haproxy configuration),
 files 0600 in a 0700 directory, every write atomic. Only the names are
 checked, so that nothing a client sends can point outside that directory.
-The strict PEM validation of the v0.1 routes (``amphora.certificates``) stays
+The strict PEM validation of the v0.1 routes (``amphora.certpem``) stays
 there.
 
 Writes are small local files, done in the reactor thread like every other
@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 
-from amphora.errors import InvalidRequest, NotFound
+from amphora.errors import InvalidRequest, NamedNotFound
 from amphora.fsutil import atomic_write, ensure_dir, fsync_dir
 from amphora.listeners.store import is_listener_id
 
@@ -33,11 +33,8 @@ _SAFE_NAME = re.compile(r"\w[\w.-]{0,254}", re.ASCII)
 _OCTAVIA_NAME = re.compile(r"(\w.)+pem")
 
 
-class CertificateNotFound(NotFound):
-    message = "Certificate Not Found"
-
-    def __init__(self, name: str):
-        super().__init__(f"No certificate with filename: {name}")
+class CertificateNotFound(NamedNotFound, message="Certificate Not Found"):
+    template = "No certificate with filename: {}"
 
 
 def check_file_name(raw: object) -> str:

@@ -9,10 +9,21 @@ from __future__ import annotations
 
 
 class AgentError(Exception):
-    """Base class. ``message`` is the spec's short text, ``details`` the specifics."""
+    """Base class. ``message`` is the spec's short text, ``details`` the specifics.
+
+    A subclass states its status code and message in its header:
+    ``class NotFound(AgentError, status=404, message="Not Found")``.
+    """
 
     status = 500
     message = "Internal Server Error"
+
+    def __init_subclass__(cls, status: int | None = None, message: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if message is not None:
+            cls.message = message
 
     def __init__(self, details: object = None, message: str | None = None):
         if message is not None:
@@ -27,77 +38,64 @@ class AgentError(Exception):
         return body
 
 
-class InvalidRequest(AgentError):
-    status = 400
-    message = "Invalid request"
+class InvalidRequest(AgentError, status=400, message="Invalid request"):
+    """The request is malformed or asks for something the agent refuses."""
 
 
-class InvalidVIP(InvalidRequest):
+class InvalidVIP(InvalidRequest, message="Invalid VIP"):
     """The VIP in a plug-VIP URL (or its body) is no usable unicast address."""
 
-    message = "Invalid VIP"
+
+class Unauthorized(AgentError, status=401, message="Unauthorized"):
+    """No acceptable client certificate."""
 
 
-class Unauthorized(AgentError):
-    status = 401
-    message = "Unauthorized"
+class NotFound(AgentError, status=404, message="Not Found"):
+    """What the request asks for does not exist."""
 
 
-class NotFound(AgentError):
-    status = 404
-    message = "Not Found"
+class NamedNotFound(NotFound):
+    """A 404 about one thing the request names: ``details`` is ``template`` with it filled in."""
 
-
-class CertificateNotFound(NotFound):
-    message = "Certificate Not Found"
+    template = "{}"
 
     def __init__(self, name: str):
-        super().__init__(f"No certificate with file name: {name}")
+        super().__init__(self.template.format(name))
 
 
-class NoSuitableInterface(NotFound):
+class CertificateNotFound(NamedNotFound, message="Certificate Not Found"):
+    template = "No certificate with file name: {}"
+
+
+class NoSuitableInterface(NamedNotFound, message="No suitable network interface found"):
     """No interface to plug: none newly attached, several to choose from, or the one named is gone.
 
     The text is in ``details`` too, on every face: Octavia's controllers retry a 404
     (a hot-plugged NIC can appear a second late) only when its ``details`` hold it.
     """
 
-    message = "No suitable network interface found"
-
-    def __init__(self, reason: str):
-        super().__init__(f"{self.message}: {reason}")
+    template = "No suitable network interface found: {}"
 
 
-class ListenerNotFound(NotFound):
-    message = "Listener Not Found"
-
-    def __init__(self, listener_id: str):
-        super().__init__(f"No listener with UUID: {listener_id}")
+class ListenerNotFound(NamedNotFound, message="Listener Not Found"):
+    template = "No listener with UUID: {}"
 
 
-class LoadBalancerNotFound(NotFound):
-    message = "Loadbalancer Not Found"
-
-    def __init__(self, lb_id: str):
-        super().__init__(f"No loadbalancer with UUID: {lb_id}")
+class LoadBalancerNotFound(NamedNotFound, message="Loadbalancer Not Found"):
+    template = "No loadbalancer with UUID: {}"
 
 
-class MethodNotAllowed(AgentError):
-    status = 405
-    message = "Method Not Allowed"
+class MethodNotAllowed(AgentError, status=405, message="Method Not Allowed"):
+    """The path exists, the method does not."""
 
 
-class PayloadTooLarge(AgentError):
-    status = 413
-    message = "Payload Too Large"
+class PayloadTooLarge(AgentError, status=413, message="Payload Too Large"):
+    """The body is larger than the configured limit."""
 
 
-class OperationFailed(AgentError):
+class OperationFailed(AgentError, status=500):
     """A real operation (haproxy, keepalived, netlink) failed; details carry its output."""
 
-    status = 500
 
-
-class TopologyTransitionInProgress(AgentError):
-    status = 503
-    message = "Topology transition in progress"
+class TopologyTransitionInProgress(AgentError, status=503, message="Topology transition in progress"):
+    """A topology transition is under way; the request may be repeated when it has ended."""
