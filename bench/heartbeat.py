@@ -77,7 +77,8 @@ def timed(fn, repeat: int):
 
 def one_shape(listeners: int, members: int, repeat: int, limit: int) -> dict:
     answers = answers_for(listeners, members)
-    t_parse, rows = timed(lambda: {lid: parse_show_stat(a) for lid, a in answers.items()}, repeat)
+    t_parse, rows = timed(lambda: {lid: parse_show_stat(a, msg.STAT_COLUMNS) for lid, a in answers.items()},
+                          repeat)
     previous = {lid: {"bin": 10, "bout": 10, "stot": 1, "ereq": 0} for lid in answers}
 
     def build():
@@ -139,7 +140,13 @@ def reactor_stall(beats: int = 3) -> dict:
         def running_ids(self):
             return sorted(rows)
 
-        def show_stat(self, lid):
+        def all_listener_ids(self):
+            return sorted(rows)
+
+        def heartbeat_frontends(self, lid):
+            return None   # v0.1 listeners: one entry each
+
+        def show_stat(self, lid, columns=None):
             return succeed(rows[lid])
 
     results = {}

@@ -92,10 +92,12 @@ class FakeListeners:
         """The agent's start-up step calls this on a real manager; nothing to adopt here."""
         return defer.succeed(None)
 
-    def show_stat(self, lid: str):
+    def show_stat(self, lid: str, columns=None):
         self.calls.append(lid)
+        self.columns = columns
         if lid in self.sockets:
-            return query(self.reactor, self.sockets[lid], "show stat", timeout=2.0).addCallback(parse_show_stat)
+            return query(self.reactor, self.sockets[lid], "show stat", timeout=2.0).addCallback(
+                parse_show_stat, columns)
         answer = self.answers[lid]
         if callable(answer):
             answer = answer()
@@ -103,7 +105,7 @@ class FakeListeners:
             return defer.fail(answer)
         if answer == "hang":
             return defer.Deferred()
-        return defer.succeed(parse_show_stat(answer))
+        return defer.succeed(parse_show_stat(answer, columns))
 
 
 class FakePort:

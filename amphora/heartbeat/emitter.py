@@ -346,11 +346,11 @@ class HeartbeatService(Service):
 
     def _stat(self, listeners, lid: str) -> Deferred:
         """``show stat`` rows of one listener, or None when it cannot tell (logged, rate-limited)."""
-        d = self._bounded(defer.maybeDeferred(listeners.show_stat, lid))
+        d = self._bounded(defer.maybeDeferred(listeners.show_stat, lid, msg.STAT_COLUMNS))
 
         def rows(answer):
             if isinstance(answer, (bytes, str)):  # a raw answer: parse it here
-                answer = parse_show_stat(answer)
+                answer = parse_show_stat(answer, msg.STAT_COLUMNS)
             if not isinstance(answer, list):
                 raise ValueError(f"show stat returned {type(answer).__name__}")
             self.limiter.clear(("stats", lid))

@@ -40,6 +40,8 @@ UNKNOWN = "UNKNOWN"
 # Published stats key -> haproxy "show stat" column, for the delta counters.
 DELTA_METRICS = (("rx", "bin"), ("tx", "bout"), ("totconns", "stot"), ("ereq", "ereq"))
 COUNTER_COLUMNS = tuple(column for _, column in DELTA_METRICS)
+# Every ``show stat`` column a beat reads: the listener manager parses only these.
+STAT_COLUMNS = pools.COLUMNS + ("scur",) + COUNTER_COLUMNS
 
 
 def _int(value: Any) -> int:
@@ -58,7 +60,7 @@ def member_status(member: pools.Member) -> str:
 
 def pool_entry(pool: pools.Pool) -> dict:
     """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members)."""
-    return {"status": "DOWN" if pool.state == pools.DOWN else "UP",
+    return {"status": "DOWN" if pool.down else "UP",
             "members": {m.name: member_status(m) for m in pool.members}}
 
 

@@ -161,8 +161,8 @@ class HaproxyInstance:
             return fail(OperationFailed(f"haproxy for {self.kind} {self.id} is not running"))
         return stats.query(self.owner.reactor, self.files.stats_socket, command, timeout=timeout)
 
-    def show_stat(self):
-        return self.runtime("show stat").addCallback(stats.parse_show_stat)
+    def show_stat(self, columns: tuple[str, ...] | None = None):
+        return self.runtime("show stat").addCallback(stats.parse_show_stat, columns)
 
     def uses_file(self, path: str) -> bool:
         if not path:

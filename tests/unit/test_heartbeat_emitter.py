@@ -9,6 +9,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from amphora.config import HeartbeatSection
 from amphora.heartbeat import envelope
+from amphora.heartbeat import message as msg
 from amphora.heartbeat.emitter import HeartbeatService, RateLimiter
 from tests.heartbeat_support import FakeListeners, FakeReactor, synthetic_csv, uuids
 
@@ -322,7 +323,7 @@ def test_limit_never_exceeds_what_udp_can_carry(tmp_path):
 
 def test_rows_that_cannot_be_read_count_as_no_answer(tmp_path):
     class Odd(FakeListeners):
-        def show_stat(self, lid):
+        def show_stat(self, lid, columns=None):
             return defer.succeed([["not", "a", "row"]])
 
     lid = uuids(1)[0]
@@ -383,3 +384,13 @@ def test_stopping_mid_beat_sends_nothing_more(tmp_path):
     assert reactor.sent == [] and service.state.seq == 0
     assert not [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("warn", "error",
                                                                                                 "critical")]
+
+
+def test_asks_the_listeners_only_for_the_columns_it_reads(tmp_path):
+    lid, pool = uuids(2)
+    listeners = FakeListeners(None, {lid: csv_for(lid, pool)})
+    reactor, _, service = make(tmp_path, listeners)
+    service.startService()
+    assert listeners.columns == msg.STAT_COLUMNS
+    assert beats(reactor)[0]["pools"][f"{pool}:{lid}"] == {"status": "UP", "members": {"m-" + lid[:8]: "UP"}}
+    service.stopService()

@@ -216,3 +216,14 @@ def test_reduction_needs_few_compressions(monkeypatch):
     packet, reduction = msg.fit(message, "k", 65000)
     # full + all-stripped + a few interpolation steps (bisection alone needs about 8 here)
     assert reduction.fits and len(calls) <= 6, len(calls)
+
+
+def test_the_columns_a_beat_reads_give_the_same_beat():
+    """The listener manager parses only STAT_COLUMNS for the heartbeat: nothing else is read."""
+    full = {L1: parse_show_stat(CANNED)}
+    some = {L1: parse_show_stat(CANNED, msg.STAT_COLUMNS)}
+    assert all(set(row) <= set(msg.STAT_COLUMNS) for row in some[L1])
+    for frontends in (None, {L1: [L1]}):   # a v0.1 listener, a 1.0 load balancer
+        a = msg.compose(AMP, 3, full, {}, {}, {}, "k", 65000, frontends)
+        b = msg.compose(AMP, 3, some, {}, {}, {}, "k", 65000, frontends)
+        assert a.message == b.message and a.packet == b.packet and a.records == b.records
