@@ -8,7 +8,9 @@ random UUIDs, as real ones are) it prints the median time to
 - summarize + build the v3 body (deltas against the previous beat),
 - sign: compact JSON + zlib level 9 + hex HMAC-SHA256 (``fit``, which also
   reduces the beat when it exceeds the limit — then the time includes the
-  bisection),
+  search, in one compression pass; "+measure" is the same for the beat whose
+  size warning is logged, which compresses the rest of the full beat to
+  report its size),
 
 the full packet size and the size actually sent, and, as a baseline measured
 in the same run, Octavia's own encoding of the same body (``json.dumps``
@@ -87,12 +89,15 @@ def one_shape(listeners: int, members: int, repeat: int, limit: int) -> dict:
                          extra={"topology": "SINGLE", "role": "ACTIVE", "topology_status": "OK"})[0]
 
     t_build, body = timed(build, repeat)
-    t_sign, (packet, reduction) = timed(lambda: msg.fit(body, KEY, limit), repeat)
+    # As the agent signs a beat whose size warning is not due (the full size is measured
+    # only for the beat that logs it): see "sign+measure" for that one.
+    t_sign, (packet, reduction) = timed(lambda: msg.fit(body, KEY, limit, measure=False), repeat)
+    t_measure, (_, measured) = timed(lambda: msg.fit(body, KEY, limit), repeat)
     t_octavia, octavia = timed(lambda: octavia_encode(body), repeat)
-    full = reduction.full_bytes if reduction else len(packet)
+    full = measured.full_bytes if measured else len(packet)
     t_plain, _ = timed(lambda: envelope.wrap(body, KEY), repeat)
     return {"listeners": listeners, "members": members, "parse_ms": t_parse * 1e3, "build_ms": t_build * 1e3,
-            "sign_ms": t_sign * 1e3, "plain_sign_ms": t_plain * 1e3, "full_bytes": full, "sent_bytes": len(packet),
+            "sign_ms": t_sign * 1e3, "measure_ms": t_measure * 1e3, "plain_sign_ms": t_plain * 1e3, "full_bytes": full, "sent_bytes": len(packet),
             "reduced": reduction is not None, "octavia_ms": t_octavia * 1e3, "octavia_bytes": len(octavia)}
 
 
@@ -203,7 +208,7 @@ def main() -> int:
     print(f"heartbeat build + sign, median of {args.repeat}; limit {args.limit} bytes; "
           f"zlib {zlib.ZLIB_RUNTIME_VERSION}")
     header = (f"{'listeners':>9} {'members':>7} {'parse ms':>9} {'build ms':>9} {'sign ms':>9} "
-              f"{'total ms':>9} {'full B':>8} {'sent B':>8} {'reduced':>7} | {'octavia ms':>10} "
+              f"{'total ms':>9} {'+measure':>9} {'full B':>8} {'sent B':>8} {'reduced':>7} | {'octavia ms':>10} "
               f"{'octavia B':>9} {'time x':>7} {'size x':>7}")
     print(header)
     print("-" * len(header))
@@ -212,10 +217,12 @@ def main() -> int:
             r = one_shape(listeners, members, args.repeat, args.limit)
             total = r["parse_ms"] + r["build_ms"] + r["sign_ms"]
             print(f"{listeners:>9} {members:>7} {r['parse_ms']:>9.2f} {r['build_ms']:>9.2f} {r['sign_ms']:>9.2f} "
-                  f"{total:>9.2f} {r['full_bytes']:>8} {r['sent_bytes']:>8} {'yes' if r['reduced'] else 'no':>7} | "
+                  f"{total:>9.2f} {r['measure_ms']:>9.2f} {r['full_bytes']:>8} {r['sent_bytes']:>8} {'yes' if r['reduced'] else 'no':>7} | "
                   f"{r['octavia_ms']:>10.2f} {r['octavia_bytes']:>9} "
                   f"{r['plain_sign_ms'] / r['octavia_ms']:>7.2f} {r['full_bytes'] / r['octavia_bytes']:>7.3f}")
     print()
+    print("parse: only the columns a beat reads; sign: as on a beat whose size warning is not due;")
+    print("+measure: sign for the beat that logs the warning (the full beat compressed to report its size).")
     print("time x / size x: our unreduced signing (compact JSON) vs Octavia's encoding of the same body.")
     print()
     for listeners in (1, 50, 200):

@@ -270,6 +270,13 @@ def test_oversize_beat_is_reduced_and_warned_about(tmp_path):
     assert sorted(body["listeners"]) == sorted(answers) and len(body["pools"]) == 50
     warned = [formatEvent(e) for e in events if "exceeds max_packet_bytes" in formatEvent(e)]
     assert len(warned) == 1 and f"of 50 pools ({service.last_reduction.members_dropped} members)" in warned[0]
+    # Only the beat whose warning is logged measures the full beat; the next warning does again.
+    assert service.last_reduction.full_bytes is None
+    with capturedLogs() as events:
+        reactor.advance(300)
+    warned = [formatEvent(e) for e in events if "exceeds max_packet_bytes" in formatEvent(e)]
+    full = service.last_reduction.full_bytes
+    assert len(warned) == 1 and full > 65000 and f"beat of {full} bytes" in warned[0]
     service.stopService()
 
 
