@@ -395,7 +395,8 @@ class HaproxyInstance:
     def _signal_reload(self, proc: SupervisedProcess, before=None):
         if before is None:
             before = yield self._show_proc(proc)
-        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout())
+        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout(),
+                                                 stats_socket=self.files.stats_socket)
         return worker
 
     # -- delete ---------------------------------------------------------------------------------
