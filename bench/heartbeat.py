@@ -24,6 +24,7 @@ build and signing in the thread pool (what the agent does) vs inline (the
 baseline).
 
     python bench/heartbeat.py [--repeat 7] [--limit 65000]
+    python bench/heartbeat.py --against main [--repeat 15]   # old vs new, ratios within one run
 
 All work here is what the agent does on its reactor thread once per interval.
 """
@@ -200,11 +201,71 @@ def reactor_stall(beats: int = 3) -> dict:
     return results
 
 
+OLD_MODULES = ("amphora/__init__.py", "amphora/fsutil.py", "amphora/listeners/__init__.py",
+               "amphora/listeners/stats.py", "amphora/listeners/pools.py", "amphora/heartbeat/__init__.py",
+               "amphora/heartbeat/message.py", "amphora/heartbeat/envelope.py", "amphora/heartbeat/packing.py")
+
+
+def against(rev: str, shapes, rounds: int, limit: int) -> None:
+    """This tree's parse + build + sign vs revision ``rev``'s, alternating in one process (ratios per round).
+
+    ``rev``'s modules are extracted with ``git show`` under another package name
+    (``oldamp``), so both run in the same process, on the same inputs, under the
+    same load; each round times one beat of each.
+    """
+    import importlib
+    import subprocess
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="amp-hb-")
+    for path in OLD_MODULES:
+        shown = subprocess.run(["git", "-C", os.path.dirname(HERE), "show", f"{rev}:{path}"],
+                               capture_output=True, text=True)
+        if shown.returncode != 0:
+            continue   # a module that revision does not have
+        dest = os.path.join(tmp, path.replace("amphora/", "oldamp/", 1))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(dest, "w") as f:
+            f.write(shown.stdout.replace("from amphora.", "from oldamp.").replace("import amphora.", "import oldamp."))
+    sys.path.insert(0, tmp)
+    old_msg = importlib.import_module("oldamp.heartbeat.message")
+    old_parse = importlib.import_module("oldamp.listeners.stats").parse_show_stat
+    old_columns = getattr(old_msg, "STAT_COLUMNS", None)
+
+    def beat(parse, message, columns, answers, previous, **fit):
+        rows = {lid: parse(a, columns) if columns else parse(a) for lid, a in answers.items()}
+        body = message.build("x", 1, {lid: message.summarize(lid, r) for lid, r in rows.items()}, previous)[0]
+        return message.fit(body, KEY, limit, **fit)
+
+    print(f"this tree vs {rev}, parse + build + sign of one beat, alternating, {rounds} rounds (ms):")
+    for listeners, members in shapes:
+        answers = answers_for(listeners, members)
+        previous = {lid: {"bin": 10, "bout": 10, "stot": 1, "ereq": 0} for lid in answers}
+        old, new = [], []
+        for _ in range(rounds):
+            for fn, acc in ((lambda: beat(old_parse, old_msg, old_columns, answers, previous), old),
+                            (lambda: beat(parse_show_stat, msg, msg.STAT_COLUMNS, answers, previous,
+                                          measure=False), new)):
+                t0 = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t0)
+        ratios = sorted(n / o for o, n in zip(old, new))
+        print(f"  {listeners:>3} x {members:>3}: {rev} median {statistics.median(old) * 1e3:7.1f} min "
+              f"{min(old) * 1e3:7.1f} | this median {statistics.median(new) * 1e3:7.1f} min {min(new) * 1e3:7.1f}"
+              f" | ratio per round: median {statistics.median(ratios):.2f}, quartiles "
+              f"{ratios[len(ratios) // 4]:.2f}-{ratios[3 * len(ratios) // 4]:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--limit", type=int, default=65000)
+    parser.add_argument("--against", metavar="REV",
+                        help="only compare with git revision REV's code, alternating in one process")
     args = parser.parse_args()
+    if args.against:
+        against(args.against, [(50, 100), (200, 100), (50, 10)], max(args.repeat, 9), args.limit)
+        return 0
     print(f"heartbeat build + sign, median of {args.repeat}; limit {args.limit} bytes; "
           f"zlib {zlib.ZLIB_RUNTIME_VERSION}")
     header = (f"{'listeners':>9} {'members':>7} {'parse ms':>9} {'build ms':>9} {'sign ms':>9} "
