@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 
 from amphora.errors import OperationFailed
@@ -84,8 +84,8 @@ def sockets():
         return sock
 
     yield make
-    for sock in made:
-        sock.close()
+    # Stopped (the socket files unlinked) before the directory goes.
+    pytest_twisted.blockon(defer.gatherResults([defer.maybeDeferred(sock.close) for sock in made]))
     shutil.rmtree(directory, ignore_errors=True)
 
 
