@@ -264,7 +264,14 @@ def main() -> int:
                         help="only compare with git revision REV's code, alternating in one process")
     args = parser.parse_args()
     if args.against:
-        against(args.against, [(50, 100), (200, 100), (50, 10)], max(args.repeat, 9), args.limit)
+        import glob
+        import shutil
+        before = set(glob.glob("/tmp/amp-hb-*"))
+        try:
+            against(args.against, [(50, 100), (200, 100), (50, 10)], max(args.repeat, 9), args.limit)
+        finally:
+            for made in set(glob.glob("/tmp/amp-hb-*")) - before:
+                shutil.rmtree(made, ignore_errors=True)
         return 0
     print(f"heartbeat build + sign, median of {args.repeat}; limit {args.limit} bytes; "
           f"zlib {zlib.ZLIB_RUNTIME_VERSION}")
