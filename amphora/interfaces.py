@@ -43,7 +43,7 @@ class IListenerRegistry(Interface):
     def heartbeat_frontends(lid):
         """The frontend names a load balancer's heartbeat reports; None for a v0.1 listener."""
 
-    def show_stat(lid):
+    def show_stat(lid, columns=None):
         """Deferred[list[dict]]: parsed ``show stat`` rows; errbacks when ``lid`` cannot tell."""
 
     def runtime(lid, command):

@@ -85,11 +85,12 @@ class FakeListeners:
 
     # -- haproxy -----------------------------------------------------------------------------
 
-    def show_stat(self, lid: str):
+    def show_stat(self, lid: str, columns=None):
         self.stat_calls.append(lid)
+        self.columns = columns
         if lid in self.sockets:
             return stats.query(self.reactor, self.sockets[lid], "show stat",
-                               timeout=2.0).addCallback(stats.parse_show_stat)
+                               timeout=2.0).addCallback(stats.parse_show_stat, columns)
         if lid not in self.stats:
             return defer.fail(ListenerNotFound(lid))
         answer = self.stats[lid]
@@ -99,7 +100,7 @@ class FakeListeners:
             return defer.fail(answer)
         if answer == "hang":
             return defer.Deferred()
-        return defer.succeed(stats.parse_show_stat(answer))
+        return defer.succeed(stats.parse_show_stat(answer, columns))
 
     def runtime(self, lid: str, command: str):
         self.calls.append((lid, command))

@@ -6,8 +6,9 @@ round uploads a configuration that points at the other backend (A <-> B),
 reloads it, then polls the listener until the answer comes from the new
 backend. Floor, same run: a hand-run haproxy with the same command line
 (``-W -db -f cfg -f fragment -p -S``), where each round writes the file, runs
-``haproxy -c`` and sends SIGUSR2 by hand, then polls the same way. Prints
-median and p90 of both and the ratio agent/floor.
+``haproxy -c`` and sends SIGUSR2 by hand, then polls the same way. Rounds
+alternate (floor, agent, floor, ...) so both see the same load. Prints median
+and p90 of both, the ratio agent/floor and the median phase times.
 
     python bench/reload.py [--rounds 20]
 """
@@ -15,6 +16,7 @@ median and p90 of both and the ratio agent/floor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import shutil
@@ -57,7 +59,18 @@ def pct(values, q):
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def agent_rounds(rounds: int, backends, work: str, run_dir: str) -> list[float]:
+def timed_round(steps) -> tuple[float, ...]:
+    """Run ``steps`` (callables) in order; the time of each."""
+    marks = [time.perf_counter()]
+    for step in steps:
+        step()
+        marks.append(time.perf_counter())
+    return tuple(b - a for a, b in zip(marks, marks[1:]))
+
+
+@contextlib.contextmanager
+def agent_listener(backends, work: str, run_dir: str):
+    """A real agent serving one listener on backend A; yields ``round(i)`` -> phase times."""
     pki = make_pki(os.path.join(work, "pki"))
     port = free_port()
     config = write_config(pki, os.path.join(work, "agent"), port, {"agent": {"run_dir": run_dir}})
@@ -70,25 +83,31 @@ def agent_rounds(rounds: int, backends, work: str, run_dir: str) -> list[float]:
         assert api.call("PUT", f"/listeners/{lid}/haproxy", http_config(lid, lport, pool, [(new_id(), a.port)]))[0] == 201
         assert api.call("PUT", f"/listeners/{lid}/start")[0] == 202
         serving(lport, "A")
-        times = []
-        for i in range(rounds):
+
+        def one_round(i: int) -> tuple[float, ...]:
             target = (b, a)[i % 2]
             text = http_config(lid, lport, pool, [(new_id(), target.port)])
-            t0 = time.perf_counter()
-            assert api.call("PUT", f"/listeners/{lid}/haproxy", text)[0] == 201
-            code, body = api.call("PUT", f"/listeners/{lid}/reload")
-            assert code == 202, body
-            serving(lport, target.name)
-            times.append(time.perf_counter() - t0)
+
+            def upload():
+                assert api.call("PUT", f"/listeners/{lid}/haproxy", text)[0] == 201
+
+            def reload():
+                code, body = api.call("PUT", f"/listeners/{lid}/reload")
+                assert code == 202, body
+
+            return timed_round([upload, reload, lambda: serving(lport, target.name)])
+
+        yield one_round
         api.call("PUT", f"/listeners/{lid}/stop")
         api.close()
-        return times
     finally:
         agent.stop()
         kill_listeners(run_dir)
 
 
-def floor_rounds(rounds: int, backends, run_dir: str) -> list[float]:
+@contextlib.contextmanager
+def floor_listener(backends, run_dir: str):
+    """haproxy run by hand the same way, serving backend A; yields ``round(i)`` -> phase times."""
     lid, lport, pool = new_id(), free_port(), new_id()
     a, b = backends
     cfg = os.path.join(run_dir, "floor.cfg")
@@ -101,17 +120,19 @@ def floor_rounds(rounds: int, backends, run_dir: str) -> list[float]:
                              "-S", f"{run_dir}/fm.sock"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         serving(lport, "A")
-        times = []
-        for i in range(rounds):
+
+        def one_round(i: int) -> tuple[float, ...]:
             target = (b, a)[i % 2]
-            t0 = time.perf_counter()
-            with open(cfg, "w") as f:
-                f.write(http_config(lid, lport, pool, [(new_id(), target.port)]))
-            subprocess.run([HAPROXY, "-c", "-q", "-f", cfg, "-f", frag], check=True)
-            proc.send_signal(signal.SIGUSR2)
-            serving(lport, target.name)
-            times.append(time.perf_counter() - t0)
-        return times
+
+            def write_and_check():
+                with open(cfg, "w") as f:
+                    f.write(http_config(lid, lport, pool, [(new_id(), target.port)]))
+                subprocess.run([HAPROXY, "-c", "-q", "-f", cfg, "-f", frag], check=True)
+
+            return timed_round([write_and_check, lambda: proc.send_signal(signal.SIGUSR2),
+                                lambda: serving(lport, target.name)])
+
+        yield one_round
     finally:
         proc.send_signal(signal.SIGUSR1)
         try:
@@ -128,19 +149,30 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="amp3-bench-")
     run_dir = short_dir("amp3")
     backends = (Backend("A").start(), Backend("B").start())
+    floor, agent = [], []
     try:
-        floor = floor_rounds(args.rounds, backends, run_dir)
-        agent = agent_rounds(args.rounds, backends, work, run_dir)
+        with floor_listener(backends, run_dir) as floor_round, \
+                agent_listener(backends, work, run_dir) as agent_round:
+            # Interleaved, so both see the same load on a shared machine.
+            for i in range(args.rounds):
+                floor.append(floor_round(i))
+                agent.append(agent_round(i))
     finally:
         for backend in backends:
             backend.stop()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
-    fm, am = statistics.median(floor), statistics.median(agent)
-    print(f"rounds: {args.rounds} (config change -> new backend serving)")
-    print(f"floor (haproxy -c + SIGUSR2 by hand): median {fm * 1000:.0f} ms  p90 {pct(floor, 0.9) * 1000:.0f} ms")
-    print(f"agent (PUT haproxy + PUT reload):     median {am * 1000:.0f} ms  p90 {pct(agent, 0.9) * 1000:.0f} ms")
-    print(f"ratio agent/floor (median): {am / fm:.2f}")
+    ft, at = [sum(p) for p in floor], [sum(p) for p in agent]
+    fm, am = statistics.median(ft), statistics.median(at)
+    print(f"rounds: {args.rounds}, interleaved (config change -> new backend serving)")
+    print(f"floor (haproxy -c + SIGUSR2 by hand): median {fm * 1000:.0f} ms  p90 {pct(ft, 0.9) * 1000:.0f} ms")
+    print(f"agent (PUT haproxy + PUT reload):     median {am * 1000:.0f} ms  p90 {pct(at, 0.9) * 1000:.0f} ms")
+    print(f"ratio agent/floor (median): {am / fm:.2f}; median of per-round ratios: "
+          f"{statistics.median(a / f for a, f in zip(at, ft)):.2f}")
+    for name, phases in (("floor: write + haproxy -c / SIGUSR2 / until serving", floor),
+                         ("agent: PUT haproxy / PUT reload / until serving", agent)):
+        medians = [statistics.median(p[i] for p in phases) * 1000 for i in range(3)]
+        print(f"{name}: " + " / ".join(f"{m:.0f}" for m in medians) + " ms (medians)")
 
 
 if __name__ == "__main__":

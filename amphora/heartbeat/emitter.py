@@ -68,6 +68,11 @@ class RateLimiter:
         self._last[key] = now
         return True, self._held.pop(key, 0)
 
+    def due(self, key) -> bool:
+        """Whether ``allow(key)`` would let a message through now (nothing is counted)."""
+        last = self._last.get(key)
+        return last is None or self.clock.seconds() - last >= self.period
+
     def tripped(self, key) -> bool:
         """Whether a problem under ``key`` was logged and has not cleared since."""
         return key in self._last
@@ -337,11 +342,11 @@ class HeartbeatService(Service):
 
     def _stat(self, listeners, lid: str) -> Deferred:
         """``show stat`` rows of one listener, or None when it cannot tell (logged, rate-limited)."""
-        d = self._bounded(defer.maybeDeferred(listeners.show_stat, lid))
+        d = self._bounded(defer.maybeDeferred(listeners.show_stat, lid, msg.STAT_COLUMNS))
 
         def rows(answer):
             if isinstance(answer, (bytes, str)):  # a raw answer: parse it here
-                answer = parse_show_stat(answer)
+                answer = parse_show_stat(answer, msg.STAT_COLUMNS)
             if not isinstance(answer, list):
                 raise ValueError(f"show stat returned {type(answer).__name__}")
             self.limiter.clear(("stats", lid))
@@ -424,7 +429,7 @@ class HeartbeatService(Service):
         # thread when there is one (zlib releases the GIL). Inputs are snapshots.
         composed = yield self._offload(msg.compose, self.amphora_id, self.state.seq, dict(zip(running, answers)),
                                        dict(self.state.listeners), dict(self.last_pools), self._extra(),
-                                       self._key, self.limit, frontends)
+                                       self._key, self.limit, frontends, self.limiter.due("reduced"))
         if not self.running:
             return None
         for lid in composed.unreadable:
@@ -502,6 +507,8 @@ class HeartbeatService(Service):
         self.last_reduction = reduction
         if reduction is None:
             self.limiter.clear("reduced")
+            return
+        if reduction.full_bytes is None:   # not measured: its warning is not due (the next one measures)
             return
         allowed, held = self.limiter.allow("reduced")
         if not allowed:

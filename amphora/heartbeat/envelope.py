@@ -59,7 +59,17 @@ def raw_hmac(payload: bytes, key: str | bytes) -> bytes:
 
 def seal(json_bytes: bytes, key: str | bytes) -> bytes:
     """Compress ``json_bytes`` and append the hex HMAC: the bytes to put in one datagram."""
-    payload = zlib.compress(json_bytes, COMPRESS_LEVEL)
+    return sealed(zlib.compress(json_bytes, COMPRESS_LEVEL), key)
+
+
+def compressor():
+    """A zlib compressor with the packet's settings: fed piece by piece (Z_NO_FLUSH) and then
+    flushed, it gives exactly ``zlib.compress(all pieces, 9)``; ``copy()`` forks it."""
+    return zlib.compressobj(COMPRESS_LEVEL)
+
+
+def sealed(payload: bytes, key: str | bytes) -> bytes:
+    """An already compressed ``payload`` with its hex HMAC appended."""
     return payload + hex_hmac(payload, key)
 
 

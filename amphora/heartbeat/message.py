@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import bisect
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from amphora.fsutil import atomic_write_json, read_json
-from amphora.heartbeat import envelope
+from amphora.heartbeat import envelope, packing
 from amphora.listeners import pools
 
 MSG_VER = 3
@@ -40,6 +41,8 @@ UNKNOWN = "UNKNOWN"
 # Published stats key -> haproxy "show stat" column, for the delta counters.
 DELTA_METRICS = (("rx", "bin"), ("tx", "bout"), ("totconns", "stot"), ("ereq", "ereq"))
 COUNTER_COLUMNS = tuple(column for _, column in DELTA_METRICS)
+# Every ``show stat`` column a beat reads: the listener manager parses only these.
+STAT_COLUMNS = pools.COLUMNS + ("scur",) + COUNTER_COLUMNS
 
 
 def _int(value: Any) -> int:
@@ -58,7 +61,7 @@ def member_status(member: pools.Member) -> str:
 
 def pool_entry(pool: pools.Pool) -> dict:
     """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members)."""
-    return {"status": "DOWN" if pool.state == pools.DOWN else "UP",
+    return {"status": "DOWN" if pool.down else "UP",
             "members": {m.name: member_status(m) for m in pool.members}}
 
 
@@ -164,6 +167,8 @@ def build(amphora_id: str, seq: int, samples: dict[str, Sample | None], previous
     if extra:
         for key, value in extra.items():
             message.setdefault(key, value)
+    pools = message["pools"]   # in the order fit() encodes them (see there)
+    message["pools"] = {k: pools[k] for k in reversed(reduction_order(pools))}
     return message, records
 
 
@@ -173,7 +178,7 @@ def build(amphora_id: str, seq: int, samples: dict[str, Sample | None], previous
 class Reduction:
     """What :func:`fit` had to drop to get under the limit (for the warning)."""
 
-    full_bytes: int
+    full_bytes: int | None     # None: not measured (fit(measure=False)), more than ``limit``
     sent_bytes: int
     limit: int
     pools: int
@@ -232,35 +237,69 @@ def _smallest_fitting(weights: list[int], first: int, limit: int, packet_of) -> 
     return hi, best
 
 
-def fit(message: dict, key: str | bytes, limit: int) -> tuple[bytes, Reduction | None]:
+def reduction_order(pools: dict[str, dict]) -> list[str]:
+    """The order in which pools lose their members: most members first, then by key."""
+    return sorted(pools, key=lambda k: (-len(pools[k].get("members") or {}), k))
+
+
+def _layout(message: dict, keep_first: list[str]):
+    """``message`` as the pieces :func:`packing.fit` takes, pools in the order ``keep_first``.
+
+    The pieces joined are ``encode_body`` of ``_stripped(message, ...)`` with
+    the pools in that order (the same bytes, so the same packet).
+    """
+    token = uuid.uuid4().hex
+    text = envelope.encode_body(dict(message, pools=token))
+    head, rest = text.split(b'"pools":"' + token.encode() + b'"')
+    close = b"}" + rest
+
+    def suffix(k: int) -> bytes:
+        return close if k == 0 else close[:-1] + b',"members_omitted":%d}' % k
+
+    full, stripped = [], []
+    for i, name in enumerate(keep_first):
+        pool = message["pools"][name]
+        start = (b"," if i else b"") + envelope.encode_body(name) + b":"
+        full.append(start + envelope.encode_body(pool))
+        stripped.append(start + envelope.encode_body({"status": pool["status"], "members": {}}))
+    return head + b'"pools":{', full, stripped, suffix
+
+
+def fit(message: dict, key: str | bytes, limit: int, measure: bool = True) -> tuple[bytes, Reduction | None]:
     """Sign ``message``; if the packet exceeds ``limit`` bytes, reduce it.
 
     Reduction keeps every listener and every pool status and empties the
     ``members`` of the largest pools first (by member count), as few as
-    needed (found by interpolation: a few compressions, not one per
-    pool). Members are emptied, not the key removed: Octavia's health
+    needed (found in one compression pass, :mod:`amphora.heartbeat.packing`).
+    Members are emptied, not the key removed: Octavia's health
     manager reads ``pool["members"]`` unconditionally. Only if pool
     statuses alone still do not fit are whole pools dropped (largest
     first); listeners are never dropped — a controller that sees fewer
     listeners than it expects marks the amphora unhealthy. The returned
     packet can exceed ``limit`` only when the listeners alone do.
-    """
-    packet = envelope.wrap(message, key)
-    if len(packet) <= limit:
-        return packet, None
-    order = sorted(message["pools"], key=lambda k: (-len(message["pools"][k].get("members") or {}), k))
-    with_members = [k for k in order if message["pools"][k].get("members")]
-    reduction = Reduction(full_bytes=len(packet), sent_bytes=len(packet), limit=limit, pools=len(order))
 
-    if with_members:
-        k, fitted = _smallest_fitting(
-            [len(message["pools"][p]["members"]) for p in with_members], len(packet), limit,
-            lambda k: envelope.wrap(_stripped(message, with_members[:k]), key))
-        if fitted is not None:
-            reduction.pools_stripped = k
-            reduction.members_dropped = sum(len(message["pools"][p]["members"]) for p in with_members[:k])
-            reduction.sent_bytes = len(fitted)
-            return fitted, reduction
+    The pools are encoded in the reverse of :func:`reduction_order` (those
+    that may lose their members last), the order :func:`build` gives them.
+    Without ``measure``, a beat that is reduced has no ``full_bytes`` (the
+    part of the full beat past the limit is not compressed; the emitter
+    measures it only for the beats whose warning it logs).
+    """
+    order = reduction_order(message["pools"])
+    with_members = [k for k in order if message["pools"][k].get("members")]
+    message = {k: v for k, v in message.items() if k not in ("members_omitted", "pools_omitted")}
+    message["pools"] = {k: message["pools"][k] for k in reversed(order)}
+    prefix, full, stripped, suffix = _layout(message, list(message["pools"]))
+    packet, found = packing.fit(prefix, full, stripped, suffix, len(with_members), key, limit, measure)
+    if found is not None and found[0] == 0:
+        return packet, None
+    full_bytes = len(packet) if packet is not None else None
+    reduction = Reduction(full_bytes=full_bytes, sent_bytes=full_bytes or 0, limit=limit, pools=len(order))
+    if found is not None:
+        k, fitted = found
+        reduction.pools_stripped = k
+        reduction.members_dropped = sum(len(message["pools"][p]["members"]) for p in with_members[:k])
+        reduction.sent_bytes = len(fitted)
+        return fitted, reduction
 
     # Statuses alone are too big: drop whole pools, those that had most members first.
     reduction.pools_stripped = len(with_members)
@@ -289,14 +328,15 @@ class Composed:
 
 def compose(amphora_id: str, seq: int, answers: dict[str, list | None], previous: dict[str, dict],
             last_pools: dict[str, dict], extra: dict, key: str | bytes, limit: int,
-            frontends: dict[str, list[str] | None] | None = None) -> Composed:
+            frontends: dict[str, list[str] | None] | None = None, measure: bool = True) -> Composed:
     """One beat from the instances' ``show stat`` rows (``None`` = no answer) to the packet.
 
     ``frontends`` maps a 1.0 load balancer's id to its frontend names (its
     entries in the beat, one per Octavia listener); an id absent or mapped to
     None is a v0.1 listener (one entry under its own id). Pure and
     self-contained, so the emitter can run it in a thread. Rows that cannot be
-    summarized count as no answer and are listed in ``unreadable``.
+    summarized count as no answer and are listed in ``unreadable``. ``measure``
+    is :func:`fit`'s.
     """
     samples: dict[str, Sample | None] = {}
     unreadable = []
@@ -313,7 +353,7 @@ def compose(amphora_id: str, seq: int, answers: dict[str, list | None], previous
             samples.update({name: None for name in (names if names is not None else [lid])})
             unreadable.append(lid)
     message, records = build(amphora_id, seq, samples, previous, last_pools, extra)
-    packet, reduction = fit(message, key, limit)
+    packet, reduction = fit(message, key, limit, measure)
     return Composed(samples, message, records, packet, reduction, unreadable)
 
 

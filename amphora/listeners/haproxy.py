@@ -91,6 +91,7 @@ class ProcInfo:
 
 
 _FAILED = re.compile(r"\[failed:\s*(\d+)\]")
+_PID = re.compile(r"^Pid:\s*(\d+)\s*$", re.MULTILINE)
 
 
 def parse_show_proc(answer: bytes | str) -> ProcInfo:
@@ -201,21 +202,49 @@ class HAProxy:
         return parse_show_proc(answer)
 
     @inlineCallbacks
-    def reload(self, proc, master_socket: str, before: ProcInfo, timeout: float):
-        """SIGUSR2 to ``proc`` (a running master) and wait until ``show proc`` shows the outcome.
+    def worker_pid(self, stats_socket: str, timeout: float = 1.0):
+        """The pid of the worker answering ``show info`` on ``stats_socket``; None if none does."""
+        try:
+            answer = yield stats.query(self.reactor, stats_socket, "show info", timeout=timeout)
+        except Exception:
+            return None
+        found = _PID.search(answer.decode("utf-8", "replace"))
+        return int(found.group(1)) if found else None
+
+    @inlineCallbacks
+    def reload(self, proc, master_socket: str, before: ProcInfo, timeout: float, stats_socket: str | None = None):
+        """SIGUSR2 to ``proc`` (a running master) and wait until the new worker is up.
 
         Fires with the new worker's pid; errbacks with OperationFailed when the
         master exits, reports a loading failure or shows no new worker within
         ``timeout`` seconds. ``before`` is ``show proc`` from just before.
+
+        The new worker is known either from ``show proc`` on the master CLI, or,
+        with ``stats_socket`` (the workers' admin socket, which a new worker
+        takes over once it has loaded and bound everything), from a worker that
+        is not one of ``before``'s answering ``show info`` there. The second is
+        usually first: haproxy 2.6's master refuses its CLI until well after
+        the new worker serves (about 100 ms here). A loading failure is only
+        seen on the master CLI (the old worker keeps the stats socket).
         """
         proc.signal("USR2")
         deadline = self.reactor.seconds() + timeout
+        polls = 0
         while True:
-            # Polling the master CLI is cheap (a UNIX socket round trip); a short period keeps
-            # the confirmation close to the moment the new worker is up.
+            # Polling is cheap (UNIX socket round trips); a short period keeps the
+            # confirmation close to the moment the new worker is up. With the stats
+            # socket, the master (only needed for a failure) is asked every 5th time:
+            # haproxy is reloading on the same two cores.
             yield deferLater(self.reactor, 0.01, lambda: None)
+            polls += 1
             if proc.state != RUNNING:
                 raise OperationFailed(f"haproxy pid exited during the reload ({proc.last_exit})")
+            if stats_socket is not None:
+                pid = yield self.worker_pid(stats_socket)
+                if pid is not None and pid not in before.all_pids and pid != proc.pid:
+                    return pid
+                if polls % 5 and self.reactor.seconds() <= deadline:
+                    continue
             try:
                 after = yield self.show_proc(master_socket, timeout=1.0)
             except Exception:

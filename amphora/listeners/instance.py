@@ -161,8 +161,8 @@ class HaproxyInstance:
             return fail(OperationFailed(f"haproxy for {self.kind} {self.id} is not running"))
         return stats.query(self.owner.reactor, self.files.stats_socket, command, timeout=timeout)
 
-    def show_stat(self):
-        return self.runtime("show stat").addCallback(stats.parse_show_stat)
+    def show_stat(self, columns: tuple[str, ...] | None = None):
+        return self.runtime("show stat").addCallback(stats.parse_show_stat, columns)
 
     def uses_file(self, path: str) -> bool:
         if not path:
@@ -395,7 +395,8 @@ class HaproxyInstance:
     def _signal_reload(self, proc: SupervisedProcess, before=None):
         if before is None:
             before = yield self._show_proc(proc)
-        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout())
+        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout(),
+                                                 stats_socket=self.files.stats_socket)
         return worker
 
     # -- delete ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ details, logs, topology):
 - ``running_count() -> int``: number of supervised haproxy processes running;
 - ``exists(lid) -> bool``;
 - ``stats_socket(lid) -> str``: path of the admin-level stats socket;
-- ``show_stat(lid) -> Deferred[list[dict]]``: parsed ``show stat`` rows;
+- ``show_stat(lid, columns=None) -> Deferred[list[dict]]``: parsed ``show stat`` rows (only ``columns``);
   errbacks (ListenerNotFound, OperationFailed, TimeoutError, ...) when the
   listener does not exist, does not run or does not answer;
 - ``runtime(lid, command) -> Deferred[bytes]``: one runtime API command;
@@ -165,11 +165,11 @@ class ListenerManager(Service):
             return fail(ListenerNotFound(lid))
         return inst.runtime(command, timeout)
 
-    def show_stat(self, lid: str):
+    def show_stat(self, lid: str, columns: tuple[str, ...] | None = None):
         inst = self._instances.get(lid)
         if inst is None or not inst.known:
             return fail(ListenerNotFound(lid))
-        return inst.show_stat()
+        return inst.show_stat(columns)
 
     def uses_file(self, lid: str, path: str) -> bool:
         if not is_listener_id(lid):

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import uuid as uuid_module
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from amphora.listeners.stats import pool_id as _pool_id
 
 UP, DOWN, DRAIN, MAINT, NO_CHECK, DEGRADED = "UP", "DOWN", "DRAIN", "MAINT", "NO_CHECK", "DEGRADED"
+# The ``show stat`` columns :func:`model` reads (``stats.parse_show_stat(answer, COLUMNS)``).
+COLUMNS = ("pxname", "svname", "type", "status", "weight")
 
 
 def is_uuid(text: str) -> bool:
@@ -72,8 +75,9 @@ def pool_status(backend_raw: str | None, members: list[str]) -> str:
     return UP
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
+    """A server row (a tuple: thousands of them per answer, built once per beat)."""
+
     name: str
     raw: str        # haproxy's status column, stripped ("UP", "DOWN 1/2", "no check", ...)
     weight: str
@@ -106,6 +110,11 @@ class Pool:
     def state(self) -> str:
         return pool_status(self.raw, [m.state for m in self.members])
 
+    @property
+    def down(self) -> bool:
+        """``state == DOWN``, reading the members only when there is no BACKEND row."""
+        return pool_status(self.raw, [] if self.raw is not None else [m.state for m in self.members]) == DOWN
+
 
 @dataclass
 class Stats:
@@ -120,23 +129,25 @@ def is_pool(backend_name: str) -> bool:
 def model(rows: list[dict]) -> Stats:
     """The one reading of a ``show stat`` answer (rows from ``stats.parse_show_stat``)."""
     frontends: list[dict] = []
-    pools: dict[str, Pool] = {}
+    pools: dict[str, Pool | None] = {}   # backend name -> its pool, None when it is not one
     for row in rows:
         px, sv = row.get("pxname", ""), row.get("svname", "")
         if sv == "FRONTEND":
             if px and not internal(px):
                 frontends.append(row)
             continue
-        if row.get("type") not in (None, "", "1", "2") or not is_pool(px):
+        if row.get("type") not in (None, "", "1", "2"):
             continue  # 0=frontend 1=backend 2=server 3=listener socket
-        pool = pools.get(px)
+        pool = pools.get(px, False)
+        if pool is False:   # the first row of this backend decides (a name check costs microseconds)
+            pool = pools[px] = Pool(px) if is_pool(px) else None
         if pool is None:
-            pool = pools[px] = Pool(px)
+            continue
         if sv == "BACKEND":
             pool.raw = (row.get("status") or "").strip()
         else:
             pool.members.append(Member(sv, (row.get("status") or "").strip(), row.get("weight") or ""))
-    return Stats(frontends, list(pools.values()))
+    return Stats(frontends, [pool for pool in pools.values() if pool is not None])
 
 
 def pools_document(rows: list[dict]) -> list[dict]:

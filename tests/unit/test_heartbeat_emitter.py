@@ -9,6 +9,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from amphora.config import HeartbeatSection
 from amphora.heartbeat import envelope
+from amphora.heartbeat import message as msg
 from amphora.heartbeat.emitter import HeartbeatService, RateLimiter
 from amphora.testing import FakeKeepalived, FakeListeners
 from tests.heartbeat_support import FakeReactor, synthetic_csv, uuids
@@ -276,6 +277,13 @@ def test_oversize_beat_is_reduced_and_warned_about(tmp_path):
     assert sorted(body["listeners"]) == sorted(answers) and len(body["pools"]) == 50
     warned = [formatEvent(e) for e in events if "exceeds max_packet_bytes" in formatEvent(e)]
     assert len(warned) == 1 and f"of 50 pools ({service.last_reduction.members_dropped} members)" in warned[0]
+    # Only the beat whose warning is logged measures the full beat; the next warning does again.
+    assert service.last_reduction.full_bytes is None
+    with capturedLogs() as events:
+        reactor.advance(300)
+    warned = [formatEvent(e) for e in events if "exceeds max_packet_bytes" in formatEvent(e)]
+    full = service.last_reduction.full_bytes
+    assert len(warned) == 1 and full > 65000 and f"beat of {full} bytes" in warned[0]
     service.stopService()
 
 
@@ -329,7 +337,7 @@ def test_limit_never_exceeds_what_udp_can_carry(tmp_path):
 
 def test_rows_that_cannot_be_read_count_as_no_answer(tmp_path):
     class Odd(FakeListeners):
-        def show_stat(self, lid):
+        def show_stat(self, lid, columns=None):
             return defer.succeed([["not", "a", "row"]])
 
     lid = uuids(1)[0]
@@ -390,3 +398,13 @@ def test_stopping_mid_beat_sends_nothing_more(tmp_path):
     assert reactor.sent == [] and service.state.seq == 0
     assert not [e for e in events if e.get("log_level") is not None and e["log_level"].name in ("warn", "error",
                                                                                                 "critical")]
+
+
+def test_asks_the_listeners_only_for_the_columns_it_reads(tmp_path):
+    lid, pool = uuids(2)
+    listeners = FakeListeners(None, {lid: csv_for(lid, pool)})
+    reactor, _, service = make(tmp_path, listeners)
+    service.startService()
+    assert listeners.columns == msg.STAT_COLUMNS
+    assert beats(reactor)[0]["pools"][f"{pool}:{lid}"] == {"status": "UP", "members": {"m-" + lid[:8]: "UP"}}
+    service.stopService()

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from amphora.heartbeat import envelope
 from amphora.heartbeat import message as msg
 from amphora.listeners.stats import parse_show_stat
@@ -172,9 +174,12 @@ def test_oversize_beat_keeps_every_listener_and_pool_status():
     assert body["members_omitted"] == len(stripped) == reduction.pools_stripped
     assert reduction.members_dropped == 100 * len(stripped) and reduction.pools_dropped == 0
     assert reduction.full_bytes == len(full) and reduction.sent_bytes == len(packet) and reduction.fits
-    # Minimal: keeping the members of one more pool would not fit.
-    one_more = msg._stripped(message, stripped[:-1])
-    assert len(envelope.wrap(one_more, "k")) > 65000
+    # Minimal: keeping the members of the last pool stripped would not fit.
+    order = msg.reduction_order(message["pools"])
+    assert set(order[:len(stripped)]) == set(stripped)
+    assert len(envelope.wrap(msg._stripped(message, order[:len(stripped) - 1]), "k")) > 65000
+    # Byte for byte what one zlib.compress of that body gives.
+    assert packet == envelope.wrap(msg._stripped(message, order[:len(stripped)]), "k")
 
 
 def test_largest_pools_lose_their_members_first():
@@ -208,11 +213,74 @@ def test_body_is_plain_json():
     assert json.loads(envelope.encode_body(message)) == message
 
 
-def test_reduction_needs_few_compressions(monkeypatch):
+class CountingCompressor:
+    """envelope.compressor() that counts the bytes every copy of it compresses."""
+
+    def __init__(self, fed, inner=None):
+        import zlib
+        self.fed, self.inner = fed, inner or zlib.compressobj(9)
+
+    def compress(self, data):
+        self.fed.append(len(data))
+        return self.inner.compress(data)
+
+    def flush(self):
+        return self.inner.flush()
+
+    def copy(self):
+        return CountingCompressor(self.fed, self.inner.copy())
+
+
+def test_reduction_compresses_the_beat_about_once(monkeypatch):
     message = big_message(50, 100)
-    calls = []
-    real = envelope.wrap
-    monkeypatch.setattr(envelope, "wrap", lambda m, k: calls.append(1) or real(m, k))
+    size = len(envelope.encode_body(message))
+    fed = []
+    monkeypatch.setattr(envelope, "compressor", lambda: CountingCompressor(fed))
     packet, reduction = msg.fit(message, "k", 65000)
-    # full + all-stripped + a few interpolation steps (bisection alone needs about 8 here)
-    assert reduction.fits and len(calls) <= 6, len(calls)
+    assert reduction.fits and reduction.pools_stripped > 0
+    # One pass over the whole beat, then only tails: stripped pools and a few pools again.
+    assert size <= sum(fed) <= 1.25 * size, (sum(fed), size)
+
+
+def brute_force(message, limit):
+    """The fewest pools to strip (in reduction order) for the packet to fit, trying every count."""
+    order = [k for k in msg.reduction_order(message["pools"]) if message["pools"][k]["members"]]
+    for k in range(len(order) + 1):
+        packet = envelope.wrap(msg._stripped(message, order[:k]) if k else message, "k")
+        if len(packet) <= limit:
+            return k, packet
+    return None, None
+
+
+@pytest.mark.parametrize("listeners,members", [(12, 40), (60, 5), (3, 300)])
+def test_reduction_is_the_fewest_pools_at_any_limit(listeners, members):
+    samples = {}
+    for i, lid in enumerate(uuids(listeners)):
+        pools = {p: {m: "UP" for m in uuids(members + i % 7)} for p in uuids(1 + i % 2)}
+        samples[lid] = msg.summarize(lid, parse_show_stat(synthetic_csv(lid, pools, stot=5)))
+    message = msg.build(AMP, 1, samples, {})[0]
+    full = len(envelope.wrap(message, "k"))
+    stripped_all = len(envelope.wrap(msg._stripped(message, msg.reduction_order(message["pools"])), "k"))
+    limits = {full, full - 1, stripped_all, stripped_all + 1} | {
+        stripped_all + (full - stripped_all) * i // 9 for i in range(1, 9)}
+    for limit in sorted(limits):
+        k, expected = brute_force(message, limit)
+        packet, reduction = msg.fit(message, "k", limit)
+        assert packet == expected, (limit, k, reduction)
+        assert (reduction.pools_stripped if reduction else 0) == k
+        assert (reduction is None) == (k == 0)
+
+
+def test_without_measure_the_full_beat_is_not_compressed_past_the_limit(monkeypatch):
+    message = big_message(50, 100)
+    measured_packet, measured = msg.fit(message, "k", 65000)
+    fed = []
+    monkeypatch.setattr(envelope, "compressor", lambda: CountingCompressor(fed))
+    packet, reduction = msg.fit(message, "k", 65000, measure=False)
+    assert packet == measured_packet and reduction.full_bytes is None
+    assert (reduction.pools_stripped, reduction.members_dropped, reduction.sent_bytes) == (
+        measured.pools_stripped, measured.members_dropped, measured.sent_bytes)
+    assert sum(fed) < 0.8 * len(envelope.encode_body(message))
+    # A beat that fits is the same either way.
+    small = big_message(2, 10)
+    assert msg.fit(small, "k", 65000, measure=False) == (envelope.wrap(small, "k"), None)

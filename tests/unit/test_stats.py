@@ -35,3 +35,45 @@ def test_garbage_is_refused():
 def test_pool_id():
     assert pool_id(f"{P1}:{L1}") == P1
     assert pool_id(P1) == P1
+
+
+def dictreader_rows(text: str) -> list[dict]:
+    """The reading parse_show_stat promises: csv.DictReader's, rows without a pxname left out."""
+    import csv
+    import io
+    return [row for row in csv.DictReader(io.StringIO(text.lstrip()[2:])) if row.get("pxname")]
+
+
+ODD = [
+    CSV,
+    CSV.replace("\n", "\r\n"),                                           # CRLF
+    CSV + "\n\n",                                                        # blank lines
+    CSV + f'{P1}:{L1},{M1},0,0,0,1,,5,500,1000,,0,,0,0,0,0,"DOWN, L4CON",1\n',   # quoted, short
+    CSV + f"{P1}:{L1},{M2},0\n",                                         # short row
+    CSV + f"{P1}:{L1},{M2},{',' * 40}extra,more\n",                      # longer than the header
+    CSV + ",nameless,0\n",                                               # no pxname
+    CSV.replace("type,", "type,type,", 1),                               # a repeated column name
+]
+
+
+@pytest.mark.parametrize("text", ODD)
+def test_rows_are_exactly_dictreaders(text):
+    assert parse_show_stat(text) == dictreader_rows(text)
+    assert parse_show_stat(text.encode()) == dictreader_rows(text)
+
+
+@pytest.mark.parametrize("text", ODD)
+def test_columns_keep_only_those(text):
+    columns = ("svname", "type", "status", "absent", "pxname")
+    expected = [{c: row[c] for c in columns if c in row} for row in dictreader_rows(text)]
+    assert parse_show_stat(text, columns) == expected
+    assert parse_show_stat(text, ("status",)) == [{"status": row["status"]} for row in dictreader_rows(text)]
+    assert parse_show_stat(text, ()) == [{} for _ in dictreader_rows(text)]
+
+
+def test_model_reads_the_same_from_its_columns():
+    from amphora.listeners.pools import COLUMNS
+    full, some = model(parse_show_stat(CSV)), model(parse_show_stat(CSV, COLUMNS))
+    assert [p.backend for p in full.pools] == [p.backend for p in some.pools]
+    assert [(p.state, p.members) for p in full.pools] == [(p.state, p.members) for p in some.pools]
+    assert [f["pxname"] for f in full.frontends] == [f["pxname"] for f in some.frontends]

@@ -1,0 +1,126 @@
+"""Fitting a beat in one packet with one level-9 compression pass.
+
+A beat too big for one datagram loses the members of its largest pools
+(``message.fit``). Finding how many used to cost a compression of the whole
+beat per guess, and level 9 over hundreds of kilobytes of UUIDs costs
+milliseconds each. Here the pools are laid out so that the ones that may lose
+their members come last, in the order they would lose them backwards; then
+"the first ``m`` pools in full, the rest stripped" is one common prefix plus a
+short tail, for every ``m``. One pass compresses the whole beat (its full size
+is reported) and keeps a few copies of the compressor along the way
+(``zlib``'s ``copy()``: a few hundred kilobytes each, at most
+``CHECKPOINTS + 1`` at once); each guess then only compresses its tail from
+the nearest copy. The packets are byte for byte what ``envelope.wrap`` gives
+for the same body: a compressor fed piece by piece emits what one
+``zlib.compress`` of the whole emits.
+
+Pure (no I/O), so it runs in the emitter's thread like the rest of the beat.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from amphora.heartbeat import envelope
+
+CHECKPOINTS = 8
+
+
+def _bound(raw: int) -> int:
+    """The largest packet ``raw`` bytes of JSON can make (zlib's compressBound, plus the HMAC)."""
+    return raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13 + envelope.HEX_DIGEST_LEN
+
+
+class _Stream:
+    """A compressor and the bytes it has emitted so far; ``fork`` copies both."""
+
+    def __init__(self, compressor, chunks: list[bytes] | None = None, size: int = 0):
+        self.compressor, self.chunks, self.size = compressor, chunks or [], size
+
+    def feed(self, data: bytes) -> None:
+        out = self.compressor.compress(data)
+        if out:
+            self.chunks.append(out)
+            self.size += len(out)
+
+    def fork(self) -> "_Stream":
+        return _Stream(self.compressor.copy(), list(self.chunks), self.size)
+
+    def finish(self, data: bytes) -> bytes:
+        self.feed(data)
+        return b"".join(self.chunks) + self.compressor.flush()
+
+
+def fit(prefix: bytes, full: list[bytes], stripped: list[bytes], suffix: Callable[[int], bytes],
+        strippable: int, key: str | bytes, limit: int, measure: bool = True,
+        watch: bool | None = None) -> tuple[bytes | None, tuple[int, bytes] | None]:
+    """``(full packet, (k, packet) | None)``.
+
+    The body is ``prefix``, then entry ``i`` as ``full[i]`` (the first ``m``)
+    or ``stripped[i]`` (the rest), then ``suffix(k)`` with ``k = len(full) - m``
+    stripped entries; only the last ``strippable`` entries may be stripped.
+    When the full packet fits, the second item is ``(0, full packet)``;
+    otherwise it is the smallest ``k`` whose packet fits (assuming a packet
+    grows with ``m``, as it does: a pool in full is longer than stripped),
+    or None when even ``k = strippable`` does not fit. Without ``measure``,
+    the full packet is None when it is certain not to fit before the end
+    (its size is only for a log line: the rest of it is not compressed).
+    """
+    n = len(full)
+    first = n - strippable
+
+    def packet_at(stream: _Stream, m: int) -> bytes:
+        """The packet with the first ``m`` entries in full; ``stream`` has been fed up to entry ``m``."""
+        return envelope.sealed(stream.fork().finish(b"".join(stripped[m:]) + suffix(n - m)), key)
+
+    stream = _Stream(envelope.compressor())
+    stream.feed(prefix)
+    for i in range(first):
+        stream.feed(full[i])
+    # Copies only when the beat might not fit, and only where a packet might (its bytes so
+    # far, a lower bound, still fit): at every stride-th entry, the stride doubling to keep
+    # at most CHECKPOINTS of them.
+    if watch is None:
+        watch = _bound(len(prefix) + sum(map(len, full)) + len(suffix(0))) > limit
+    marks: list[tuple[int, _Stream]] = []
+    stride, beyond = 1, None   # beyond: the first position known not to fit
+    for m in range(first, n + 1):
+        if watch and beyond is None:
+            if stream.size + envelope.HEX_DIGEST_LEN > limit:
+                beyond = m
+                if not measure:
+                    break
+            elif (m - first) % stride == 0 and m < n:
+                marks.append((m, stream.fork()))
+                if len(marks) > CHECKPOINTS:
+                    stride *= 2
+                    marks = [(p, s) for p, s in marks if (p - first) % stride == 0]
+        if m < n:
+            stream.feed(full[m])
+    whole = None
+    if beyond is None or measure:
+        whole = envelope.sealed(stream.finish(suffix(0)), key)
+        if len(whole) <= limit:
+            return whole, (0, whole)
+        if not watch:   # cannot happen (the bound is zlib's), but never strip blindly
+            return fit(prefix, full, stripped, suffix, strippable, key, limit, measure, watch=True)
+    # The last copy whose packet fits, then a bisection up to the next position that does not.
+    for index in range(len(marks) - 1, -1, -1):
+        lo, lo_stream = marks[index]
+        lo_packet = packet_at(lo_stream, lo)
+        if len(lo_packet) <= limit:
+            break
+    else:
+        return whole, None
+    hi = marks[index + 1][0] if index + 1 < len(marks) else n if beyond is None else beyond
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        probe = lo_stream.fork()
+        for i in range(lo, mid):
+            probe.feed(full[i])
+        packet = packet_at(probe, mid)
+        if len(packet) <= limit:
+            lo, lo_stream, lo_packet = mid, probe, packet
+        else:
+            hi = mid
+    return whole, (n - lo, lo_packet)
