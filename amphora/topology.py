@@ -31,7 +31,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, TopologyTransitionInProgress
-from amphora.fsutil import atomic_write_json, read_json
+from amphora.fsutil import atomic_write_json, read_state
 
 log = Logger()
 
@@ -187,7 +187,7 @@ class Topology:
         self._load()
 
     def _load(self):
-        stored = read_json(self.path, {}) or {}
+        stored, _ = read_state(self.path, dict, {})  # wrong type: moved aside, logged, SINGLE
         topology = stored.get("topology", SINGLE)
         if topology not in TOPOLOGIES:
             return

@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
-from amphora.fsutil import atomic_write_json, read_json
+from amphora.fsutil import atomic_write_json, read_state
 from amphora.netlink import NetlinkFailure
 from amphora.network.links import NO_INTERFACE, Link, Netlink, choose_interface
 from amphora.network.parse import MIN_MTU_IPV6, PlugSpec, parse_vip_body
@@ -81,7 +81,11 @@ class NetworkPlugger:
     # -- state --------------------------------------------------------------
 
     def _load(self) -> dict[str, _Entry]:
-        doc = read_json(self.path, {}) or {}
+        def valid(doc):
+            if not isinstance(doc, dict) or not isinstance(doc.get("interfaces") or [], list):
+                return "is not an object with a list of interfaces"
+            return None
+        doc, _ = read_state(self.path, valid, {})  # unusable: moved aside, logged, nothing plugged
         entries = {}
         for i, item in enumerate(doc.get("interfaces") or []):
             try:
@@ -222,3 +226,4 @@ class NetworkPlugger:
     def _restore_one(self, spec: PlugSpec) -> Link | None:
         link = self.netlink.find(spec.mac)
         return None if link is None else self.netlink.apply(link, spec)
+
