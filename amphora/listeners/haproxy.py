@@ -195,6 +195,27 @@ class HAProxy:
             return False
         return pidfile.encode() in cmdline
 
+    @staticmethod
+    def find_masters(pidfile: str) -> list[int]:
+        """Pids of live haproxy masters whose command line names ``pidfile`` (a run whose pid file
+        is garbled or gone): processes naming it whose parent does not (workers do too)."""
+        needle = pidfile.encode()
+        matches = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().split(b"\0")
+                if needle not in cmdline or not any(os.path.basename(a) == b"haproxy" for a in cmdline[:2]):
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            matches[int(entry)] = ppid
+        return sorted(pid for pid, ppid in matches.items() if ppid not in matches)
+
     @inlineCallbacks
     def show_proc(self, master_socket: str, timeout: float = 2.0):
         answer = yield stats.query(self.reactor, master_socket, "show proc;quit", timeout=timeout)

@@ -19,14 +19,13 @@ run (desired "started") but does not; STOPPED otherwise.
 
 from __future__ import annotations
 
-import os
 import re
 
 from twisted.internet.defer import DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
-from amphora.listeners import stats
+from amphora.listeners import recovery, stats
 from amphora.listeners.haproxy import bind_addresses, fragment_text, listener_type
 from amphora.listeners.store import STARTED, STOPPED, InstanceFiles
 from amphora.process import RUNNING, CommandTimeout, ProcessFailed, SupervisedProcess
@@ -72,6 +71,8 @@ class HaproxyInstance:
         self._wish = _UNSET         # cache of desired.json
         self._type: str | None = None
         self._checked: tuple | None = None  # (check key, haproxy output) of the last check that passed
+        self.problem: str | None = None     # why the instance is in ERROR (an unusable state file, ...)
+        self._unsaved = False               # the desired state is only in memory (state_dir full)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.id}>"
@@ -132,13 +133,32 @@ class HaproxyInstance:
 
     def desired(self) -> str | None:
         if self._wish is _UNSET:
-            self._wish = self.files.desired()
+            self._wish, problem = self.files.desired_state()
+            if problem:
+                self.problem = problem
+        elif self._unsaved:
+            self._save_desired(self._wish)
         return self._wish
 
     def set_desired(self, value: str) -> None:
-        if self.desired() != value:
-            self.files.set_desired(value)
+        """Persist the wish; when the disk refuses (full state_dir) it is kept in memory and written
+        at the next occasion, so a stop still stops."""
+        if self.desired() != value or self._unsaved:
             self._wish = value
+            self._save_desired(value)
+        self.problem = None  # an explicit start or stop states what the client wants
+
+    def _save_desired(self, value: str) -> None:
+        try:
+            self.files.set_desired(value)
+        except OSError as e:
+            if not self._unsaved:
+                log.error("{kind} {lid}: cannot write {path} ({error}); desired state {value!r} kept in memory "
+                          "until the disk allows", kind=self.kind, lid=self.id, path=self.files.desired_path,
+                          error=e.strerror or e, value=value)
+            self._unsaved = True
+        else:
+            self._unsaved = False
 
     def type(self) -> str:
         """TCP / HTTP / TERMINATED_HTTPS of the stored configuration (cached; we are its only writer)."""
@@ -148,10 +168,14 @@ class HaproxyInstance:
         return self._type
 
     def status(self) -> str:
-        return listener_status(self.desired(), self.proc.state if self.proc else None)
+        desired = self.desired()
+        if self.problem and not self.running:
+            return ERROR
+        return listener_status(desired, self.proc.state if self.proc else None)
 
     def forget_caches(self) -> None:
-        self._wish = _UNSET
+        if not self._unsaved:
+            self._wish = _UNSET
         self._type = None
 
     # -- runtime API ----------------------------------------------------------------------------
@@ -319,6 +343,7 @@ class HaproxyInstance:
             if previous is not None:
                 self.files.write_running(previous)
             raise OperationFailed(e.output or e.reason, message=message)
+        self._record_loaded(config)
         log.info("{kind} {lid}: haproxy started (pid {pid})", kind=self.kind, lid=self.id, pid=pid)
         return self.started_text(output, pid)
 
@@ -362,7 +387,8 @@ class HaproxyInstance:
         yield self._check_binds(config, message, own=before.all_pids | {proc.pid})
         previous = self.files.read_running()
         yield self.before_stop_or_reload()
-        self.files.write_running(config)
+        if previous != config:  # an unchanged configuration needs no write (a full state_dir)
+            self.files.write_running(config)
         mark = proc.mark()
         try:
             worker = yield self._signal_reload(proc, before)
@@ -379,9 +405,17 @@ class HaproxyInstance:
                               kind=self.kind, lid=self.id, e=again.details)
             output_text = proc.output_since(mark)
             raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
+        self._record_loaded(config)
         log.info("{kind} {lid}: reloaded (master {pid}, new worker {worker})", kind=self.kind, lid=self.id,
                  pid=proc.pid, worker=worker)
         return self.reloaded_text(output, worker)
+
+    def _record_loaded(self, config: bytes) -> None:
+        try:
+            self.files.record_loaded(config)
+        except OSError as e:
+            log.warn("{kind} {lid}: cannot record the loaded configuration: {error}", kind=self.kind,
+                     lid=self.id, error=e.strerror or e)
 
     @inlineCallbacks
     def _show_proc(self, proc, message=None):
@@ -402,8 +436,14 @@ class HaproxyInstance:
 
     @inlineCallbacks
     def delete(self, hooks=()):
-        """Stop haproxy, run ``hooks`` (``hook(id)``), remove the files; the errors, as a list."""
+        """Mark the delete (gone from here on), stop haproxy, run ``hooks`` (``hook(id)``), remove the
+        files; the errors, as a list. Interrupted at any point, the next start finishes it."""
         self.require()
+        try:
+            self.files.mark_deleting()
+        except OSError as e:
+            raise OperationFailed(f"cannot mark {self.kind} {self.id} for deletion: {e.strerror or e}",
+                                  message=f"Error deleting {self.kind}")
         if self.proc is not None:
             if self.proc.state == RUNNING:
                 try:
@@ -427,25 +467,18 @@ class HaproxyInstance:
         log.info("{kind} {lid}: deleted", kind=self.kind, lid=self.id)
         return errors
 
-    # -- restore at agent start -----------------------------------------------------------------
+    # -- restore at agent start (amphora.listeners.recovery) -------------------------------------
 
-    @inlineCallbacks
+    def adopt_running(self):
+        return recovery.adopt_running(self)
+
+    def reconcile_loaded(self):
+        return recovery.reconcile_loaded(self)
+
     def restore(self):
         """Adopt a still-running haproxy; start it if it should run and does not."""
-        desired = self.desired()
-        pid = self.files.read_pid()
-        proc = self.process()
-        if pid is not None and self.owner.haproxy.is_master(pid, self.files.pid_path):
-            if proc.adopt(pid):
-                log.info("{kind} {lid}: adopted haproxy pid {pid}", kind=self.kind, lid=self.id, pid=pid)
-                if desired == STOPPED:
-                    yield self.stop()
-                return
-        if desired != STARTED:
-            return
-        source = self.files.running_path if os.path.exists(self.files.running_path) else None
-        try:
-            yield self.start(source)
-        except Exception as e:
-            log.error("{kind} {lid}: could not start at agent start: {error}", kind=self.kind, lid=self.id,
-                      error=e)
+        return recovery.restore(self)
+
+    def finish_delete(self, hooks=()):
+        """Complete a delete a killed agent left half-way (agent start)."""
+        return recovery.finish_delete(self, hooks)
