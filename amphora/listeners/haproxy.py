@@ -136,6 +136,15 @@ def parse_show_proc(answer: bytes | str) -> ProcInfo:
     return info
 
 
+def children(pid: int) -> set:
+    """Pids of the children of ``pid`` (empty when /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except (OSError, ValueError):
+        return set()
+
+
 # -- the binary --------------------------------------------------------------------------
 
 class HAProxy:
@@ -222,13 +231,40 @@ class HAProxy:
         return parse_show_proc(answer)
 
     @inlineCallbacks
-    def reload(self, proc, master_socket: str, before: ProcInfo, timeout: float):
+    def reload(self, proc, master_socket: str, before: ProcInfo, timeout: float, on_worker=None):
         """SIGUSR2 to ``proc`` (a running master) and wait until ``show proc`` shows the outcome.
 
         Fires with the new worker's pid; errbacks with OperationFailed when the
         master exits, reports a loading failure or shows no new worker within
         ``timeout`` seconds. ``before`` is ``show proc`` from just before.
+
+        ``on_worker(pid)`` is called once, as soon as a new child of the master
+        appears in /proc (the master CLI answers only once the new worker
+        serves): what must reach the new worker early (server states).
         """
+        watching = [on_worker is not None]
+        if watching[0]:
+            self._watch_children(proc, set(before.all_pids), on_worker, watching)
+        try:
+            worker = yield self._confirm_reload(proc, master_socket, before, timeout)
+        finally:
+            watching[0] = False
+        return worker
+
+    @inlineCallbacks
+    def _watch_children(self, proc, seen: set, on_worker, watching: list):
+        """Call ``on_worker(pid)`` for each new child of the master, polled every 2 ms while
+        ``watching[0]`` (the master CLI can be silent for a few hundred ms while the new worker
+        already serves)."""
+        while watching[0] and proc.pid is not None:
+            fresh = children(proc.pid) - seen
+            seen |= fresh
+            for pid in sorted(fresh):
+                on_worker(pid)
+            yield deferLater(self.reactor, 0.002, lambda: None)
+
+    @inlineCallbacks
+    def _confirm_reload(self, proc, master_socket: str, before: ProcInfo, timeout: float):
         proc.signal("USR2")
         deadline = self.reactor.seconds() + timeout
         while True:

@@ -19,13 +19,15 @@ run (desired "started") but does not; STOPPED otherwise.
 
 from __future__ import annotations
 
+import os
 import re
 
 from twisted.internet.defer import DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
-from amphora.listeners import recovery, stats
+from amphora.fsutil import atomic_write, ensure_dir
+from amphora.listeners import recovery, serverstate, stats
 from amphora.listeners.haproxy import bind_addresses, fragment_text, listener_type
 from amphora.listeners.store import STARTED, STOPPED, InstanceFiles
 from amphora.process import RUNNING, CommandTimeout, ProcessFailed, SupervisedProcess
@@ -47,6 +49,11 @@ def listener_status(desired: str | None, process_state: str | None) -> str:
     if desired == STARTED:
         return ERROR
     return STATUS_STOPPED
+
+
+def ensure_dir_of(path: str) -> str:
+    ensure_dir(os.path.dirname(path), 0o755)
+    return path
 
 
 def first_valid_line(text: str) -> str:
@@ -82,9 +89,21 @@ class HaproxyInstance:
     def not_found(self) -> Exception:
         return ListenerNotFound(self.id)
 
-    def fragment_extras(self) -> list[str]:
-        """Text the agent adds to its fragment (whole sections); the registry's config hooks."""
-        return self.owner.hook_fragments(self)
+    def fragment_extras(self, config: bytes | None = None) -> list[str]:
+        """Text the agent adds to its fragment (whole sections) for ``config``: the registry's config
+        hooks, and the agent's server-state file unless the configuration names its own."""
+        extras = self.owner.hook_fragments(self)
+        if not serverstate.state_file(config, self.files.run_dir, None):
+            path = self.default_server_state()
+            if not os.path.exists(path):  # haproxy warns about a missing or empty one
+                atomic_write(ensure_dir_of(path), b"1\n", 0o600)
+            extras.append(f"global\n    server-state-file {path}\n")
+        return extras
+
+    def default_server_state(self) -> str | None:
+        """Where ``show servers state`` goes before a reload or stop when the configuration names
+        no ``server-state-file`` (None: nowhere)."""
+        return self.files.server_state_path
 
     def check_args(self) -> list[str]:
         """Extra ``haproxy`` arguments for both the check and the run (e.g. ``-L <peer>``)."""
@@ -94,8 +113,9 @@ class HaproxyInstance:
         """Make what the configuration needs exist before a check or a start."""
 
     def before_stop_or_reload(self):
-        """Called with the process running, before SIGUSR2 or stop (e.g. save server state)."""
-        return None
+        """Called with the process running, before SIGUSR2 or stop: save the servers' state; fires
+        with it (bytes, or None)."""
+        return serverstate.save(self)
 
     def started_text(self, output: str, pid: int) -> str:
         return f"{first_valid_line(output)}\nhaproxy daemon for {self.id} started (pid {pid})"
@@ -199,8 +219,10 @@ class HaproxyInstance:
 
     # -- process --------------------------------------------------------------------------------
 
-    def write_fragment(self) -> str:
-        return self.files.write_fragment(fragment_text(self.id, extra=self.fragment_extras()))
+    def write_fragment(self, config: bytes | None = None) -> str:
+        if config is None:
+            config = self.files.read_config() or self.files.read_running()
+        return self.files.write_fragment(fragment_text(self.id, extra=self.fragment_extras(config)))
 
     def process(self) -> SupervisedProcess:
         if self.proc is None:
@@ -245,7 +267,12 @@ class HaproxyInstance:
         refused like any invalid one, nothing stored), 500 for start and
         reload like every failed check there. The lock is released either way.
         """
-        fragment = self.write_fragment()
+        try:
+            with open(config_path, "rb") as f:
+                checked = f.read()
+        except OSError:
+            checked = None
+        fragment = self.write_fragment(checked)
         key = self.files.check_key(config_path, fragment)
         if reuse and key is not None and self._checked is not None and self._checked[0] == key:
             return self._checked[1]
@@ -386,12 +413,13 @@ class HaproxyInstance:
         before = yield self._show_proc(proc, message)
         yield self._check_binds(config, message, own=before.all_pids | {proc.pid})
         previous = self.files.read_running()
-        yield self.before_stop_or_reload()
+        saved = yield self.before_stop_or_reload()
         if previous != config:  # an unchanged configuration needs no write (a full state_dir)
             self.files.write_running(config)
         mark = proc.mark()
         try:
-            worker = yield self._signal_reload(proc, before)
+            worker = yield self._signal_reload(
+                proc, before, on_worker=lambda pid: serverstate.apply_early(self, saved, pid, config))
         except OperationFailed as failure:
             details = failure.details
             log.error("{kind} {lid}: reload failed; returning to the last good configuration",
@@ -405,6 +433,7 @@ class HaproxyInstance:
                               kind=self.kind, lid=self.id, e=again.details)
             output_text = proc.output_since(mark)
             raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
+        yield serverstate.apply(self, saved, worker, config)
         self._record_loaded(config)
         log.info("{kind} {lid}: reloaded (master {pid}, new worker {worker})", kind=self.kind, lid=self.id,
                  pid=proc.pid, worker=worker)
@@ -426,10 +455,11 @@ class HaproxyInstance:
         return info
 
     @inlineCallbacks
-    def _signal_reload(self, proc: SupervisedProcess, before=None):
+    def _signal_reload(self, proc: SupervisedProcess, before=None, on_worker=None):
         if before is None:
             before = yield self._show_proc(proc)
-        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout())
+        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout(),
+                                                 on_worker=on_worker)
         return worker
 
     # -- delete ---------------------------------------------------------------------------------

@@ -373,7 +373,7 @@ def _read(path: str) -> bytes | None:
 def _only_agent_files(path: str) -> bool:
     """True when ``path`` holds nothing but what a failed first upload leaves (fragment, nothing)."""
     try:
-        return all(name in ("agent.cfg",) or name.startswith((".tmp-", ".upload-")) for name in os.listdir(path))
+        return all(name in ("agent.cfg", "servers.state") or name.startswith((".tmp-", ".upload-")) for name in os.listdir(path))
     except OSError:
         return False
 
