@@ -19,18 +19,16 @@ run (desired "started") but does not; STOPPED otherwise.
 
 from __future__ import annotations
 
-import os
 import re
 
 from twisted.internet.defer import DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
-from amphora.fsutil import atomic_write, ensure_dir
-from amphora.listeners import recovery, serverstate, stats
-from amphora.listeners.haproxy import bind_addresses, fragment_text, listener_type
+from amphora.listeners import checks, recovery, serverstate, stats
+from amphora.listeners.haproxy import fragment_text, listener_type
 from amphora.listeners.store import STARTED, STOPPED, InstanceFiles
-from amphora.process import RUNNING, CommandTimeout, ProcessFailed, SupervisedProcess
+from amphora.process import RUNNING, ProcessFailed, SupervisedProcess
 from amphora.process import STOPPED as PROC_STOPPED
 
 log = Logger()
@@ -49,11 +47,6 @@ def listener_status(desired: str | None, process_state: str | None) -> str:
     if desired == STARTED:
         return ERROR
     return STATUS_STOPPED
-
-
-def ensure_dir_of(path: str) -> str:
-    ensure_dir(os.path.dirname(path), 0o755)
-    return path
 
 
 def first_valid_line(text: str) -> str:
@@ -92,13 +85,7 @@ class HaproxyInstance:
     def fragment_extras(self, config: bytes | None = None) -> list[str]:
         """Text the agent adds to its fragment (whole sections) for ``config``: the registry's config
         hooks, and the agent's server-state file unless the configuration names its own."""
-        extras = self.owner.hook_fragments(self)
-        if not serverstate.state_file(config, self.files.run_dir, None):
-            path = self.default_server_state()
-            if not os.path.exists(path):  # haproxy warns about a missing or empty one
-                atomic_write(ensure_dir_of(path), b"1\n", 0o600)
-            extras.append(f"global\n    server-state-file {path}\n")
-        return extras
+        return [*self.owner.hook_fragments(self), serverstate.fragment(self, config)]
 
     def default_server_state(self) -> str | None:
         """Where ``show servers state`` goes before a reload or stop when the configuration names
@@ -251,69 +238,12 @@ class HaproxyInstance:
 
     # -- checks ---------------------------------------------------------------------------------
 
-    @inlineCallbacks
     def check(self, config_path: str, failure_message: str, error=OperationFailed, reuse: bool = False):
-        """``haproxy -c`` on ``config_path`` plus the agent's fragment; returns haproxy's words.
+        """``haproxy -c`` on ``config_path`` plus the agent's fragment (``amphora.listeners.checks``)."""
+        return checks.check(self, config_path, failure_message, error, reuse)
 
-        With ``reuse``, a check that already passed for exactly these bytes
-        (configuration and fragment), with no certificate of the instance
-        changed since, is not run again: the upload that stored the file has
-        just checked it. (haproxy re-parses on reload anyway, and a reload that
-        fails to load is rolled back, so this only saves time.)
-
-        A check that outlives the registry's ``check_timeout`` is killed and
-        counts as failed with ``error``: 400 for an upload (the configuration
-        is what hangs, e.g. ``lua-load`` of a script that never returns:
-        refused like any invalid one, nothing stored), 500 for start and
-        reload like every failed check there. The lock is released either way.
-        """
-        try:
-            with open(config_path, "rb") as f:
-                checked = f.read()
-        except OSError:
-            checked = None
-        fragment = self.write_fragment(checked)
-        key = self.files.check_key(config_path, fragment)
-        if reuse and key is not None and self._checked is not None and self._checked[0] == key:
-            return self._checked[1]
-        extra = self.check_args()
-        kwargs = {"extra": extra} if extra else {}
-        try:
-            valid, output = yield self.owner.haproxy.check(config_path, fragment, cwd=self.files.run_dir,
-                                                           timeout=self.check_timeout(), **kwargs)
-        except CommandTimeout as e:
-            log.error("{kind} {lid}: haproxy -c did not finish within {timeout}s; killed", kind=self.kind,
-                      lid=self.id, timeout=e.timeout)
-            details = (f"configuration check did not finish within {e.timeout:g} s (haproxy -c was "
-                       f"killed; does the configuration read from standard input or loop while loading?)")
-            if e.output:
-                details += "\n" + e.output[-4000:]
-            raise error(details, message=failure_message)
-        if not valid:
-            raise error(output or "haproxy -c failed without output", message=failure_message)
-        if key is not None:  # content-based: a checked candidate counts for the stored copy too
-            self._checked = (key, output)
-        return output
-
-    @inlineCallbacks
-    def _own_pids(self):
-        if self.proc is None or self.proc.pid is None:
-            return set()
-        pids = {self.proc.pid}
-        try:
-            info = yield self.owner.haproxy.show_proc(self.files.master_socket, timeout=2.0)
-            pids |= info.all_pids
-        except Exception:
-            pass
-        return pids
-
-    @inlineCallbacks
     def _check_binds(self, config: bytes, failure_message: str, own=None):
-        if own is None:
-            own = yield self._own_pids()
-        problems = yield self.owner.haproxy.bind_conflicts(bind_addresses(config), own)
-        if problems:
-            raise OperationFailed("\n".join(problems), message=failure_message)
+        return checks.check_binds(self, config, failure_message, own)
 
     # -- upload ---------------------------------------------------------------------------------
 

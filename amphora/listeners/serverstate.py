@@ -87,6 +87,17 @@ def commands(state: bytes | str) -> list[str]:
     return result
 
 
+def fragment(inst, config: bytes | None) -> str:
+    """The agent's fragment's ``server-state-file`` line, unless ``config`` names its own file."""
+    if state_file(config, inst.files.run_dir, None):
+        return ""
+    path = inst.default_server_state()
+    if not os.path.exists(path):  # haproxy warns about a missing or empty one
+        ensure_dir(os.path.dirname(path), 0o755)
+        atomic_write(path, b"1\n", 0o600)
+    return f"global\n    server-state-file {path}\n"
+
+
 @inlineCallbacks
 def save(inst):
     """``show servers state`` of the running haproxy to its state file (best effort); the text."""
