@@ -6,10 +6,13 @@ DEV     ?= dev
 PORT    ?= 9443
 DEBS    := haproxy keepalived iproute2 curl systemd
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed
+# A strict editable install links each file: the stamp names the set of modules, so
+# adding or removing one reinstalls.
+MODULES := $(shell find amphora twisted -name '*.py' | sort | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(MODULES)
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv run test unit integration bench clean distclean
+.PHONY: all deps venv octavia run test unit integration bench clean distclean
 
 all: test
 
@@ -30,9 +33,25 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	rm -f $(VENV)/.installed*
 	touch $@
 
 venv: $(STAMP)
+
+# Octavia's own controller code for the acceptance tests (tests/octavia): each
+# release in its own directory (they cannot share one site-packages), with
+# --no-deps and only the pinned libraries its client, data models and templates
+# import. The tests run it as a subprocess with that directory on PYTHONPATH.
+OCTAVIA_VERSIONS := 19.0.0 4.0.0 0.5.2
+OCTAVIA_DIR      := $(VENV)/octavia
+OCTAVIA_STAMPS   := $(foreach v,$(OCTAVIA_VERSIONS),$(OCTAVIA_DIR)/$(v)/.installed)
+
+$(OCTAVIA_DIR)/%/.installed: tests/octavia/requirements-%.txt | $(STAMP)
+	rm -rf $(OCTAVIA_DIR)/$*
+	$(VENV)/bin/pip install -q --no-deps --no-compile --target $(OCTAVIA_DIR)/$* -r $<
+	touch $@
+
+octavia: $(OCTAVIA_STAMPS)
 
 run: deps venv
 	@$(PY) -m amphora.devpki $(DEV) $(PORT) >/dev/null
@@ -49,13 +68,13 @@ run: deps venv
 	@echo
 	exec $(VENV)/bin/twistd -n --pidfile= amphora-agent --config $(DEV)/agent.conf
 
-test: deps venv
+test: deps venv octavia
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-integration: deps venv
+integration: deps venv octavia
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 bench: deps venv

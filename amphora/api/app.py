@@ -11,135 +11,63 @@ touch another's routes.
 
 from __future__ import annotations
 
-import inspect
-
-from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.python.failure import Failure
-from twisted.logger import Logger
-from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
-from werkzeug.exceptions import NotFound as WerkzeugNotFound
-from werkzeug.routing import PathConverter
+import functools
 
 from amphora import API_VERSION
-from amphora.api.http import listener_allow, text
+from amphora.api.base import new_app, not_allowed as _not_allowed
+from amphora.api.faces import DISCOVERY, build_faces
+from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
-from amphora.api.params import json_body, listener_id, read_body
-from amphora.api.site import render_error, render_json
+from amphora.api.params import gated, json_body, listener_id, read_body
+from amphora.api.requests import V0_1, parse_lines, parse_network_request, parse_topology, parse_vip, parse_vip_request
+from amphora.api.site import render_json
 from amphora.certificates import check_name
-from amphora.errors import (AgentError, InvalidRequest, ListenerNotFound, MethodNotAllowed, NotFound,
-                            OperationFailed, PayloadTooLarge)
-from amphora.network import parse_network_body, parse_vip, parse_vip_body
-
-log = Logger()
+from amphora.errors import InvalidRequest, InvalidVIP, ListenerNotFound, NotFound, PayloadTooLarge
+from amphora.topology import Outcome
 
 V = "/v0.1"
 
 
-class AgentKlein(Klein):
-    """Klein, except that a client going away never cancels an operation.
-
-    Klein cancels the Deferred of a route when the client disconnects. For a
-    mutating call that would stop a start, stop or delete half-way (desired
-    state written, haproxy not started; files left behind a killed haproxy).
-    Here every route's work runs to its end; a disconnect only drops the
-    answer, and a failure nobody will read is logged instead.
-    """
-
-    def execute_endpoint(self, endpoint, request, *args, **kwargs):
-        result = super().execute_endpoint(endpoint, request, *args, **kwargs)
-        if inspect.iscoroutine(result):
-            result = ensureDeferred(result)
-        if not isinstance(result, Deferred):
-            return result
-        answer: Deferred = Deferred()
-
-        def forward(outcome):
-            if not answer.called:
-                if isinstance(outcome, Failure):
-                    answer.errback(outcome)
-                else:
-                    answer.callback(outcome)
-            elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
-                log.failure("{method} {path} failed after its client went away", outcome,
-                            method=text(request.method), path=text(request.path))
-            return None
-
-        result.addBoth(forward)
-        return answer
-
-
-def _not_allowed(request, allowed) -> MethodNotAllowed:
-    """405 naming ``allowed`` in the Allow header and the details."""
-    request.setHeader(b"allow", ", ".join(allowed).encode())
-    return MethodNotAllowed(f"{text(request.method)} is not allowed here; allowed: {', '.join(allowed)}")
-
-
-class _Rest(PathConverter):
-    """The rest of the path, even empty, with slashes and newlines (percent-decoded
-    ones too): routes that must see every malformed value to refuse it with 400."""
-
-    regex = "(?s:.*)"
-    part_isolating = False
+def _allowed(path: bytes, allowed):
+    """A 405 under /v0.1/listeners/ names that path's methods (see listener_allow), not the
+    catch-all route's."""
+    return listener_allow(path) if path.startswith(b"/v0.1/listeners/") else allowed
 
 
 class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
-    app = AgentKlein()
-    app.url_map.converters["rest"] = _Rest
-    # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
-    # an unknown path is a 404 like any other.
-    app.url_map.merge_slashes = False
+    # The shared converter, URL rules and error handlers (amphora.api.base).
+    app = new_app(allowed_for=_allowed)
 
     def __init__(self, agent):
         self.agent = agent
 
-    # -- errors ---------------------------------------------------------------
+    @functools.cached_property
+    def faces(self) -> dict:
+        """The Octavia faces: separate route trees over the same domain objects (built at
+        first use, from the agent's collaborators)."""
+        return build_faces(self.agent, self.app.resource())
 
-    @app.handle_errors(AgentError)
-    def _agent_error(self, request, failure):
-        error = failure.value
-        if error.status >= 500:
-            log.warn("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
-                     error=error)
-        return render_error(request, error)
+    # -- the Octavia faces (amphora.api.faces): version discovery, /1.0, /0.5 --
 
-    @app.handle_errors(WerkzeugNotFound)
-    def _not_found(self, request, failure):
-        return render_error(request, NotFound(f"No route for {request.path.decode('ascii', 'replace')}"))
+    @app.route("/", methods=["GET"])
+    @app.route("//", methods=["GET"], endpoint="discovery_slash")  # what Octavia's client sends
+    def discovery(self, request):
+        return render_json(request, DISCOVERY)
 
-    @app.handle_errors(WerkzeugMethodNotAllowed)
-    def _method_not_allowed(self, request, failure):
-        allowed = sorted(failure.value.valid_methods or ())
-        if request.path.startswith(b"/v0.1/listeners/"):
-            # The catch-all route's methods are not this path's (see listener_allow).
-            allowed = listener_allow(request.path)
-            if allowed is None:
-                return self._not_found(request, failure)
-        return render_error(request, _not_allowed(request, allowed))
+    @app.route("/1.0", branch=True, strict_slashes=False)
+    def face_1_0(self, request):
+        return self.faces["1.0"]
 
-    @app.handle_errors(OSError)
-    def _os_error(self, request, failure):
-        # A full disk, a read-only filesystem, a permission problem (the spec's
-        # "usually indicates a permissions problem"): say which, without a traceback.
-        error = failure.value
-        log.error("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
-                  error=error)
-        return render_error(request, OperationFailed(
-            f"{error.strerror or type(error).__name__} (errno {error.errno})",
-            message="Internal Server Error"))
-
-    @app.handle_errors
-    def _unexpected(self, request, failure):
-        log.failure("unhandled error in {method} {path}", failure=failure,
-                    method=text(request.method), path=text(request.path))
-        return render_error(request, OperationFailed("unexpected error; see the agent log",
-                                                     message="Internal Server Error"))
+    @app.route("/0.5", branch=True, strict_slashes=False)
+    def face_0_5(self, request):
+        return self.faces["0.5"]
 
     # -- info and topology ----------------------------------------------------
 
     @app.route("/info", methods=["GET"])
+    @app.route(V + "/info", methods=["GET"], endpoint="info_v0_1")
     def info(self, request):
         facts = self.agent.facts
         return render_json(request, {
@@ -154,14 +82,13 @@ class AgentAPI:
         return render_json(request, self.agent.topology.document())
 
     @app.route(V + "/topology", methods=["POST"])
+    @gated
     def set_topology(self, request):
-        topology = self.agent.topology
-        topology.check_gate()
-        code = topology.request(json_body(request))
-        if code == 202:
+        outcome = self.agent.topology.request(parse_topology(json_body(request)))
+        if outcome is Outcome.STARTED:
             return render_json(request, {"message": "OK", "details": "topology change in progress: "
                                          "GET /v0.1/topology shows TOPOLOGY-CHANGE until it is done"}, 202)
-        return render_json(request, {"message": "OK"}, code)
+        return render_json(request, {"message": "OK"}, 200)
 
     # -- details (host) -------------------------------------------------------
 
@@ -182,14 +109,14 @@ class AgentAPI:
         return render_json(request, doc)
 
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
+    @gated
     async def delete_listener(self, request, lid):
-        self.agent.topology.check_gate()
         details = await self.agent.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
+    @gated
     async def put_haproxy(self, request, lid):
-        self.agent.topology.check_gate()
         lid = listener_id(lid)
         body = read_body(request, self.agent.config.haproxy.max_config_bytes)
         if not body.strip():  # the document says the body is required
@@ -215,12 +142,12 @@ class AgentAPI:
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
+    @gated
     async def listener_action(self, request, lid, action):
         lid = listener_id(lid)
         allowed = listener_allow(request.path)
         if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
             raise _not_allowed(request, allowed)
-        self.agent.topology.check_gate()
         details = await self.agent.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
@@ -229,11 +156,7 @@ class AgentAPI:
     @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
     def get_listener_logs(self, request, lid):
         """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
-        lid = listener_id(lid)
-        values = request.args.get(b"lines") or [b"100"]
-        raw = values[-1].decode("ascii", "replace")
-        if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
-            raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
+        lid, lines = listener_id(lid), parse_lines(request.args)
         listeners, logs = self.agent.listeners, self.agent.logs
         known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
         if not known:
@@ -245,7 +168,7 @@ class AgentAPI:
         request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
         if losses.forward_lost is not None:
             request.setHeader(b"x-log-forward-lost", b"%d" % losses.forward_lost)
-        return logs.tail(lid, int(raw))
+        return logs.tail(lid, lines)
 
     # -- certificates ---------------------------------------------------------
 
@@ -254,8 +177,8 @@ class AgentAPI:
     _CERTIFICATE = V + "/listeners/<lid>/certificates/<rest:filename>"
 
     @app.route(_CERTIFICATE, methods=["PUT"])
+    @gated
     async def put_certificate(self, request, lid, filename):
-        self.agent.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         store = self.agent.certificates
         try:
@@ -275,8 +198,8 @@ class AgentAPI:
         return render_json(request, {"md5sum": md5sum})
 
     @app.route(_CERTIFICATE, methods=["DELETE"])
+    @gated
     async def delete_certificate(self, request, lid, filename):
-        self.agent.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         details = await self.agent.certificates.delete(lid, filename)
         return render_json(request, {"message": "OK", "details": details})
@@ -290,31 +213,30 @@ class AgentAPI:
 
     @app.route(V + "/plug/vip/<ip>", methods=["POST"], endpoint="plug_vip")
     @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
+    @gated
     def plug_vip(self, request, ip):
-        self.agent.topology.check_gate()
-        vip = parse_vip(ip)
-        spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
+        vip = parse_vip(ip)  # before the body: a bad VIP is "Invalid VIP" whatever the body
+        spec = parse_vip_request(V0_1, vip, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_vip(vip, spec))
 
     @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
+    @gated
     def plug_vip_fallback(self, request, rest):
         """Paths the VIP routes did not match. One raw segment whose decoded form has a slash
         (``..%2F..%2Fetc``, ``%2F``) or that is empty is a VIP that is not an address: 400
         "Invalid VIP", like any other bad VIP. More raw segments (``/plug/vip/<ip>/more``) are
         an unknown route: 404."""
-
-        self.agent.topology.check_gate()
         raw = request.path.decode("ascii", "replace").split("/plug/vip/", 1)[-1]
         if "/" not in raw.rstrip("/"):
             shown = rest if len(rest) <= 100 else rest[:100] + "..."
-            raise InvalidRequest(f"{shown!r} is not an IPv4 or IPv6 address", message="Invalid VIP")
+            raise InvalidVIP(f"{shown!r} is not an IPv4 or IPv6 address")
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
     @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
+    @gated
     def plug_network(self, request):
-        self.agent.topology.check_gate()
-        spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
+        spec = parse_network_request(V0_1, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_network(spec))
 
     @staticmethod
