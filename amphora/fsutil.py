@@ -10,7 +10,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
+import time
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+log = Logger()
 
 
 def fsync_dir(path: str) -> None:
@@ -68,3 +73,70 @@ def read_json(path: str, default: Any = None) -> Any:
         return default
     except (OSError, ValueError):
         return default
+
+
+class StateProblem(str):
+    """Why a state file could not be used (a ``str``: the reason, naming the file and where it went)."""
+
+
+def move_aside(path: str, now: Callable[[], float] = time.time) -> str | None:
+    """Rename ``path`` to ``<path>.corrupt-<UTC time>`` (unique); the new path, or None if it is gone."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now()))
+    target, n = f"{path}.corrupt-{stamp}", 1
+    while os.path.lexists(target):
+        n += 1
+        target = f"{path}.corrupt-{stamp}-{n}"
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return None
+    try:
+        fsync_dir(os.path.dirname(path) or ".")
+    except OSError:
+        pass
+    return target
+
+
+def read_state(path: str, valid: Any = dict, default: Any = None, parse: Callable[[bytes], Any] = json.loads,
+               now: Callable[[], float] = time.time) -> tuple[Any, StateProblem | None]:
+    """Read a typed state file: ``(value, None)``, ``(default, None)`` when it is missing, or
+    ``(default, problem)`` when it cannot be used.
+
+    ``valid`` is a type (or tuple of types) the parsed value must have, or a
+    callable returning None when the value is usable and else the reason.
+    ``parse`` turns the bytes into the value (JSON by default; raise ValueError
+    for bytes that are not one). A file that cannot be read, parsed or
+    validated is moved aside (``<path>.corrupt-<time>``), so it is logged once
+    and never read again; the problem names both paths.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return default, None
+    except OSError as e:
+        reason = f"unreadable: {e.strerror or e}"
+    else:
+        try:
+            value = parse(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            reason = f"not parseable: {e}"
+        else:
+            if isinstance(valid, (type, tuple)):
+                bad = isinstance(value, bool) and bool not in (valid if isinstance(valid, tuple) else (valid,))
+                reason = None if isinstance(value, valid) and not bad else \
+                    f"holds {type(value).__name__}, expected {_type_names(valid)}"
+            else:
+                reason = valid(value)
+            if reason is None:
+                return value, None
+    moved = move_aside(path, now)
+    problem = StateProblem(f"state file {path} {reason}; moved aside to {moved}" if moved
+                           else f"state file {path} {reason}")
+    log.error("{problem}", problem=problem)
+    return default, problem
+
+
+def _type_names(valid) -> str:
+    types = valid if isinstance(valid, tuple) else (valid,)
+    return " or ".join(t.__name__ for t in types)

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from amphora.errors import TopologyTransitionInProgress
-from amphora.fsutil import atomic_write_json, read_json
+from amphora.errors import InvalidRequest, TopologyTransitionInProgress
+from amphora.fsutil import atomic_write_json, read_state
 
 if TYPE_CHECKING:
     from amphora.keepalived import VRRPSettings
@@ -107,7 +107,7 @@ class Topology:
         self._load()
 
     def _load(self):
-        stored = read_json(self.path, {}) or {}
+        stored, _ = read_state(self.path, dict, {})  # wrong type: moved aside, logged, SINGLE
         topology = stored.get("topology", SINGLE)
         if topology not in TOPOLOGIES:
             return

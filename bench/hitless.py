@@ -9,7 +9,13 @@ uploads a changed configuration and reloads it ``--reloads`` times. Prints
 requests sent, failed (refused, reset, timed out, or non-200) and reloads.
 The goal is zero failed.
 
-    python bench/hitless.py [--reloads 50] [--clients 2]
+``--down-member`` adds a second member that is down (nothing listens; slow
+checks, ``inter 3s``), so a new worker that forgot its state would send it
+requests; ``--load-state`` adds ``load-server-state-from-file global`` to the
+configuration's defaults (else the agent applies the saved states through the
+runtime API).
+
+    python bench/hitless.py [--reloads 50] [--clients 2] [--down-member [--load-state]]
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reloads", type=int, default=50)
     parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--down-member", action="store_true", help="add a member that is down")
+    parser.add_argument("--load-state", action="store_true",
+                        help="with --down-member: the configuration says load-server-state-from-file global")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="amp3-bench-")
@@ -69,9 +78,20 @@ def main() -> None:
         agent.wait_listening(port)
         api = BlockingAPI(pki.paths, port)
         lid, lport, pool, member = new_id(), free_port(), new_id(), new_id()
-        assert api.call("PUT", f"/listeners/{lid}/haproxy", http_config(lid, lport, pool, [(member, backend.port)]))[0] == 201
+        members = [(member, backend.port)] + ([(new_id(), free_port())] if args.down_member else [])
+
+        def config(extra_global=""):
+            text = http_config(lid, lport, pool, members, check=args.down_member, extra_global=extra_global)
+            text = text.replace(" check inter 200 fall 1 rise 1", " check inter 3s fall 1 rise 1")
+            if args.load_state:
+                text = text.replace("defaults\n    mode http\n",
+                                    "defaults\n    mode http\n    load-server-state-from-file global\n")
+            return text
+        assert api.call("PUT", f"/listeners/{lid}/haproxy", config())[0] == 201
         code, body = api.call("PUT", f"/listeners/{lid}/start")
         assert code == 202, body
+        if args.down_member:
+            time.sleep(3.5)  # the down member's first check
 
         stop = multiprocessing.Event()
         counts = multiprocessing.Queue()
@@ -82,8 +102,7 @@ def main() -> None:
         started = time.monotonic()
         reload_failures = 0
         for i in range(args.reloads):
-            text = http_config(lid, lport, pool, [(member, backend.port)],
-                               extra_global=f"    # generation {i}\n    maxconn {1000 + i}")
+            text = config(extra_global=f"    # generation {i}\n    maxconn {1000 + i}")
             assert api.call("PUT", f"/listeners/{lid}/haproxy", text)[0] == 201
             code, body = api.call("PUT", f"/listeners/{lid}/reload")
             if code != 202:
@@ -103,6 +122,9 @@ def main() -> None:
             w.join()
         api.call("PUT", f"/listeners/{lid}/stop")
         api.close()
+        if args.down_member:
+            print(f"one member down; configuration {'loads' if args.load_state else 'does not load'} "
+                  f"the server-state file")
         print(f"reloads: {args.reloads} in {elapsed:.1f}s ({elapsed / args.reloads * 1000:.0f} ms per "
               f"upload+reload), failed reloads: {reload_failures}")
         print(f"requests sent: {sent}  failed: {failed}  ({sent / (elapsed + 0.6):.0f} req/s, "

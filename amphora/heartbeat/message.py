@@ -28,13 +28,18 @@ from __future__ import annotations
 
 import bisect
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from amphora.fsutil import atomic_write_json, read_json
+from twisted.logger import Logger
+
+from amphora.fsutil import atomic_write_json, read_state
 from amphora.heartbeat import envelope, packing
 from amphora.listeners import pools
+
+log = Logger()
 
 MSG_VER = 3
 UNKNOWN = "UNKNOWN"
@@ -367,15 +372,32 @@ class BeatState:
     twice and nothing is lost.
     """
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, now=time.time):
         self.path = os.path.join(state_dir, "heartbeat.json")
-        stored = read_json(self.path, {}) or {}
-        seq = stored.get("seq", 0) if isinstance(stored, dict) else 0
-        self.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else 0
-        listeners = stored.get("listeners", {}) if isinstance(stored, dict) else {}
+        stored, problem = read_state(self.path, _valid_beat_state, {}, now=now)
+        if problem:
+            # The last sequence number sent is lost: move on past it from a time base (one beat
+            # per second at most, so ``int(now())`` is above any count of beats sent since 1970).
+            self.seq = int(now())
+            log.warn("heartbeat: sequence continues at {seq} (time base) after an unusable state file",
+                     seq=self.seq)
+        else:
+            self.seq = stored.get("seq", 0)
+        listeners = stored.get("listeners", {})
         self.listeners: dict[str, dict] = {
-            lid: rec for lid, rec in (listeners.items() if isinstance(listeners, dict) else ())
-            if isinstance(rec, dict)}
+            lid: rec for lid, rec in listeners.items() if isinstance(rec, dict)}
 
     def save(self) -> None:
         atomic_write_json(self.path, {"seq": self.seq, "listeners": self.listeners}, mode=0o600)
+
+
+def _valid_beat_state(doc) -> str | None:
+    """None when ``doc`` is a usable ``heartbeat.json``, else why not."""
+    if not isinstance(doc, dict):
+        return f"holds {type(doc).__name__}, expected an object"
+    seq = doc.get("seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return f"has an unusable seq {seq!r}"
+    if not isinstance(doc.get("listeners", {}), dict):
+        return "has 'listeners' that is not an object"
+    return None

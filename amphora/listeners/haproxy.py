@@ -137,6 +137,15 @@ def parse_show_proc(answer: bytes | str) -> ProcInfo:
     return info
 
 
+def children(pid: int) -> set:
+    """Pids of the children of ``pid`` (empty when /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except (OSError, ValueError):
+        return set()
+
+
 # -- the binary --------------------------------------------------------------------------
 
 class HAProxy:
@@ -196,6 +205,27 @@ class HAProxy:
             return False
         return pidfile.encode() in cmdline
 
+    @staticmethod
+    def find_masters(pidfile: str) -> list[int]:
+        """Pids of live haproxy masters whose command line names ``pidfile`` (a run whose pid file
+        is garbled or gone): processes naming it whose parent does not (workers do too)."""
+        needle = pidfile.encode()
+        matches = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().split(b"\0")
+                if needle not in cmdline or not any(os.path.basename(a) == b"haproxy" for a in cmdline[:2]):
+                    continue
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            matches[int(entry)] = ppid
+        return sorted(pid for pid, ppid in matches.items() if ppid not in matches)
+
     @inlineCallbacks
     def show_proc(self, master_socket: str, timeout: float = 2.0):
         answer = yield stats.query(self.reactor, master_socket, "show proc;quit", timeout=timeout)
@@ -212,7 +242,8 @@ class HAProxy:
         return int(found.group(1)) if found else None
 
     @inlineCallbacks
-    def reload(self, proc, master_socket: str, before: ProcInfo, timeout: float, stats_socket: str | None = None):
+    def reload(self, proc, master_socket: str, before: ProcInfo, timeout: float, stats_socket: str | None = None,
+               on_worker=None):
         """SIGUSR2 to ``proc`` (a running master) and wait until the new worker is up.
 
         Fires with the new worker's pid; errbacks with OperationFailed when the
@@ -226,7 +257,35 @@ class HAProxy:
         usually first: haproxy 2.6's master refuses its CLI until well after
         the new worker serves (about 100 ms here). A loading failure is only
         seen on the master CLI (the old worker keeps the stats socket).
+
+        ``on_worker(pid)`` is called once, as soon as a new child of the master
+        appears in /proc (the master CLI answers only once the new worker
+        serves): what must reach the new worker early (server states).
         """
+        watching = [on_worker is not None]
+        if watching[0]:
+            self._watch_children(proc, set(before.all_pids), on_worker, watching)
+        try:
+            worker = yield self._confirm_reload(proc, master_socket, before, timeout, stats_socket)
+        finally:
+            watching[0] = False
+        return worker
+
+    @inlineCallbacks
+    def _watch_children(self, proc, seen: set, on_worker, watching: list):
+        """Call ``on_worker(pid)`` for each new child of the master, polled every 2 ms while
+        ``watching[0]`` (the master CLI can be silent for a few hundred ms while the new worker
+        already serves)."""
+        while watching[0] and proc.pid is not None:
+            fresh = children(proc.pid) - seen
+            seen |= fresh
+            for pid in sorted(fresh):
+                on_worker(pid)
+            yield deferLater(self.reactor, 0.002, lambda: None)
+
+    @inlineCallbacks
+    def _confirm_reload(self, proc, master_socket: str, before: ProcInfo, timeout: float,
+                        stats_socket: str | None = None):
         proc.signal("USR2")
         deadline = self.reactor.seconds() + timeout
         polls = 0

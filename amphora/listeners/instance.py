@@ -19,17 +19,16 @@ run (desired "started") but does not; STOPPED otherwise.
 
 from __future__ import annotations
 
-import os
 import re
 
 from twisted.internet.defer import DeferredLock, fail, inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
-from amphora.listeners import stats
-from amphora.listeners.haproxy import bind_addresses, fragment_text, listener_type
+from amphora.listeners import checks, recovery, serverstate, stats
+from amphora.listeners.haproxy import fragment_text, listener_type
 from amphora.listeners.store import STARTED, STOPPED, InstanceFiles
-from amphora.process import RUNNING, CommandTimeout, ProcessFailed, SupervisedProcess
+from amphora.process import RUNNING, ProcessFailed, SupervisedProcess
 from amphora.process import STOPPED as PROC_STOPPED
 
 log = Logger()
@@ -72,6 +71,8 @@ class HaproxyInstance:
         self._wish = _UNSET         # cache of desired.json
         self._type: str | None = None
         self._checked: tuple | None = None  # (check key, haproxy output) of the last check that passed
+        self.problem: str | None = None     # why the instance is in ERROR (an unusable state file, ...)
+        self._unsaved = False               # the desired state is only in memory (state_dir full)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.id}>"
@@ -81,9 +82,15 @@ class HaproxyInstance:
     def not_found(self) -> Exception:
         return ListenerNotFound(self.id)
 
-    def fragment_extras(self) -> list[str]:
-        """Text the agent adds to its fragment (whole sections); the registry's config hooks."""
-        return self.owner.hook_fragments(self)
+    def fragment_extras(self, config: bytes | None = None) -> list[str]:
+        """Text the agent adds to its fragment (whole sections) for ``config``: the registry's config
+        hooks, and the agent's server-state file unless the configuration names its own."""
+        return [*self.owner.hook_fragments(self), serverstate.fragment(self, config)]
+
+    def default_server_state(self) -> str | None:
+        """Where ``show servers state`` goes before a reload or stop when the configuration names
+        no ``server-state-file`` (None: nowhere)."""
+        return self.files.server_state_path
 
     def check_args(self) -> list[str]:
         """Extra ``haproxy`` arguments for both the check and the run (e.g. ``-L <peer>``)."""
@@ -93,8 +100,9 @@ class HaproxyInstance:
         """Make what the configuration needs exist before a check or a start."""
 
     def before_stop_or_reload(self):
-        """Called with the process running, before SIGUSR2 or stop (e.g. save server state)."""
-        return None
+        """Called with the process running, before SIGUSR2 or stop: save the servers' state; fires
+        with it (bytes, or None)."""
+        return serverstate.save(self)
 
     def started_text(self, output: str, pid: int) -> str:
         return f"{first_valid_line(output)}\nhaproxy daemon for {self.id} started (pid {pid})"
@@ -132,13 +140,32 @@ class HaproxyInstance:
 
     def desired(self) -> str | None:
         if self._wish is _UNSET:
-            self._wish = self.files.desired()
+            self._wish, problem = self.files.desired_state()
+            if problem:
+                self.problem = problem
+        elif self._unsaved:
+            self._save_desired(self._wish)
         return self._wish
 
     def set_desired(self, value: str) -> None:
-        if self.desired() != value:
-            self.files.set_desired(value)
+        """Persist the wish; when the disk refuses (full state_dir) it is kept in memory and written
+        at the next occasion, so a stop still stops."""
+        if self.desired() != value or self._unsaved:
             self._wish = value
+            self._save_desired(value)
+        self.problem = None  # an explicit start or stop states what the client wants
+
+    def _save_desired(self, value: str) -> None:
+        try:
+            self.files.set_desired(value)
+        except OSError as e:
+            if not self._unsaved:
+                log.error("{kind} {lid}: cannot write {path} ({error}); desired state {value!r} kept in memory "
+                          "until the disk allows", kind=self.kind, lid=self.id, path=self.files.desired_path,
+                          error=e.strerror or e, value=value)
+            self._unsaved = True
+        else:
+            self._unsaved = False
 
     def type(self) -> str:
         """TCP / HTTP / TERMINATED_HTTPS of the stored configuration (cached; we are its only writer)."""
@@ -148,10 +175,14 @@ class HaproxyInstance:
         return self._type
 
     def status(self) -> str:
-        return listener_status(self.desired(), self.proc.state if self.proc else None)
+        desired = self.desired()
+        if self.problem and not self.running:
+            return ERROR
+        return listener_status(desired, self.proc.state if self.proc else None)
 
     def forget_caches(self) -> None:
-        self._wish = _UNSET
+        if not self._unsaved:
+            self._wish = _UNSET
         self._type = None
 
     # -- runtime API ----------------------------------------------------------------------------
@@ -175,8 +206,10 @@ class HaproxyInstance:
 
     # -- process --------------------------------------------------------------------------------
 
-    def write_fragment(self) -> str:
-        return self.files.write_fragment(fragment_text(self.id, extra=self.fragment_extras()))
+    def write_fragment(self, config: bytes | None = None) -> str:
+        if config is None:
+            config = self.files.read_config() or self.files.read_running()
+        return self.files.write_fragment(fragment_text(self.id, extra=self.fragment_extras(config)))
 
     def process(self) -> SupervisedProcess:
         if self.proc is None:
@@ -205,64 +238,12 @@ class HaproxyInstance:
 
     # -- checks ---------------------------------------------------------------------------------
 
-    @inlineCallbacks
     def check(self, config_path: str, failure_message: str, error=OperationFailed, reuse: bool = False):
-        """``haproxy -c`` on ``config_path`` plus the agent's fragment; returns haproxy's words.
+        """``haproxy -c`` on ``config_path`` plus the agent's fragment (``amphora.listeners.checks``)."""
+        return checks.check(self, config_path, failure_message, error, reuse)
 
-        With ``reuse``, a check that already passed for exactly these bytes
-        (configuration and fragment), with no certificate of the instance
-        changed since, is not run again: the upload that stored the file has
-        just checked it. (haproxy re-parses on reload anyway, and a reload that
-        fails to load is rolled back, so this only saves time.)
-
-        A check that outlives the registry's ``check_timeout`` is killed and
-        counts as failed with ``error``: 400 for an upload (the configuration
-        is what hangs, e.g. ``lua-load`` of a script that never returns:
-        refused like any invalid one, nothing stored), 500 for start and
-        reload like every failed check there. The lock is released either way.
-        """
-        fragment = self.write_fragment()
-        key = self.files.check_key(config_path, fragment)
-        if reuse and key is not None and self._checked is not None and self._checked[0] == key:
-            return self._checked[1]
-        extra = self.check_args()
-        kwargs = {"extra": extra} if extra else {}
-        try:
-            valid, output = yield self.owner.haproxy.check(config_path, fragment, cwd=self.files.run_dir,
-                                                           timeout=self.check_timeout(), **kwargs)
-        except CommandTimeout as e:
-            log.error("{kind} {lid}: haproxy -c did not finish within {timeout}s; killed", kind=self.kind,
-                      lid=self.id, timeout=e.timeout)
-            details = (f"configuration check did not finish within {e.timeout:g} s (haproxy -c was "
-                       f"killed; does the configuration read from standard input or loop while loading?)")
-            if e.output:
-                details += "\n" + e.output[-4000:]
-            raise error(details, message=failure_message)
-        if not valid:
-            raise error(output or "haproxy -c failed without output", message=failure_message)
-        if key is not None:  # content-based: a checked candidate counts for the stored copy too
-            self._checked = (key, output)
-        return output
-
-    @inlineCallbacks
-    def _own_pids(self):
-        if self.proc is None or self.proc.pid is None:
-            return set()
-        pids = {self.proc.pid}
-        try:
-            info = yield self.owner.haproxy.show_proc(self.files.master_socket, timeout=2.0)
-            pids |= info.all_pids
-        except Exception:
-            pass
-        return pids
-
-    @inlineCallbacks
     def _check_binds(self, config: bytes, failure_message: str, own=None):
-        if own is None:
-            own = yield self._own_pids()
-        problems = yield self.owner.haproxy.bind_conflicts(bind_addresses(config), own)
-        if problems:
-            raise OperationFailed("\n".join(problems), message=failure_message)
+        return checks.check_binds(self, config, failure_message, own)
 
     # -- upload ---------------------------------------------------------------------------------
 
@@ -319,6 +300,7 @@ class HaproxyInstance:
             if previous is not None:
                 self.files.write_running(previous)
             raise OperationFailed(e.output or e.reason, message=message)
+        self._record_loaded(config)
         log.info("{kind} {lid}: haproxy started (pid {pid})", kind=self.kind, lid=self.id, pid=pid)
         return self.started_text(output, pid)
 
@@ -361,11 +343,13 @@ class HaproxyInstance:
         before = yield self._show_proc(proc, message)
         yield self._check_binds(config, message, own=before.all_pids | {proc.pid})
         previous = self.files.read_running()
-        yield self.before_stop_or_reload()
-        self.files.write_running(config)
+        saved = yield self.before_stop_or_reload()
+        if previous != config:  # an unchanged configuration needs no write (a full state_dir)
+            self.files.write_running(config)
         mark = proc.mark()
         try:
-            worker = yield self._signal_reload(proc, before)
+            worker = yield self._signal_reload(
+                proc, before, on_worker=lambda pid: serverstate.apply_early(self, saved, pid, config))
         except OperationFailed as failure:
             details = failure.details
             log.error("{kind} {lid}: reload failed; returning to the last good configuration",
@@ -379,9 +363,18 @@ class HaproxyInstance:
                               kind=self.kind, lid=self.id, e=again.details)
             output_text = proc.output_since(mark)
             raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
+        yield serverstate.apply(self, saved, worker, config)
+        self._record_loaded(config)
         log.info("{kind} {lid}: reloaded (master {pid}, new worker {worker})", kind=self.kind, lid=self.id,
                  pid=proc.pid, worker=worker)
         return self.reloaded_text(output, worker)
+
+    def _record_loaded(self, config: bytes) -> None:
+        try:
+            self.files.record_loaded(config)
+        except OSError as e:
+            log.warn("{kind} {lid}: cannot record the loaded configuration: {error}", kind=self.kind,
+                     lid=self.id, error=e.strerror or e)
 
     @inlineCallbacks
     def _show_proc(self, proc, message=None):
@@ -392,19 +385,25 @@ class HaproxyInstance:
         return info
 
     @inlineCallbacks
-    def _signal_reload(self, proc: SupervisedProcess, before=None):
+    def _signal_reload(self, proc: SupervisedProcess, before=None, on_worker=None):
         if before is None:
             before = yield self._show_proc(proc)
         worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout(),
-                                                 stats_socket=self.files.stats_socket)
+                                                 stats_socket=self.files.stats_socket, on_worker=on_worker)
         return worker
 
     # -- delete ---------------------------------------------------------------------------------
 
     @inlineCallbacks
     def delete(self, hooks=()):
-        """Stop haproxy, run ``hooks`` (``hook(id)``), remove the files; the errors, as a list."""
+        """Mark the delete (gone from here on), stop haproxy, run ``hooks`` (``hook(id)``), remove the
+        files; the errors, as a list. Interrupted at any point, the next start finishes it."""
         self.require()
+        try:
+            self.files.mark_deleting()
+        except OSError as e:
+            raise OperationFailed(f"cannot mark {self.kind} {self.id} for deletion: {e.strerror or e}",
+                                  message=f"Error deleting {self.kind}")
         if self.proc is not None:
             if self.proc.state == RUNNING:
                 try:
@@ -428,25 +427,18 @@ class HaproxyInstance:
         log.info("{kind} {lid}: deleted", kind=self.kind, lid=self.id)
         return errors
 
-    # -- restore at agent start -----------------------------------------------------------------
+    # -- restore at agent start (amphora.listeners.recovery) -------------------------------------
 
-    @inlineCallbacks
+    def adopt_running(self):
+        return recovery.adopt_running(self)
+
+    def reconcile_loaded(self):
+        return recovery.reconcile_loaded(self)
+
     def restore(self):
         """Adopt a still-running haproxy; start it if it should run and does not."""
-        desired = self.desired()
-        pid = self.files.read_pid()
-        proc = self.process()
-        if pid is not None and self.owner.haproxy.is_master(pid, self.files.pid_path):
-            if proc.adopt(pid):
-                log.info("{kind} {lid}: adopted haproxy pid {pid}", kind=self.kind, lid=self.id, pid=pid)
-                if desired == STOPPED:
-                    yield self.stop()
-                return
-        if desired != STARTED:
-            return
-        source = self.files.running_path if os.path.exists(self.files.running_path) else None
-        try:
-            yield self.start(source)
-        except Exception as e:
-            log.error("{kind} {lid}: could not start at agent start: {error}", kind=self.kind, lid=self.id,
-                      error=e)
+        return recovery.restore(self)
+
+    def finish_delete(self, hooks=()):
+        """Complete a delete a killed agent left half-way (agent start)."""
+        return recovery.finish_delete(self, hooks)

@@ -38,7 +38,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import LoadBalancerNotFound
-from amphora.fsutil import atomic_write, atomic_write_json, ensure_dir, read_json
+from amphora.fsutil import atomic_write_json, ensure_dir, read_json
 from amphora.listeners.cfgtext import frontends, global_setting
 from amphora.listeners.instance import HaproxyInstance
 
@@ -161,8 +161,8 @@ class LoadBalancerInstance(HaproxyInstance):
     def check_args(self) -> list[str]:
         return ["-L", self.peer_name()]
 
-    def fragment_extras(self) -> list[str]:
-        config = self.files.read_config() or self.files.read_running() or b""
+    def fragment_extras(self, config: bytes | None = None) -> list[str]:
+        config = config or self.files.read_config() or self.files.read_running() or b""
         extras = []
         if needs_relaxed_limits(config, fd_hard_limit()):
             extras.append("global\n    # maxconn needs more file descriptors than the host allows: start anyway\n"
@@ -202,29 +202,8 @@ class LoadBalancerInstance(HaproxyInstance):
 
     # -- server state and limits ----------------------------------------------------------------
 
-    def server_state_path(self) -> str | None:
-        config = self.files.read_config() or self.files.read_running()
-        path = global_setting(config, "server-state-file") if config else None
-        if not path:
-            return None
-        if not os.path.isabs(path):
-            base = global_setting(config, "server-state-base") or self.files.run_dir
-            path = os.path.join(base, path)
-        return path
-
-    @inlineCallbacks
-    def before_stop_or_reload(self):
-        """Save ``show servers state`` where the configuration loads it from (best effort)."""
-        path = self.server_state_path()
-        if path is None:
-            return
-        try:
-            state = yield self.runtime("show servers state", timeout=5.0)
-            ensure_dir(os.path.dirname(path), 0o755)
-            atomic_write(path, state if isinstance(state, bytes) else state.encode(), 0o600)
-        except Exception as e:  # noqa: BLE001 - a missing state file only costs the members' history
-            log.warn("loadbalancer {lid}: could not save server state to {path}: {error}", lid=self.id,
-                     path=path, error=e)
+    def default_server_state(self) -> str | None:
+        return None  # only where the configuration names one (Octavia's templates do)
 
     @inlineCallbacks
     def start(self, source=None, message="Error starting haproxy"):

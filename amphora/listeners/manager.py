@@ -306,12 +306,22 @@ class ListenerManager(Service):
 
     def status_list(self) -> list[dict]:
         """Every listener's status and type, from memory and small files (no process spawned)."""
-        return [{"status": inst.status(), "uuid": inst.id, "type": inst.type()} for inst in self._existing()]
+        return [self._summary(inst) for inst in self._existing()]
+
+    def _summary(self, inst: HaproxyInstance) -> dict:
+        try:
+            return {"status": inst.status(), "uuid": inst.id, "type": inst.type()}
+        except Exception as e:  # noqa: BLE001 - one listener's files never fail the list for the others
+            log.failure("{kind} {lid}: status failed", kind=inst.kind, lid=inst.id)
+            inst.problem = inst.problem or f"status failed: {e}"
+            return {"status": ERROR, "uuid": inst.id, "type": "TCP"}
 
     @inlineCallbacks
     def status(self, lid: str):
         inst = self._get(lid)
-        doc = {"status": inst.status(), "uuid": lid, "type": inst.type(), "pools": []}
+        doc = dict(self._summary(inst), pools=[])
+        if doc["status"] == ERROR and inst.problem:
+            doc["details"] = inst.problem
         if doc["status"] == ACTIVE:
             for attempt in (1, 2):
                 try:
@@ -328,10 +338,27 @@ class ListenerManager(Service):
     # -- restore at agent start -------------------------------------------------------------------
 
     def restore(self):
-        """Adopt still-running haproxy processes; start those that should run and do not."""
+        """Sweep staging leftovers, finish interrupted deletes, then adopt still-running haproxy
+        processes and start those that should run and do not. Failures are logged, per instance."""
+        for store in (self.store, self.lb_store):
+            try:
+                store.sweep()
+            except OSError as e:
+                log.error("sweeping staging leftovers under {root} failed: {error}", root=store.state_root,
+                          error=e)
+        work = []
+        for store, kind in ((self.store, LISTENER), (self.lb_store, LOADBALANCER)):
+            for iid in store.deleting_ids():
+                inst = self._instance(iid, create=True, kind=kind)
+                work.append((inst, self._run(inst, inst.finish_delete,
+                                             self.delete_hooks if kind == LISTENER else ())))
         found = self._find_stored()
         for inst in self._instances.values():
             inst.known = inst.known and inst.id in found
             inst.forget_caches()
-        return DeferredList([self._run(inst, "restore") for inst in self._existing(None)],
-                            consumeErrors=True)
+        work += [(inst, self._run(inst, "restore")) for inst in self._existing(None)]
+
+        def logged(inst, d):
+            return d.addErrback(lambda f: log.failure("{kind} {lid}: restore failed", f, kind=inst.kind,
+                                                      lid=inst.id))
+        return DeferredList([logged(inst, d) for inst, d in work], consumeErrors=True)

@@ -10,6 +10,11 @@ Layout (DESIGN.md section 5)::
     <run_dir>/listeners/<uuid>/haproxy.pid      master pid (-p)
     <run_dir>/listeners/<uuid>/stats.sock       admin runtime API
     <run_dir>/listeners/<uuid>/master.sock      master CLI (-S)
+    <run_dir>/listeners/<uuid>/loaded.sha256    digest of the running.cfg the process runs (after a
+                                                confirmed start or reload; reconciled at agent start)
+    <run_dir>/listeners/<uuid>/servers.state    ``show servers state`` saved before a reload or stop
+    <state_dir>/listeners/.deleting-<uuid>/     a delete in progress (the renamed state directory):
+                                                the listener is gone; the next start finishes it
     <certs_dir>/<uuid>/                         certificates (owned by amphora.certificates)
 
 A 1.0 load balancer keeps the same files under ``loadbalancers/`` instead of
@@ -29,14 +34,19 @@ import re
 import shutil
 import tempfile
 
+from twisted.logger import Logger
+
 from amphora.errors import InvalidRequest
-from amphora.fsutil import atomic_write, atomic_write_json, ensure_dir, fsync_dir, read_json
+from amphora.fsutil import StateProblem, atomic_write, ensure_dir, fsync_dir, read_state
 from amphora.listeners.haproxy import MASTER_SOCKET, STATS_SOCKET
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
+log = Logger()
+
 STARTED = "started"
 STOPPED = "stopped"
+DELETING = ".deleting-"
 
 
 def is_listener_id(text: str) -> bool:
@@ -69,6 +79,9 @@ class InstanceFiles:
         self.pid_path = os.path.join(run_dir, "haproxy.pid")
         self.stats_socket = os.path.join(run_dir, STATS_SOCKET)
         self.master_socket = os.path.join(run_dir, MASTER_SOCKET)
+        self.loaded_path = os.path.join(run_dir, "loaded.sha256")
+        self.server_state_path = os.path.join(run_dir, "servers.state")
+        self.deleting_path = os.path.join(os.path.dirname(state_dir), DELETING + os.path.basename(state_dir))
 
     def exists(self) -> bool:
         """The spec's rule: a configuration, a pid file or a stats socket."""
@@ -137,23 +150,55 @@ class InstanceFiles:
 
     # -- desired state ---------------------------------------------------------------------
 
+    def desired_state(self) -> tuple[str | None, StateProblem | None]:
+        """(``started`` | ``stopped`` | None when never set, the problem when the file was unusable)."""
+        def valid(doc):
+            if not isinstance(doc, dict) or doc.get("desired") not in (STARTED, STOPPED):
+                return f"holds {doc!r:.60}, not {{\"desired\": \"started\" | \"stopped\"}}"
+            return None
+        doc, problem = read_state(self.desired_path, valid, {})
+        return doc.get("desired"), problem
+
     def desired(self) -> str | None:
-        doc = read_json(self.desired_path, {}) or {}
-        value = doc.get("desired") if isinstance(doc, dict) else None
-        return value if value in (STARTED, STOPPED) else None
+        return self.desired_state()[0]
 
     def set_desired(self, value: str) -> None:
-        if self.desired() != value:
-            atomic_write_json(self.desired_path, {"desired": value})
+        if _read(self.desired_path) != _desired_bytes(value):
+            atomic_write(self.desired_path, _desired_bytes(value))
 
     # -- run files ---------------------------------------------------------------------------
 
+    def pid_state(self) -> tuple[int | None, StateProblem | None]:
+        """The master pid from the pid file (None if there is none), and the problem if it was garbled."""
+        def parse(data: bytes) -> int:
+            words = data.split()
+            if not words:
+                raise ValueError("empty")
+            return int(words[0])
+        return read_state(self.pid_path, lambda pid: None if pid > 1 else f"names pid {pid}", None, parse=parse)
+
     def read_pid(self) -> int | None:
-        data = _read(self.pid_path)
-        try:
-            return int(data.split()[0]) if data else None
-        except (ValueError, IndexError):
-            return None
+        return self.pid_state()[0]
+
+    def write_pid(self, pid: int) -> None:
+        atomic_write(self.pid_path, f"{pid}\n".encode(), 0o644)
+
+    def running_source(self) -> tuple[str | None, StateProblem | None]:
+        """The path of a usable ``running.cfg`` (None if there is none) and the problem if it was not
+        usable (empty: moved aside)."""
+        data, problem = read_state(self.running_path, lambda b: None if b.strip() else "is empty", None,
+                                   parse=bytes)
+        return (self.running_path if data is not None else None), problem
+
+    def loaded_digest(self) -> str | None:
+        data = _read(self.loaded_path)
+        return data.decode("ascii", "replace").strip() if data else None
+
+    def record_loaded(self, config: bytes) -> None:
+        """Note which configuration the process runs now (run_dir: never the full state_dir)."""
+        digest = hashlib.sha256(config).hexdigest()
+        if self.loaded_digest() != digest:
+            atomic_write(self.loaded_path, digest.encode() + b"\n", 0o644)
 
     def clear_run_files(self) -> None:
         """Pid file and sockets of a haproxy that is gone (haproxy leaves them behind)."""
@@ -163,10 +208,29 @@ class InstanceFiles:
             except FileNotFoundError:
                 pass
 
+    def mark_deleting(self) -> None:
+        """The point of no return of a delete: one rename makes the instance gone (``ids()`` skips it,
+        its upload is no longer where GET looks); the next agent start finishes what remains."""
+        if os.path.isdir(self.deleting_path):
+            return
+        try:
+            os.rename(self.state_dir, self.deleting_path)
+        except FileNotFoundError:
+            os.mkdir(self.deleting_path, 0o700)
+        fsync_dir(os.path.dirname(self.state_dir))
+
     def remove(self, extra: tuple = ()) -> list[str]:
-        """Remove everything of the instance (and ``extra`` paths); returns what could not be removed."""
+        """Remove everything of the instance (and ``extra`` paths); returns what could not be removed.
+
+        Order: the state directory is renamed to the deletion mark first (gone), the mark is removed
+        last, so a kill at any point leaves an instance that is either still there or being deleted.
+        """
         errors = []
-        for path in (self.state_dir, self.run_dir, self.certs_dir, *extra):
+        try:
+            self.mark_deleting()
+        except OSError as e:
+            return [f"{self.state_dir}: {e.strerror}"]
+        for path in (self.run_dir, self.certs_dir, *extra, self.state_dir, self.deleting_path):
             try:
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
             except FileNotFoundError:
@@ -179,6 +243,23 @@ class InstanceFiles:
             except OSError:
                 pass
         return errors
+
+    def sweep(self) -> None:
+        """Remove what interrupted writes and failed first uploads leave (agent start)."""
+        for directory in (self.state_dir, self.run_dir, self.certs_dir):
+            try:
+                entries = os.listdir(directory)
+            except OSError:
+                continue
+            for name in entries:
+                if name.startswith((".upload-", ".tmp-")):
+                    path = os.path.join(directory, name)
+                    log.info("removing staging leftover {path}", path=path)
+                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+        if not os.path.exists(self.config_path) and not os.path.exists(self.pid_path):
+            for directory in (self.state_dir, self.run_dir, self.certs_dir):
+                if _only_agent_files(directory):
+                    shutil.rmtree(directory, ignore_errors=True)
 
 
 class ListenerStore:
@@ -207,7 +288,8 @@ class ListenerStore:
                              os.path.join(self.certs_root, lid))
 
     def ids(self) -> list[str]:
-        """Instances with a configuration, a pid file or a stats socket (the spec's rule)."""
+        """Instances with a configuration, a pid file or a stats socket (the spec's rule), except
+        those being deleted."""
         found = set()
         for root, markers in ((self.state_root, ("haproxy.cfg",)),
                               (self.run_root, ("haproxy.pid", "stats.sock"))):
@@ -219,7 +301,27 @@ class ListenerStore:
                 if is_listener_id(entry) and any(
                         os.path.exists(os.path.join(root, entry, m)) for m in markers):
                     found.add(entry)
-        return sorted(found)
+        return sorted(found - set(self.deleting_ids()))
+
+    def deleting_ids(self) -> list[str]:
+        """Instances whose delete was interrupted (the next start finishes it)."""
+        try:
+            entries = os.listdir(self.state_root)
+        except OSError:
+            return []
+        return sorted(e[len(DELETING):] for e in entries
+                      if e.startswith(DELETING) and is_listener_id(e[len(DELETING):]))
+
+    def sweep(self) -> None:
+        """Staging leftovers of every instance (agent start, before restore)."""
+        seen = set()
+        for root in (self.state_root, self.run_root, self.certs_root):
+            try:
+                seen.update(e for e in os.listdir(root) if is_listener_id(e))
+            except OSError:
+                pass
+        for lid in sorted(seen):
+            self.files(lid).sweep()
 
     # -- by id (for callers that address one file) -------------------------------------------
 
@@ -271,6 +373,17 @@ def _read(path: str) -> bytes | None:
 def _only_agent_files(path: str) -> bool:
     """True when ``path`` holds nothing but what a failed first upload leaves (fragment, nothing)."""
     try:
-        return all(name in ("agent.cfg",) for name in os.listdir(path))
+        return all(name in ("agent.cfg", "servers.state") or name.startswith((".tmp-", ".upload-")) for name in os.listdir(path))
     except OSError:
         return False
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _desired_bytes(value: str) -> bytes:
+    return f'{{\n "desired": "{value}"\n}}\n'.encode()

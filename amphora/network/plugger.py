@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from amphora.errors import AgentError, InvalidRequest, NoSuitableInterface, OperationFailed
-from amphora.fsutil import atomic_write_json, read_json
+from amphora.fsutil import atomic_write_json, read_state
 from amphora.interfaces import INetworkPlugger
 from amphora.netlink import NetlinkFailure
 from amphora.network.links import Link, Netlink, choose_interface
@@ -87,7 +87,11 @@ class NetworkPlugger:
     # -- state --------------------------------------------------------------
 
     def _load(self) -> dict[str, _Entry]:
-        doc = read_json(self.path, {}) or {}
+        def valid(doc):
+            if not isinstance(doc, dict) or not isinstance(doc.get("interfaces") or [], list):
+                return "is not an object with a list of interfaces"
+            return None
+        doc, _ = read_state(self.path, valid, {})  # unusable: moved aside, logged, nothing plugged
         entries = {}
         for i, item in enumerate(doc.get("interfaces") or []):
             try:

@@ -136,11 +136,19 @@ def test_state_persists_and_restart_neither_loses_nor_double_counts(tmp_path):
     assert message["listeners"][L1]["stats"] == {"tx": 20, "rx": 10, "conns": 3, "totconns": 2, "ereq": 0}
 
 
-def test_corrupt_state_file_starts_clean(tmp_path):
-    for content in ("not json", "[]", '{"seq": "x", "listeners": []}', '{"seq": -3}', '{"seq": true}'):
+def test_corrupt_state_file_moves_on_past_the_last_sequence_number(tmp_path):
+    """issue 17: a garbled heartbeat.json must not restart seq at 0 (the controller would take the
+    beats for replays): it is moved aside and seq continues from a time base."""
+    for n, content in enumerate(("not json", "[]", '{"seq": "x", "listeners": []}', '{"seq": -3}',
+                                 '{"seq": true}', '"started"', '{"seq": 5, "listeners": [1]}')):
         (tmp_path / "heartbeat.json").write_text(content)
-        state = msg.BeatState(str(tmp_path))
-        assert (state.seq, state.listeners) == (0, {})
+        state = msg.BeatState(str(tmp_path), now=lambda: 1_700_000_000.0 + n)
+        assert (state.seq, state.listeners) == (1_700_000_000 + n, {}), content
+        assert not (tmp_path / "heartbeat.json").exists()
+    assert len(list(tmp_path.glob("heartbeat.json.corrupt-*"))) == 7
+    state.seq += 1
+    state.save()
+    assert msg.BeatState(str(tmp_path)).seq == 1_700_000_007  # a good file is used as it is
 
 
 def big_message(listeners=50, members=100):
