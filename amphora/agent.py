@@ -26,6 +26,8 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from amphora.addrlookup import AddressLookup
+from amphora.agentconf import AgentConfigUpdates, load_saved
 from amphora.api.app import AgentAPI
 from amphora.api.http import BodyLimits
 from amphora.api.site import AgentSite
@@ -39,7 +41,9 @@ from amphora.keepalived import Keepalived, KeepalivedService
 from amphora.listeners.logs import ListenerLogs
 from amphora.listeners.manager import ListenerManager
 from amphora.network import NetworkPlugger
+from amphora.servercert import ContextHolder, ServerCertificate
 from amphora.topology import Topology
+from amphora.vrrp import ControllerVRRP
 
 log = Logger()
 
@@ -51,6 +55,7 @@ BODY_SLACK = 64 * 1024
 class AmphoraAgent(MultiService):
     def __init__(self, config: AgentConfig, reactor):
         super().__init__()
+        config, saved_update = load_saved(config)  # the last PUT /1.0/config (amphora.agentconf)
         self.config = config
         self.reactor = reactor
         agent = config.agent
@@ -75,6 +80,12 @@ class AmphoraAgent(MultiService):
         KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
         self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
         self.heartbeat = make_heartbeat(self)
+        # The Octavia faces' amphora-wide calls (amphora.api.octavia_amphora).
+        self.tls_context = ContextHolder(ServerContextFactory(config.tls))
+        self.server_certificate = ServerCertificate(config.tls, self.tls_context, agent.amphora_id, agent.certs_dir)
+        self.agent_config = AgentConfigUpdates(config, self.heartbeat, saved_update)
+        self.addresses = AddressLookup(reactor, config.network.namespace)
+        self.vrrp = ControllerVRRP(config, reactor, self.keepalived, self.topology, self.listeners)
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
         self.site = AgentSite(self.api.app.resource(), clock=reactor, max_body_bytes=max_body,
@@ -89,7 +100,7 @@ class AmphoraAgent(MultiService):
 
     def privilegedStartService(self):
         agent = self.config.agent
-        endpoint = SSL4ServerEndpoint(self.reactor, agent.bind_port, ServerContextFactory(self.config.tls),
+        endpoint = SSL4ServerEndpoint(self.reactor, agent.bind_port, self.tls_context,
                                       backlog=128, interface=agent.bind_host)
         result = []
         endpoint.listen(self.site).addBoth(result.append)
@@ -124,6 +135,7 @@ class AmphoraAgent(MultiService):
             ("host facts", self.facts.load),
             ("network restore", self.network.restore),
             ("topology restore", self.topology.restore),
+            ("controller VRRP restore", self.vrrp.restore),
             ("listener restore", self.listeners.restore),
         ):
             try:

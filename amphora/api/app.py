@@ -78,12 +78,16 @@ class AgentAPI:
 
     @app.route(V + "/topology", methods=["GET"])
     def get_topology(self, request):
-        return render_json(request, self.agent.topology.document())
+        # While the controller drives keepalived (amphora.vrrp), its role is the one reported.
+        vrrp = getattr(self.agent, "vrrp", None)
+        return render_json(request, (vrrp and vrrp.topology_document()) or self.agent.topology.document())
 
     @app.route(V + "/topology", methods=["POST"])
     def set_topology(self, request):
         topology = self.agent.topology
         topology.check_gate()
+        if getattr(self.agent, "vrrp", None) is not None:
+            self.agent.vrrp.check_v0_1()  # 409 while the controller drives keepalived (amphora.vrrp)
         code = topology.request(json_body(request))
         if code == 202:
             return render_json(request, {"message": "OK", "details": "topology change in progress: "

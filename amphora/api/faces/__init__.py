@@ -18,7 +18,12 @@ from __future__ import annotations
 from amphora.api.faces.v0_5 import Face0_5
 from amphora.api.faces.report import HostReport
 from amphora.api.faces.v1_0 import Face1_0
+from amphora.api.octavia_amphora import AmphoraCalls, install
 from amphora.certfiles import CertificateFiles
+
+# The amphora-wide calls (certificate, config, vrrp, interface), the same on both faces.
+install(Face1_0.app)
+install(Face0_5.app)
 
 # What Octavia's client reads at GET // to pick its client class; only "1.0" exists.
 DISCOVERY = {"api_version": "1.0"}
@@ -45,4 +50,7 @@ def build_faces(agent, v0_1_resource) -> dict:
         max_config_bytes=config.haproxy.max_config_bytes,
         v0_1=v0_1_resource,
     )
+    face_1_0.amphora = face_0_5.amphora = AmphoraCalls(
+        agent.server_certificate, agent.agent_config, agent.addresses, agent.vrrp,
+        config.agent.max_certificate_bytes, config.haproxy.max_config_bytes)
     return {"1.0": face_1_0.app.resource(), "0.5": face_0_5.app.resource()}
