@@ -277,3 +277,100 @@ def test_the_same_calls_at_0_5_through_octavia_4(agent, pki, tmp_path):
     assert "InvalidRequest" in found["upload_vrrp_config(refused by keepalived -t)"]["error"]
     assert "InvalidRequest" in found["start_vrrp(nothing uploaded)"]["error"]
     assert served_serial(agent.port) == new_serial
+
+
+# -- ACTIVE_STANDBY driven by the controller ------------------------------------------
+
+def _vrrp_agent(pki, root, namespace):
+    return Agent(pki, root, {"network": {"namespace": namespace}, "keepalived": {"advert_int": "1"}})
+
+
+def _curl(agent, method, path, body=None):
+    import json
+    import subprocess
+
+    argv = ["curl", "-sS", "--max-time", "20", "-X", method, "--cacert", agent.pki.paths["ca"],
+            "--cert", agent.pki.paths["client_cert"], "--key", agent.pki.paths["client_key"],
+            "-w", "\n%{http_code}", f"https://localhost:{agent.port}{path}"]
+    if body is not None:
+        argv[1:1] = ["-H", "content-type: application/json", "--data-binary", json.dumps(body)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
+    text, _, code = out.rpartition("\n")
+    return int(code), (json.loads(text) if text.strip() else None)
+
+
+def test_active_standby_driven_by_octavia_19(pki, tmp_path):
+    import uuid
+
+    from tests.topology_support import Lab, keepalived_pids, kill_keepalived, wait_for
+
+    lb_id = str(uuid.uuid4())
+    with Lab() as lab:
+        a = _vrrp_agent(pki, str(tmp_path / "a"), lab.ns_a)
+        b = _vrrp_agent(pki, str(tmp_path / "b"), lab.ns_b)
+        run_dirs = [os.path.join(x.root, "run") for x in (a, b)]
+        try:
+            a.start()
+            b.start()
+            cidr = f"10.88.{lab.subnet}.0/24"
+            for name, amp, mine, peer, priority in (("a", a, lab.ip_a, lab.ip_b, 100), ("b", b, lab.ip_b, lab.ip_a, 90)):
+                results = run_driver_blocking(params(
+                    amp, str(tmp_path / f"ctl-{name}"), "19.0.0", "vrrp_19", vrrp_ip=mine, peer_ip=peer,
+                    priority=priority, vip=lab.ha_ip, cidr=cidr, lb_id=lb_id, auth_pass="a1b2c3d"))
+                print(summary("19.0.0", results))
+                assert_passed(results, ["check (GET //)", "get_interface", "update_vrrp_conf", "start_vrrp_service"])
+                assert by_call(results)["get_interface"]["result"] == {"message": "OK", "interface": "eth1"}
+                if name == "a":
+                    wait_for(lambda: lab.holders() == ["a"], 20, what="A holds the VIP")
+            stored = open(os.path.join(a.base_path, "vrrp", "octavia-keepalived.conf")).read()
+            assert f"vrrp_instance {lb_id.replace('-', '')}" in stored and "check_script.sh" in stored
+            assert os.access(os.path.join(a.base_path, "vrrp", "check_script.sh"), os.X_OK)
+            time.sleep(3)
+            assert lab.holders() == ["a"], "exactly one holds the VIP"
+            # The controller owns keepalived: /v0.1/topology reports it and refuses changes.
+            wait_for(lambda: _curl(a, "GET", "/v0.1/topology")[1]["role"] == "ACTIVE", 10, what="A reports ACTIVE")
+            doc_b = _curl(b, "GET", "/v0.1/topology")[1]
+            assert doc_b["topology"] == "ACTIVE-STANDBY" and doc_b["role"] == "STANDBY" and doc_b["ha_ip"] == lab.ha_ip
+            code, doc = _curl(b, "POST", "/v0.1/topology", {"topology": "SINGLE"})
+            assert code == 409, doc
+            # A second start of a running keepalived does not restart it.
+            pids = keepalived_pids(run_dirs[0])
+            results = calls(a, str(tmp_path / "ctl-a2"), "19.0.0", [{"call": "start_vrrp", "label": "start again"},
+                                                                   {"call": "get_interface", "args": [lab.ha_ip]}])
+            assert_passed(results, ["start again", "get_interface"])
+            assert keepalived_pids(run_dirs[0]) == pids and lab.holders() == ["a"]
+            results = calls(b, str(tmp_path / "ctl-b2"), "19.0.0", [{"call": "get_interface", "args": [lab.ha_ip]}])
+            assert "NotFound" in by_call(results)["get_interface"]["error"]  # how a failover picks the BACKUP
+
+            # kill -9 of the MASTER's keepalived: the BACKUP takes the VIP.
+            started = time.monotonic()
+            assert kill_keepalived(run_dirs[0])
+            wait_for(lambda: lab.holders() == ["b"], 15, interval=0.02, what="B alone holds the VIP")
+            print(f"takeover after kill -9 of the MASTER's keepalived: {time.monotonic() - started:.2f}s "
+                  "(controller's configuration: advert_int 1, nopreempt)")
+            wait_for(lambda: _curl(b, "GET", "/v0.1/topology")[1]["role"] == "ACTIVE", 10, what="B reports ACTIVE")
+            wait_for(lambda: len(keepalived_pids(run_dirs[0])) == 2, 15, what="A's keepalived restarted")
+            time.sleep(2)
+            assert lab.holders() == ["b"], "nopreempt: A does not take the VIP back"
+
+            # vrrp stop releases the VIP (and keepalived goes back to /v0.1/topology).
+            results = calls(b, str(tmp_path / "ctl-b3"), "19.0.0", [{"call": "stop_vrrp"}])
+            assert_passed(results, ["stop_vrrp"])
+            wait_for(lambda: lab.holders() == ["a"], 15, what="A takes the VIP from a stopped B")
+            assert keepalived_pids(run_dirs[1]) == [] or not any(os.path.exists(f"/proc/{p}")
+                                                                  for p in keepalived_pids(run_dirs[1]))
+            assert _curl(b, "GET", "/v0.1/topology")[1]["topology"] == "SINGLE"
+            results = calls(a, str(tmp_path / "ctl-a3"), "19.0.0", [{"call": "stop_vrrp"}])
+            assert_passed(results, ["stop_vrrp"])
+            wait_for(lambda: lab.holders() == [], 15, what="no VIP left")
+        finally:
+            for amp in (a, b):
+                amp.kill()
+            for run_dir in run_dirs:
+                for pid in keepalived_pids(run_dir):
+                    try:
+                        with open(f"/proc/{pid}/comm") as f:
+                            if f.read().strip() == "keepalived":
+                                os.kill(pid, 9)
+                    except OSError:
+                        pass
