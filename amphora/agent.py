@@ -134,8 +134,9 @@ class AmphoraAgent(MultiService):
         for name, step in (
             ("host facts", self.facts.load),
             ("network restore", self.network.restore),
-            ("topology restore", self.topology.restore),
+            # Before the topology: it stops a keepalived it does not use, unless one is running.
             ("controller VRRP restore", self.vrrp.restore),
+            ("topology restore", self.topology.restore),
             ("listener restore", self.listeners.restore),
         ):
             try:

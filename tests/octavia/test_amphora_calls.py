@@ -342,6 +342,14 @@ def test_active_standby_driven_by_octavia_19(pki, tmp_path):
             results = calls(b, str(tmp_path / "ctl-b2"), "19.0.0", [{"call": "get_interface", "args": [lab.ha_ip]}])
             assert "NotFound" in by_call(results)["get_interface"]["error"]  # how a failover picks the BACKUP
 
+            # An agent restart detaches from keepalived and adopts it again (no failover).
+            a.stop()
+            assert all(os.path.exists(f"/proc/{p}") for p in pids) and lab.holders() == ["a"]
+            a.start()
+            wait_for(lambda: _curl(a, "GET", "/v0.1/topology")[1]["role"] == "ACTIVE", 10, what="A adopted as ACTIVE")
+            assert keepalived_pids(run_dirs[0]) == pids and lab.holders() == ["a"]
+            assert "adopted running keepalived" in a.log()
+
             # kill -9 of the MASTER's keepalived: the BACKUP takes the VIP.
             started = time.monotonic()
             assert kill_keepalived(run_dirs[0])
