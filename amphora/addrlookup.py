@@ -18,6 +18,8 @@ from amphora.netlink import NetlinkQueries
 def parse_address(raw: str):
     """The address of ``raw`` (IPv6 in any spelling, a zone index refused), or 400."""
     try:
+        if "%" in raw:  # a zone index: addresses are compared without one
+            raise ValueError(raw)
         return ipaddress.ip_address(raw)
     except ValueError:
         raise InvalidRequest(f"not an IP address: {raw[:100]!r}", message="Invalid IP address") from None

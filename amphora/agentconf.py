@@ -96,7 +96,10 @@ def parse_octavia_config(body: bytes, amphora_id: str) -> OctaviaAgentConfig:
         controllers = parse_controllers(controllers) if controllers is not None else None
         interval = get(("health_manager", "heartbeat_interval"))
         if interval is not None:
-            interval = float(interval)
+            try:
+                interval = float(interval)
+            except ValueError:
+                raise ValueError(f"heartbeat_interval {interval[:40]!r} is not a number") from None
             if not 0 < interval <= 3600:
                 raise ValueError(f"heartbeat_interval {interval} is not in (0, 3600]")
     except ValueError as e:
