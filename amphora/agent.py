@@ -65,7 +65,7 @@ class AmphoraAgent(MultiService):
         self.topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
         # Order matters: the listener manager needs nothing else; certificates and
         # logs hook into it; the sampler and heartbeat read everything.
-        self.network = NetworkPlugger(config, reactor)
+        self.network = NetworkPlugger(config, reactor, vip_owner=self.topology)
         self.listeners = ListenerManager(config, reactor)
         self.listeners.setServiceParent(self)
         self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
@@ -78,7 +78,7 @@ class AmphoraAgent(MultiService):
         self.sampler.setServiceParent(self)
         self.keepalived = Keepalived(config, reactor, vip_interface=self.network.vip_interface)
         KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
-        self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
+        self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout, network=self.network)
         self.heartbeat = make_heartbeat(self)
         # The Octavia faces' amphora-wide calls (amphora.api.octavia_amphora).
         self.tls_context = ContextHolder(ServerContextFactory(config.tls))
@@ -95,6 +95,12 @@ class AmphoraAgent(MultiService):
         self.port = None
         self._ready: list[Deferred] = []
         self.is_ready = False
+        self.parent_hooks = []  # called with the parent before joining it (see amphora.tap)
+
+    def setServiceParent(self, parent):
+        for hook in self.parent_hooks:
+            hook(parent)
+        super().setServiceParent(parent)
 
     # -- life cycle -----------------------------------------------------------
 

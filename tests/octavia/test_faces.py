@@ -10,6 +10,7 @@ import os
 import stat
 import uuid
 
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -74,18 +75,11 @@ async def test_0_5_serves_the_v0_1_routes(client, url):
     assert response.code == 404 and body["message"] == "Listener Not Found"
 
 
+@pytest.mark.parametrize("path", ["/0.5/listeners/{other}/{id}/haproxy", "/1.0/loadbalancer/{other}/{id}/haproxy"])
 @pytest_twisted.ensureDeferred
-async def test_0_5_upload_names_this_amphora(client, url):
+async def test_uploads_name_this_amphora(client, url, path):
     other = str(uuid.uuid4())
-    response, body = await call(client, "PUT", url + f"/0.5/listeners/{other}/{LB}/haproxy", b"global\n")
-    assert response.code == 400
-    assert other in body["details"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_1_0_upload_names_this_amphora(client, url):
-    other = str(uuid.uuid4())
-    response, body = await call(client, "PUT", url + f"/1.0/loadbalancer/{other}/{LB}/haproxy", b"global\n")
+    response, body = await call(client, "PUT", url + path.format(other=other, id=LB), b"global\n")
     assert response.code == 400
     assert other in body["details"]
 
@@ -144,3 +138,16 @@ async def test_details_and_listeners_1_0(client, url):
     assert response.code == 200 and body["api_version"] == "1.0" and body["listeners"] == []
     response, body = await call(client, "GET", url + "/1.0/listeners")
     assert response.code == 200 and body == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_configuration_uploads_get_the_configuration_cap(client, url, pki):
+    """A 1.0 or 0.5 configuration is as large as a v0.1 one may be (not the 64 kB JSON cap):
+    haproxy -c sees it (400 with its output), the front door does not refuse it (413)."""
+    body = b"global\n" + b"# padding\n" * 20000 + b"not a keyword\n"
+    lid = str(uuid.uuid4())
+    for path in (f"/1.0/loadbalancer/{pki.amphora_id}/{LB}/haproxy", f"/0.5/listeners/{pki.amphora_id}/{lid}/haproxy",
+                 f"/0.5/listeners/{lid}/haproxy"):
+        response, answer = await call(client, "PUT", url + path, body)
+        assert response.code == 400, (path, answer)
+        assert "ALERT" in json.dumps(answer), path  # haproxy -c's words, not the front door's 413

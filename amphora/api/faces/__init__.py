@@ -34,22 +34,11 @@ def build_faces(agent, v0_1_resource) -> dict:
     config = agent.config
     report = HostReport(agent.facts, agent.sampler, agent.topology, agent.listeners,
                         config.network.namespace)
-    face_1_0 = Face1_0(
-        registry=agent.listeners,
-        certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
-        report=report,
-        gate=agent.topology,
-        amphora_id=config.agent.amphora_id,
-        max_config_bytes=config.haproxy.max_config_bytes,
-    )
-    face_0_5 = Face0_5(
-        registry=agent.listeners,
-        report=report,
-        gate=agent.topology,
-        amphora_id=config.agent.amphora_id,
-        max_config_bytes=config.haproxy.max_config_bytes,
-        v0_1=v0_1_resource,
-    )
+    common = {"registry": agent.listeners, "report": report, "gate": agent.topology,
+              "amphora_id": config.agent.amphora_id, "max_config_bytes": config.haproxy.max_config_bytes}
+    face_1_0 = Face1_0(certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
+                       plugger=agent.network, **common)
+    face_0_5 = Face0_5(v0_1=v0_1_resource, **common)
     face_1_0.amphora = face_0_5.amphora = AmphoraCalls(
         agent.server_certificate, agent.agent_config, agent.addresses, agent.vrrp,
         config.agent.max_certificate_bytes, config.haproxy.max_config_bytes)
