@@ -43,7 +43,7 @@ from amphora.listeners.manager import ListenerManager
 from amphora.network import NetworkPlugger
 from amphora.servercert import ContextHolder, ServerCertificate
 from amphora.topology import Topology
-from amphora.vrrp import ControllerVRRP
+from amphora.vrrp import ControllerVRRP, VipOwnership
 
 log = Logger()
 
@@ -83,9 +83,10 @@ class AmphoraAgent(MultiService):
         # The Octavia faces' amphora-wide calls (amphora.api.octavia_amphora).
         self.tls_context = ContextHolder(ServerContextFactory(config.tls))
         self.server_certificate = ServerCertificate(config.tls, self.tls_context, agent.amphora_id, agent.certs_dir)
-        self.agent_config = AgentConfigUpdates(config, self.heartbeat, saved_update)
+        self.agent_config = AgentConfigUpdates(config, self.heartbeat, saved_update, self.network)
         self.addresses = AddressLookup(reactor, config.network.namespace)
-        self.vrrp = ControllerVRRP(config, reactor, self.keepalived, self.topology, self.listeners)
+        self.vrrp = ControllerVRRP(config, reactor, self.keepalived, self.topology, self.network)
+        self.network.vip_owner = VipOwnership(self.topology, self.vrrp, self.agent_config)
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
         self.site = AgentSite(self.api.app.resource(), clock=reactor, max_body_bytes=max_body,

@@ -153,9 +153,10 @@ class AgentConfigUpdates:
     """Applies and saves controller updates; ``heartbeat`` is the running
     ``amphora.heartbeat.emitter.HeartbeatService`` (its ``reconfigure``)."""
 
-    def __init__(self, config: AgentConfig, heartbeat, saved: OctaviaAgentConfig | None = None):
+    def __init__(self, config: AgentConfig, heartbeat, saved: OctaviaAgentConfig | None = None, network=None):
         self.config = config
         self.heartbeat = heartbeat
+        self.network = network  # the topology decides who holds plugged VIPs (amphora.vrrp.VipOwnership)
         self.current = saved or OctaviaAgentConfig()
         self._logged_recorded: frozenset = frozenset(self.current.recorded)
 
@@ -171,8 +172,10 @@ class AgentConfigUpdates:
         if hb.controllers and not hb.key:
             raise _bad("[health_manager] heartbeat_key is required with controller_ip_port_list")
         atomic_write_json(saved_path(self.config), merged.document(), 0o600)
-        self.current = merged
+        previous_topology, self.current = self.current.topology, merged
         self.heartbeat.reconfigure(hb.controllers, hb.interval, hb.key)
+        if merged.topology != previous_topology and self.network is not None:
+            self.network.sync_vips().addErrback(lambda f: log.failure("handing the VIPs over", f))
         log.info("agent configuration updated: heartbeat every {interval}s to {controllers}, topology {topology}",
                  interval=hb.interval, controllers=", ".join(f"{h}:{p}" for h, p in hb.controllers) or "nobody",
                  topology=merged.topology or "not named")

@@ -104,9 +104,26 @@ def _interface(text: str) -> str:
     return match.group(1) if match else ""
 
 
+class VipOwnership:
+    """Who configures the plugged VIPs (``NetworkPlugger.vip_owner``): keepalived when
+    /v0.1/topology is ACTIVE-STANDBY, when the controller drives keepalived, or when the
+    controller's configuration names ACTIVE_STANDBY (``[controller_worker]
+    loadbalancer_topology``, as Octavia's own agent reads it in its VIP plug); the agent
+    otherwise. A VIP on both amphorae of a pair would answer ARP/ND from both."""
+
+    def __init__(self, topology, vrrp, agent_config):
+        self.topology, self.vrrp, self.agent_config = topology, vrrp, agent_config
+
+    @property
+    def keepalived_owns_vips(self) -> bool:
+        return bool(self.topology.keepalived_owns_vips or self.vrrp.owned
+                    or self.agent_config.topology == "ACTIVE_STANDBY")
+
+
 class ControllerVRRP:
-    def __init__(self, config, reactor, keepalived, topology, listeners=None):
+    def __init__(self, config, reactor, keepalived, topology, network=None):
         self.reactor = reactor
+        self.network = network  # its sync_vips hands plugged VIPs over when ownership changes
         self.keepalived = keepalived
         self.topology = topology
         self.directory = os.path.join(config.octavia.base_path, "vrrp")
@@ -210,11 +227,15 @@ class ControllerVRRP:
         run = self._stop if action == "stop" else self._start
         return self.keepalived._lock.run(run)
 
+    def _sync_vips(self):
+        return self.network.sync_vips() if self.network is not None else defer.succeed(None)
+
     @defer.inlineCallbacks
     def _start(self):
         k = self.keepalived
         self.owned = self.wanted = True
         self._save()
+        yield self._sync_vips()  # plugged VIPs leave the agent: keepalived adds them on the MASTER
         k._wanted = True
         k.instance = self.instance
         k._open_fifo()
@@ -256,6 +277,7 @@ class ControllerVRRP:
         yield self._remove_vips()
         self.owned = False
         self._save()
+        yield self._sync_vips()
         return "keepalived stopped"
 
     def restore(self):

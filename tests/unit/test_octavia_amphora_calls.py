@@ -336,3 +336,28 @@ def test_interface_lookup_errors(raw, error, message):
     failures = []
     defer.ensureDeferred(AddressLookup(None, "ns", netlink=_Netlink()).interface_of(raw)).addErrback(failures.append)
     assert failures[0].check(error) and failures[0].value.message == message
+
+
+def test_who_holds_the_plugged_vips():
+    from amphora.vrrp import VipOwnership
+
+    topology = SimpleNamespace(keepalived_owns_vips=False)
+    vrrp = SimpleNamespace(owned=False)
+    conf = SimpleNamespace(topology=None)
+    owner = VipOwnership(topology, vrrp, conf)
+    assert not owner.keepalived_owns_vips  # SINGLE: the agent configures the VIPs
+    conf.topology = "ACTIVE_STANDBY"  # the controller's configuration, as Octavia's agent reads it
+    assert owner.keepalived_owns_vips
+    conf.topology, vrrp.owned = "SINGLE", True  # the controller drives keepalived
+    assert owner.keepalived_owns_vips
+    vrrp.owned, topology.keepalived_owns_vips = False, True  # /v0.1/topology ACTIVE-STANDBY
+    assert owner.keepalived_owns_vips
+
+
+def test_a_topology_change_in_the_configuration_hands_the_vips_over(tmp_path):
+    synced = []
+    network = SimpleNamespace(sync_vips=lambda: synced.append(1) or defer.succeed(None))
+    updates = AgentConfigUpdates(_config(tmp_path), _Heartbeat(), network=network)
+    updates.update(b"[controller_worker]\nloadbalancer_topology = ACTIVE_STANDBY\n")
+    updates.update(b"[controller_worker]\nloadbalancer_topology = ACTIVE_STANDBY\n")
+    assert synced == [1]
