@@ -30,8 +30,11 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from amphora.addrlookup import AddressLookup
+from amphora.agentconf import AgentConfigUpdates, load_saved
 from amphora.api.app import AgentAPI
 from amphora.api.faces import build_faces
+from amphora.api.octavia_amphora import AmphoraCalls
 from amphora.api.http import BodyLimits
 from amphora.api.site import AgentSite
 from amphora.api.tls import ServerContextFactory
@@ -44,7 +47,9 @@ from amphora.keepalived import Keepalived, KeepalivedService
 from amphora.listeners.logs import ListenerLogs
 from amphora.listeners.manager import ListenerManager
 from amphora.network import NetworkPlugger
+from amphora.servercert import ContextHolder, ServerCertificate
 from amphora.topology import Topology
+from amphora.vrrp import ControllerVRRP, VipOwnership
 
 log = Logger()
 
@@ -94,14 +99,22 @@ class Parts:
     heartbeat: HeartbeatService
     api: AgentAPI
     site: AgentSite
+    tls_context: ContextHolder
+    server_certificate: ServerCertificate
+    agent_config: AgentConfigUpdates
+    addresses: AddressLookup
+    vrrp: ControllerVRRP
 
     def restore_steps(self) -> list:
         """The start-up sequence, in dependency order: interfaces before the listeners that bind them."""
         return [("host facts", self.facts.load), ("network restore", self.network.restore),
+                # Before the topology: it stops a keepalived it does not use, unless one is running.
+                ("controller VRRP restore", self.vrrp.restore),
                 ("topology restore", self.topology.restore), ("listener restore", self.listeners.restore)]
 
 
-def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready, listeners=None) -> Parts:
+def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready, listeners=None,
+                saved_update=None) -> Parts:
     """Build every part; services join ``parent``. ``listeners`` replaces the listener
     manager (an ``IListenerRegistry``, e.g. ``amphora.testing.FakeListeners``)."""
     agent = config.agent
@@ -128,17 +141,27 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
     heartbeat = HeartbeatService(reactor, config.heartbeat, amphora_id=agent.amphora_id, state_dir=agent.state_dir,
                                  listeners=listeners, topology=topology, keepalived=keepalived, ready=ready.wait)
     heartbeat.setServiceParent(parent)
+    # The Octavia faces' amphora-wide calls (amphora.api.octavia_amphora).
+    tls_context = ContextHolder(ServerContextFactory(config.tls))
+    server_certificate = ServerCertificate(config.tls, tls_context, agent.amphora_id, agent.certs_dir)
+    agent_config = AgentConfigUpdates(config, heartbeat, saved_update, network)
+    addresses = AddressLookup(reactor, config.network.namespace)
+    vrrp = ControllerVRRP(config, reactor, keepalived, topology, network)
+    network.vip_owner = VipOwnership(topology, vrrp, agent_config)
+    amphora_calls = AmphoraCalls(server_certificate, agent_config, addresses, vrrp,
+                                 agent.max_certificate_bytes, config.haproxy.max_config_bytes)
     faces = functools.partial(build_faces, config, facts=facts, sampler=sampler, topology=topology,
-                              listeners=listeners, network=network)
+                              listeners=listeners, network=network, amphora=amphora_calls)
     api = AgentAPI(facts=facts, topology=topology, listeners=listeners, certificates=certificates, network=network,
-                   logs=logs, sampler=sampler, max_config_bytes=config.haproxy.max_config_bytes, faces=faces)
+                   logs=logs, sampler=sampler, max_config_bytes=config.haproxy.max_config_bytes, faces=faces,
+                   vrrp=vrrp)
     max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
     site = AgentSite(api.app.resource(), clock=reactor, max_body_bytes=max_body,
                      timeout=300, body_limit=BodyLimits(max_body, config.haproxy.max_config_bytes,
                                                         agent.max_certificate_bytes))
     site.access_log = agent.access_log
     return Parts(config, reactor, facts, topology, network, listeners, certificates, logs, sampler, keepalived,
-                 heartbeat, api, site)
+                 heartbeat, api, site, tls_context, server_certificate, agent_config, addresses, vrrp)
 
 
 class AmphoraAgent(MultiService):
@@ -185,7 +208,7 @@ class AmphoraAgent(MultiService):
 
     def privilegedStartService(self):
         agent = self.config.agent
-        endpoint = SSL4ServerEndpoint(self.reactor, agent.bind_port, ServerContextFactory(self.config.tls),
+        endpoint = SSL4ServerEndpoint(self.reactor, agent.bind_port, self.tls_context,
                                       backlog=128, interface=agent.bind_host)
         result = []
         endpoint.listen(self.site).addBoth(result.append)
@@ -251,6 +274,7 @@ def build_agent(config: AgentConfig, reactor, listeners=None) -> AmphoraAgent:
     """The agent twistd runs: every part built, the API served after the restore.
     ``listeners`` replaces the listener manager (tests)."""
     os.umask(0o022)
+    config, saved_update = load_saved(config)  # the last PUT /1.0/config (amphora.agentconf)
     agent = AmphoraAgent(config, reactor)
-    agent.serve(build_parts(config, reactor, agent, agent.ready, listeners=listeners))
+    agent.serve(build_parts(config, reactor, agent, agent.ready, listeners=listeners, saved_update=saved_update))
     return agent

@@ -45,10 +45,11 @@ class AgentAPI:
     app = new_app(allowed_for=_allowed)
 
     def __init__(self, *, facts, topology, listeners, certificates, network, logs, sampler,
-                 max_config_bytes: int, faces):
+                 max_config_bytes: int, faces, vrrp):
         self.facts, self.topology, self.listeners = facts, topology, listeners
         self.certificates, self.network, self.logs = certificates, network, logs
         self.sampler, self.max_config_bytes, self._build_faces = sampler, max_config_bytes, faces
+        self.vrrp = vrrp
 
     @functools.cached_property
     def faces(self) -> dict:
@@ -86,11 +87,13 @@ class AgentAPI:
 
     @app.route(V + "/topology", methods=["GET"])
     def get_topology(self, request):
-        return render_json(request, self.topology.document())
+        # While the controller drives keepalived (amphora.vrrp), its role is the one reported.
+        return render_json(request, self.vrrp.topology_document() or self.topology.document())
 
     @app.route(V + "/topology", methods=["POST"])
     @gated
     def set_topology(self, request):
+        self.vrrp.check_v0_1()  # 409 while the controller drives keepalived (amphora.vrrp)
         outcome = self.topology.request(parse_topology(json_body(request)))
         if outcome is Outcome.STARTED:
             return render_json(request, {"message": "OK", "details": "topology change in progress: "

@@ -234,6 +234,29 @@ class HeartbeatService(Service):
             yield port.stopListening()
         self.ports.clear()
 
+    def reconfigure(self, controllers, interval: float, key: str) -> None:
+        """New destinations, interval and key, live (``PUT /1.0/config``): a beat goes
+        out at once to the new controllers, signed with the new key, then every
+        ``interval`` seconds. A beat already being built finishes with the old key."""
+        self._key = key.encode("utf-8")
+        self.controllers = [Controller(host, port) for host, port in controllers]
+        self._next = 0
+        self.interval = interval
+        self.stats_timeout = min(2.0, max(0.25, interval / 2))
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        self.loop = None
+        if not self.running:
+            return
+        for controller in self.controllers:
+            controller.address = literal_address(controller.host, controller.port)
+            if controller.address is None:
+                self._resolve(controller)
+        if self.controllers and getattr(self.agent, "is_ready", True):
+            self._start_loop()
+        elif not self.controllers:
+            log.info("heartbeat: no controllers configured any more, not sending heartbeats")
+
     # -- controllers ----------------------------------------------------------
 
     def _resolve(self, controller: Controller) -> None:

@@ -129,6 +129,7 @@ class Keepalived:
         self._fifo: NotifyFifo | None = None
         self._lock = defer.DeferredLock()
         self._wanted = False
+        self.instance = INSTANCE     # the vrrp_instance whose notifications count (amphora.vrrp sets its own)
 
     # -- queries ------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class Keepalived:
     @defer.inlineCallbacks
     def _apply(self, settings: VRRPSettings):
         self._wanted = True
+        self.instance = INSTANCE
         ensure_dir(self.paths.directory, 0o700)
         interface = settings.interface or (yield self.find_interface(settings.ha_ip))
         text = render_config(settings, interface=interface, advert_int=self.advert_int,
@@ -348,7 +350,7 @@ class Keepalived:
         self._fifo.open()
 
     def _notified(self, event: NotifyEvent):
-        if event.kind != "INSTANCE" or event.name != INSTANCE:
+        if event.kind != "INSTANCE" or event.name != self.instance:
             return
         log.info("keepalived: VRRP state {state} (priority {priority})", state=event.state,
                  priority=event.priority)

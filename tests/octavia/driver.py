@@ -362,6 +362,58 @@ def routes_0_5():
         attempt("update_agent_config", client.update_agent_config, amp, b"[DEFAULT]\n")
 
 
+# -- amphora-wide calls (certificate, config, vrrp, interface) --------------------
+#
+# PARAMS["steps"]: [{"call": <client method>, "args": [...], "file": path (bytes argument),
+# "fresh": true (a new client object, i.e. a new connection)}], run in order with the
+# release's client (19.0.0: AmphoraAPIClient1_0; 4.0.0: AmphoraAPIClient at /0.5).
+
+def _client():
+    from octavia.amphorae.drivers.haproxy import rest_api_driver as rad
+
+    return rad.AmphoraAPIClient1_0() if VERSION == "19.0.0" else rad.AmphoraAPIClient()
+
+
+def amphora_calls():
+    amp = amphora()
+    if VERSION == "19.0.0":
+        amp.api_version = "1.0"
+    client = _client()
+    for step in PARAMS["steps"]:
+        if step.get("fresh"):
+            client = _client()
+        args = list(step.get("args", []))
+        if "file" in step:
+            with open(step["file"], "rb") as f:
+                args.append(f.read())
+        attempt(step.get("label", step["call"]), getattr(client, step["call"]), amp, *args)
+
+
+def vrrp_19():
+    """The ACTIVE_STANDBY VRRP subflow of Octavia 19 on one amphora of a pair: GET
+    interface/<vrrp_ip> (the name goes into the configuration), update_vrrp_conf
+    (Octavia's template rendered by its driver, then vrrp/upload), start_vrrp_service.
+    PARAMS: "vrrp_ip", "peer_ip", "priority", "vip", "cidr", "lb_id", "auth_pass"."""
+    from octavia.common import constants as c
+    from octavia.common import data_models as dm
+
+    driver = _driver()
+    amp = amphora(role=c.ROLE_MASTER if PARAMS["priority"] == 100 else c.ROLE_BACKUP, vrrp_id=1,
+                  vrrp_priority=PARAMS["priority"], load_balancer_id=PARAMS["lb_id"])
+    peer = dm.Amphora(id=PARAMS["amphora_id"], status="ALLOCATED", vrrp_ip=PARAMS["peer_ip"])
+    lb = dm.LoadBalancer(id=PARAMS["lb_id"], topology=c.TOPOLOGY_ACTIVE_STANDBY, amphorae=[amp, peer],
+                         vip=dm.Vip(load_balancer_id=PARAMS["lb_id"], ip_address=PARAMS["vip"]),
+                         additional_vips=[])
+    lb.vrrp_group = dm.VRRPGroup(load_balancer_id=lb.id, vrrp_group_name=lb.id.replace("-", ""),
+                                 vrrp_auth_type="PASS", vrrp_auth_pass=PARAMS["auth_pass"], advert_int=1)
+    attempt("check (GET //)", driver.check, amp)
+    found = attempt("get_interface", driver.clients["1.0"].get_interface, amp, amp.vrrp_ip)
+    amp.vrrp_interface = (found or {}).get("interface")
+    net = {amp.id: {"vip_subnet": {"cidr": PARAMS["cidr"], "gateway_ip": None, "host_routes": []},
+                    "additional_vip_data": []}}
+    attempt("update_vrrp_conf", driver.update_vrrp_conf, lb, net, amp)
+    attempt("start_vrrp_service", driver.start_vrrp_service, amp)
+
 def main() -> int:
     configure()
     _record_answers()

@@ -72,7 +72,7 @@ def test_topology_and_plugged_of_the_wrong_type_do_not_keep_the_agent_from_start
     config = SimpleNamespace(network=SimpleNamespace(namespace=""), agent=SimpleNamespace(state_dir=str(tmp_path)))
     for content in ('"eth1"', "[1,2]", '{"interfaces": 3}'):
         (tmp_path / "plugged.json").write_text(content)
-        plugger = NetworkPlugger(config, reactor=None, netlink=object(), run_blocking=lambda fn, *a: None)
+        plugger = NetworkPlugger(config, None, None, netlink=object(), run_blocking=lambda fn, *a: None)
         assert plugger._entries == {}
         assert not (tmp_path / "plugged.json").exists()
     assert len(list(tmp_path.glob("topology.json.corrupt-*"))) == 3

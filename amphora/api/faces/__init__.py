@@ -18,13 +18,18 @@ from __future__ import annotations
 from amphora.api.faces.v0_5 import Face0_5
 from amphora.api.faces.report import HostReport
 from amphora.api.faces.v1_0 import Face1_0
+from amphora.api.octavia_amphora import AmphoraCalls, install
 from amphora.certfiles import CertificateFiles
+
+# The amphora-wide calls (certificate, config, vrrp, interface), the same on both faces.
+install(Face1_0.app)
+install(Face0_5.app)
 
 # What Octavia's client reads at GET // to pick its client class; only "1.0" exists.
 DISCOVERY = {"api_version": "1.0"}
 
 
-def build_faces(config, v0_1_resource, *, facts, sampler, topology, listeners, network) -> dict:
+def build_faces(config, v0_1_resource, *, facts, sampler, topology, listeners, network, amphora) -> dict:
     """The mounted resources of the Octavia faces, keyed by their path prefix."""
     report = HostReport(facts, sampler, topology, listeners, config.network.namespace)
     common = {"registry": listeners, "report": report, "gate": topology,
@@ -32,4 +37,5 @@ def build_faces(config, v0_1_resource, *, facts, sampler, topology, listeners, n
     face_1_0 = Face1_0(certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
                        plugger=network, **common)
     face_0_5 = Face0_5(v0_1=v0_1_resource, **common)
+    face_1_0.amphora = face_0_5.amphora = amphora
     return {"1.0": face_1_0.app.resource(), "0.5": face_0_5.app.resource()}
