@@ -9,7 +9,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv run test unit integration bench clean distclean
+.PHONY: all deps venv octavia run test unit integration bench clean distclean
 
 all: test
 
@@ -34,6 +34,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Octavia's own controller code for the acceptance tests (tests/octavia): each
+# release in its own directory (they cannot share one site-packages), with
+# --no-deps and only the pinned libraries its client, data models and templates
+# import. The tests run it as a subprocess with that directory on PYTHONPATH.
+OCTAVIA_VERSIONS := 19.0.0 4.0.0 0.5.2
+OCTAVIA_DIR      := $(VENV)/octavia
+OCTAVIA_STAMPS   := $(foreach v,$(OCTAVIA_VERSIONS),$(OCTAVIA_DIR)/$(v)/.installed)
+
+$(OCTAVIA_DIR)/%/.installed: tests/octavia/requirements-%.txt | $(STAMP)
+	rm -rf $(OCTAVIA_DIR)/$*
+	$(VENV)/bin/pip install -q --no-deps --no-compile --target $(OCTAVIA_DIR)/$* -r $<
+	touch $@
+
+octavia: $(OCTAVIA_STAMPS)
+
 run: deps venv
 	@$(PY) -m amphora.devpki $(DEV) $(PORT) >/dev/null
 	@echo "Development agent: config $(DEV)/agent.conf, PKI in $(DEV)/ (reused on the next run;"
@@ -49,13 +64,13 @@ run: deps venv
 	@echo
 	exec $(VENV)/bin/twistd -n --pidfile= amphora-agent --config $(DEV)/agent.conf
 
-test: deps venv
+test: deps venv octavia
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-integration: deps venv
+integration: deps venv octavia
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 bench: deps venv

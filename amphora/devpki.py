@@ -3,7 +3,7 @@
 ``python -m amphora.devpki DIR [PORT]`` (or ``amphora-devpki DIR [PORT]``) writes, once:
 
 - ``ca.pem`` / ``ca-key.pem``: a CA that signs both sides;
-- ``server.pem``: the agent's certificate (CN = amphora id, SANs localhost,
+- ``server.pem``: the agent's certificate (CN = amphora id, DNS SANs localhost and the amphora id,
   127.0.0.1, ::1) followed by its key;
 - ``client.pem`` / ``client-key.pem``: a controller's client certificate;
 - ``agent.conf``: a configuration that uses them, listening on 127.0.0.1:PORT
@@ -165,7 +165,8 @@ def make_dev_environment(directory: str, port: int = 9443) -> dict[str, str]:
     if not present:
         amphora_id = str(uuid.uuid4())
         ca = make_ca()
-        server = issue(ca, amphora_id, server=True, dns=("localhost",), ips=("127.0.0.1", "::1"))
+        # Octavia's client checks the amphora id against the DNS names (urllib3 2 reads only the SANs).
+        server = issue(ca, amphora_id, server=True, dns=("localhost", amphora_id), ips=("127.0.0.1", "::1"))
         client = issue(ca, "octavia-controller", client=True)
         _write_once(paths["ca.pem"], ca.cert_pem, 0o644)
         _write_once(paths["ca-key.pem"], ca.key_pem)

@@ -41,7 +41,8 @@ def make_pki(directory: str) -> PKI:
     os.makedirs(directory, exist_ok=True)
     amphora_id = str(uuid.uuid4())
     ca = devpki.make_ca("test CA")
-    server = devpki.issue(ca, amphora_id, server=True, dns=("localhost",), ips=("127.0.0.1", "::1"))
+    # Octavia's client checks the amphora id against the certificate's DNS names.
+    server = devpki.issue(ca, amphora_id, server=True, dns=("localhost", amphora_id), ips=("127.0.0.1", "::1"))
     client = devpki.issue(ca, "test-controller", client=True)
     pki = PKI(directory, amphora_id, ca, server, client)
     pki.paths = {
@@ -73,6 +74,8 @@ def config_text(pki: PKI, root: str, port: int = 0, extra: dict | None = None) -
             "log_dir": os.path.join(root, "log"),
         },
         "tls": {"server_cert": pki.paths["server"], "client_ca": pki.paths["ca"]},
+        # The paths an Octavia controller names in what it uploads, inside the test's root.
+        "octavia": {"base_path": os.path.join(root, "octavia")},
     }
     for section, values in (extra or {}).items():
         sections.setdefault(section, {}).update(values)

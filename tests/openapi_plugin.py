@@ -1,5 +1,7 @@
 """A pytest plugin that validates EVERY agent response any test receives through
-treq against docs/openapi.yaml.
+treq against its face's document: docs/openapi.yaml (``/info``, ``/v0.1/...``),
+docs/openapi-1.0.yaml (``/``, ``//``, ``/1.0/...``), docs/openapi-0.5.yaml
+together with the v0.1 operations under ``/0.5`` (``/0.5/...``).
 
 Enable it for a run with ``pytest -p tests.openapi_plugin`` (or list it in
 ``pytest_plugins``). It wraps ``treq.client.HTTPClient.request``: when a
@@ -21,7 +23,7 @@ import pytest
 import treq
 from treq.client import HTTPClient
 
-from tests.openapi_support import ContractViolation, _headers, check_error, contract
+from tests.openapi_support import ContractViolation, _headers, check_error, contract, face_of
 
 _violations: list[str] = []
 _checked = {"responses": 0, "routes": set()}
@@ -29,25 +31,26 @@ _checked = {"responses": 0, "routes": set()}
 
 def _is_agent_route(url: str) -> bool:
     parts = urlsplit(url if isinstance(url, str) else url.decode())
-    return parts.scheme == "https" and (parts.path == "/info" or parts.path.startswith("/v0.1/"))
+    return parts.scheme == "https" and face_of(parts.path) is not None
 
 
 async def _validate(method: str, url: str, response) -> None:
     body = await treq.content(response)
     headers = _headers(response)
+    path = urlsplit(url).path
+    face = face_of(path)
     _checked["responses"] += 1
     try:
         try:
-            contract().match(method, urlsplit(url).path)
+            template, _ = contract(face).match(method, path)
         except ContractViolation:
             if response.code >= 400:
-                check_error(response.code, headers, body)
+                check_error(response.code, headers, body, face)
             else:
                 raise
             return
-        template, _ = contract().match(method, urlsplit(url).path)
-        _checked["routes"].add((method, template, response.code))
-        contract().check(method, url, response.code, headers, body)
+        _checked["routes"].add((face, method, template, response.code))
+        contract(face).check(method, url, response.code, headers, body)
     except (ContractViolation, ValueError) as e:
         _violations.append(f"{method} {url}: {e}")
 
@@ -83,10 +86,10 @@ def pytest_runtest_call(item):
         found = list(_violations)
         del _violations[:]
         outcome.force_exception(ContractViolation(
-            f"{len(found)} response(s) do not match docs/openapi.yaml:\n" + "\n".join(found[:10])))
+            f"{len(found)} response(s) do not match their OpenAPI document:\n" + "\n".join(found[:10])))
 
 
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(
-        f"openapi plugin: {_checked['responses']} agent responses validated against docs/openapi.yaml "
+        f"openapi plugin: {_checked['responses']} agent responses validated against docs/openapi*.yaml "
         f"({len(_checked['routes'])} distinct operation/status pairs)")

@@ -57,21 +57,46 @@ def catch_all_routes() -> set[tuple[str, str]]:
             for method in rule.methods or () if method not in ("HEAD", "OPTIONS")}
 
 
-def served_routes() -> set[tuple[str, str]]:
-    """Every (template, METHOD) the agent's Klein app routes; HEAD/OPTIONS that
-    werkzeug adds implicitly, and catch-all fallbacks, are left out."""
+# Rules of the v0.1 app that belong to the Octavia faces (docs/openapi-1.0.yaml /
+# docs/openapi-0.5.yaml): version discovery and the branches that mount /1.0 and /0.5.
+FACE_ENDPOINTS = ("discovery", "discovery_slash", "face_1_0", "face_0_5")
+
+
+def _is_face_rule(rule) -> bool:
+    return rule.endpoint.removesuffix("_branch") in FACE_ENDPOINTS
+
+
+def served_routes(app=None, prefix: str = "") -> set[tuple[str, str]]:
+    """Every (template, METHOD) a Klein app routes (the v0.1 app by default, whose
+    face mounts are left out; a face's app with its mount ``prefix``); HEAD/OPTIONS
+    that werkzeug adds implicitly, and catch-all fallbacks, are left out."""
     from amphora.api.app import AgentAPI
 
     routes = set()
-    for rule in AgentAPI.app.url_map.iter_rules():
-        if _is_catch_all(rule):
+    for rule in (app or AgentAPI.app).url_map.iter_rules():
+        if _is_catch_all(rule) or (app is None and _is_face_rule(rule)):
             continue
-        template = _KLEIN_VAR.sub("{}", rule.rule)
+        template = _KLEIN_VAR.sub("{}", prefix + rule.rule)
         for method in rule.methods or ():
             if method in ("HEAD", "OPTIONS"):
                 continue
             routes.add((template, method))
     return routes
+
+
+def face_routes(version: str) -> set[tuple[str, str]]:
+    """What the 1.0 face serves: discovery, and its tree under /1.0."""
+    from amphora.api.app import AgentAPI
+    from amphora.api.faces.v0_5 import Face0_5
+    from amphora.api.faces.v1_0 import Face1_0
+
+    if version == "0.5":
+        return served_routes(Face0_5.app, "/0.5") - {("/0.5/", "GET"), ("/0.5/", "PUT"), ("/0.5/", "POST"),
+                                                     ("/0.5/", "DELETE")}
+    discovery = {(rule.rule, method) for rule in AgentAPI.app.url_map.iter_rules()
+                 if rule.endpoint.startswith("discovery") for method in rule.methods or ()
+                 if method not in ("HEAD", "OPTIONS")}
+    return served_routes(Face1_0.app, "/1.0") | discovery
 
 
 def documented_routes(doc: dict | None = None) -> set[tuple[str, str]]:
@@ -175,8 +200,37 @@ class Contract:
 
 
 @cache
-def contract() -> Contract:
-    return Contract()
+def load_face_document(version: str) -> dict:
+    """The document of an Octavia face: docs/openapi-1.0.yaml; for 0.5 the v0.1
+    document under /0.5 (the 0.5 tree hands those routes to v0.1) with
+    docs/openapi-0.5.yaml's own operations on top."""
+    with open(os.path.join(REPO, "docs", f"openapi-{version}.yaml"), encoding="utf-8") as f:
+        own = yaml.safe_load(f)
+    if version != "0.5":
+        return own
+    doc = json.loads(json.dumps(load_document()))
+    doc["paths"] = {"/0.5" + path[len("/v0.1"):]: item for path, item in doc["paths"].items()
+                    if path.startswith("/v0.1/")}
+    doc["paths"].update(own["paths"])
+    for section, entries in own.get("components", {}).items():
+        doc.setdefault("components", {}).setdefault(section, {}).update(entries)
+    return doc
+
+
+@cache
+def contract(face: str = "v0.1") -> Contract:
+    return Contract(load_face_document(face) if face != "v0.1" else None)
+
+
+def face_of(path: str) -> str | None:
+    """Which document covers an agent path: "v0.1", "1.0", "0.5", or None (not the agent's API)."""
+    if path in ("/", "//") or path == "/1.0" or path.startswith("/1.0/"):
+        return "1.0"
+    if path == "/0.5" or path.startswith("/0.5/"):
+        return "0.5"
+    if path == "/info" or path.startswith("/v0.1/"):
+        return "v0.1"
+    return None
 
 
 def _headers(response) -> dict[str, str]:
@@ -195,14 +249,14 @@ async def call(client, method: str, url: str, **kwargs):
     return response.code, await checked(response, method, url)
 
 
-def check_error(code: int, headers: dict[str, str], body: bytes) -> dict:
+def check_error(code: int, headers: dict[str, str], body: bytes, face: str = "v0.1") -> dict:
     """Validates an error answered outside any documented operation (unknown path,
     wrong method) against the document's one error shape."""
     ctype = (headers.get("content-type") or "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise ContractViolation(f"{code}: error Content-Type is {ctype!r}, not application/json")
     value = json.loads(body)
-    contract()._validate("/components/schemas/Error", value, f"error {code}")
+    contract(face)._validate("/components/schemas/Error", value, f"error {code}")
     return value
 
 

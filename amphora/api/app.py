@@ -11,18 +11,13 @@ touch another's routes.
 
 from __future__ import annotations
 
-import inspect
-
-from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.python.failure import Failure
 from twisted.logger import Logger
-from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
-from werkzeug.exceptions import NotFound as WerkzeugNotFound
-from werkzeug.routing import PathConverter
 
 from amphora import API_VERSION
-from amphora.api.http import listener_allow, text
+from amphora.api.base import new_app
+from amphora.api.base import not_allowed as _not_allowed
+from amphora.api.http import listener_allow
+from amphora.api.faces import DISCOVERY, build_faces
 from amphora.api.openapi import document_bytes
 from amphora.api.params import json_body, listener_id, read_body
 from amphora.api.site import render_error, render_json
@@ -36,110 +31,35 @@ log = Logger()
 V = "/v0.1"
 
 
-class AgentKlein(Klein):
-    """Klein, except that a client going away never cancels an operation.
-
-    Klein cancels the Deferred of a route when the client disconnects. For a
-    mutating call that would stop a start, stop or delete half-way (desired
-    state written, haproxy not started; files left behind a killed haproxy).
-    Here every route's work runs to its end; a disconnect only drops the
-    answer, and a failure nobody will read is logged instead.
-    """
-
-    def execute_endpoint(self, endpoint, request, *args, **kwargs):
-        result = super().execute_endpoint(endpoint, request, *args, **kwargs)
-        if inspect.iscoroutine(result):
-            result = ensureDeferred(result)
-        if not isinstance(result, Deferred):
-            return result
-        answer: Deferred = Deferred()
-
-        def forward(outcome):
-            if not answer.called:
-                if isinstance(outcome, Failure):
-                    answer.errback(outcome)
-                else:
-                    answer.callback(outcome)
-            elif isinstance(outcome, Failure) and not outcome.check(CancelledError):
-                log.failure("{method} {path} failed after its client went away", outcome,
-                            method=text(request.method), path=text(request.path))
-            return None
-
-        result.addBoth(forward)
-        return answer
-
-
-def _not_allowed(request, allowed) -> MethodNotAllowed:
-    """405 naming ``allowed`` in the Allow header and the details."""
-    request.setHeader(b"allow", ", ".join(allowed).encode())
-    return MethodNotAllowed(f"{text(request.method)} is not allowed here; allowed: {', '.join(allowed)}")
-
-
-class _Rest(PathConverter):
-    """The rest of the path, even empty, with slashes and newlines (percent-decoded
-    ones too): routes that must see every malformed value to refuse it with 400."""
-
-    regex = "(?s:.*)"
-    part_isolating = False
-
-
 class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
-    app = AgentKlein()
-    app.url_map.converters["rest"] = _Rest
-    # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
-    # an unknown path is a 404 like any other.
-    app.url_map.merge_slashes = False
+    app = new_app()  # shared converter, URL rules and error handlers (amphora.api.base)
 
     def __init__(self, agent):
         self.agent = agent
+        # The Octavia faces: separate route trees over the same domain objects.
+        self.faces = build_faces(agent, self.app.resource())
 
-    # -- errors ---------------------------------------------------------------
+    # -- the Octavia faces (amphora.api.faces): version discovery, /1.0, /0.5 --
 
-    @app.handle_errors(AgentError)
-    def _agent_error(self, request, failure):
-        error = failure.value
-        if error.status >= 500:
-            log.warn("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
-                     error=error)
-        return render_error(request, error)
+    @app.route("/", methods=["GET"])
+    @app.route("//", methods=["GET"], endpoint="discovery_slash")  # what Octavia's client sends
+    def discovery(self, request):
+        return render_json(request, DISCOVERY)
 
-    @app.handle_errors(WerkzeugNotFound)
-    def _not_found(self, request, failure):
-        return render_error(request, NotFound(f"No route for {request.path.decode('ascii', 'replace')}"))
+    @app.route("/1.0", branch=True, strict_slashes=False)
+    def face_1_0(self, request):
+        return self.faces["1.0"]
 
-    @app.handle_errors(WerkzeugMethodNotAllowed)
-    def _method_not_allowed(self, request, failure):
-        allowed = sorted(failure.value.valid_methods or ())
-        if request.path.startswith(b"/v0.1/listeners/"):
-            # The catch-all route's methods are not this path's (see listener_allow).
-            allowed = listener_allow(request.path)
-            if allowed is None:
-                return self._not_found(request, failure)
-        return render_error(request, _not_allowed(request, allowed))
-
-    @app.handle_errors(OSError)
-    def _os_error(self, request, failure):
-        # A full disk, a read-only filesystem, a permission problem (the spec's
-        # "usually indicates a permissions problem"): say which, without a traceback.
-        error = failure.value
-        log.error("{method} {path} failed: {error}", method=text(request.method), path=text(request.path),
-                  error=error)
-        return render_error(request, OperationFailed(
-            f"{error.strerror or type(error).__name__} (errno {error.errno})",
-            message="Internal Server Error"))
-
-    @app.handle_errors
-    def _unexpected(self, request, failure):
-        log.failure("unhandled error in {method} {path}", failure=failure,
-                    method=text(request.method), path=text(request.path))
-        return render_error(request, OperationFailed("unexpected error; see the agent log",
-                                                     message="Internal Server Error"))
+    @app.route("/0.5", branch=True, strict_slashes=False)
+    def face_0_5(self, request):
+        return self.faces["0.5"]
 
     # -- info and topology ----------------------------------------------------
 
     @app.route("/info", methods=["GET"])
+    @app.route(V + "/info", methods=["GET"], endpoint="info_v0_1")
     def info(self, request):
         facts = self.agent.facts
         return render_json(request, {

@@ -24,6 +24,8 @@ def test_dev_environment_is_a_valid_config_with_the_right_identities(tmp_path):
     assert cn == config.agent.amphora_id
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    # Octavia's client checks the amphora id, not the address, against the DNS names.
+    assert config.agent.amphora_id in sans.get_values_for_type(x509.DNSName)
     assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
     for cert in (server, client):
         cert.verify_directly_issued_by(ca)

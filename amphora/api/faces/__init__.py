@@ -1,0 +1,48 @@
+"""The Octavia faces: route trees for the API dialects Octavia controllers speak.
+
+- ``/1.0/...`` (``amphora.api.faces.v1_0``): controllers 12.0 and later; one
+  haproxy per load balancer.
+- ``/0.5/...`` (``amphora.api.faces.v0_5``): controllers 0.5 to 11.x; the v0.1
+  routes under another prefix, plus the two routes those controllers add.
+- ``GET /`` (sent as ``GET //``): version discovery, ``{"api_version": "1.0"}``.
+
+Each tree is its own Klein app with the shared error handlers
+(``amphora.api.base``), mounted by ``amphora.api.app`` as a branch. A tree takes
+explicit collaborators (the haproxy registry, a certificate store, the host
+facts and sampler, the topology), never the whole agent: ``build_faces`` is the
+one place that reads them off the agent.
+"""
+
+from __future__ import annotations
+
+from amphora.api.faces.v0_5 import Face0_5
+from amphora.api.faces.report import HostReport
+from amphora.api.faces.v1_0 import Face1_0
+from amphora.certfiles import CertificateFiles
+
+# What Octavia's client reads at GET // to pick its client class; only "1.0" exists.
+DISCOVERY = {"api_version": "1.0"}
+
+
+def build_faces(agent, v0_1_resource) -> dict:
+    """The mounted resources of the Octavia faces, keyed by their path prefix."""
+    config = agent.config
+    report = HostReport(agent.facts, agent.sampler, agent.topology, agent.listeners,
+                        config.network.namespace)
+    face_1_0 = Face1_0(
+        registry=agent.listeners,
+        certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
+        report=report,
+        gate=agent.topology,
+        amphora_id=config.agent.amphora_id,
+        max_config_bytes=config.haproxy.max_config_bytes,
+    )
+    face_0_5 = Face0_5(
+        registry=agent.listeners,
+        report=report,
+        gate=agent.topology,
+        amphora_id=config.agent.amphora_id,
+        max_config_bytes=config.haproxy.max_config_bytes,
+        v0_1=v0_1_resource,
+    )
+    return {"1.0": face_1_0.app.resource(), "0.5": face_0_5.app.resource()}
