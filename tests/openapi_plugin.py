@@ -31,7 +31,9 @@ _checked = {"responses": 0, "routes": set()}
 
 def _is_agent_route(url: str) -> bool:
     parts = urlsplit(url if isinstance(url, str) else url.decode())
-    return parts.scheme == "https" and face_of(parts.path) is not None
+    # "/" is also what tests ask a TERMINATED_HTTPS listener for: discovery at "/" is
+    # validated by the tests that call it (tests/octavia/test_faces.py); "//" is the agent's.
+    return parts.scheme == "https" and parts.path != "/" and face_of(parts.path) is not None
 
 
 async def _validate(method: str, url: str, response) -> None:

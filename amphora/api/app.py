@@ -11,35 +11,42 @@ touch another's routes.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
+import functools
 
 from amphora import API_VERSION
-from amphora.api.base import new_app
-from amphora.api.base import not_allowed as _not_allowed
-from amphora.api.http import listener_allow
+from amphora.api.base import new_app, not_allowed as _not_allowed
 from amphora.api.faces import DISCOVERY, build_faces
+from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
 from amphora.api.params import json_body, listener_id, read_body
-from amphora.api.site import render_error, render_json
+from amphora.api.site import render_json
 from amphora.certificates import check_name
-from amphora.errors import (AgentError, InvalidRequest, ListenerNotFound, MethodNotAllowed, NotFound,
-                            OperationFailed, PayloadTooLarge)
+from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
 from amphora.network import parse_network_body, parse_vip, parse_vip_body
 
-log = Logger()
-
 V = "/v0.1"
+
+
+def _allowed(path: bytes, allowed):
+    """A 405 under /v0.1/listeners/ names that path's methods (see listener_allow), not the
+    catch-all route's."""
+    return listener_allow(path) if path.startswith(b"/v0.1/listeners/") else allowed
 
 
 class AgentAPI:
     """The HTTP face of one agent; ``agent`` is the composition root (amphora.agent)."""
 
-    app = new_app()  # shared converter, URL rules and error handlers (amphora.api.base)
+    # The shared converter, URL rules and error handlers (amphora.api.base).
+    app = new_app(allowed_for=_allowed)
 
     def __init__(self, agent):
         self.agent = agent
-        # The Octavia faces: separate route trees over the same domain objects.
-        self.faces = build_faces(agent, self.app.resource())
+
+    @functools.cached_property
+    def faces(self) -> dict:
+        """The Octavia faces: separate route trees over the same domain objects (built at
+        first use, from the agent's collaborators)."""
+        return build_faces(self.agent, self.app.resource())
 
     # -- the Octavia faces (amphora.api.faces): version discovery, /1.0, /0.5 --
 

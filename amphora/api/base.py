@@ -19,7 +19,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import PathConverter
 
-from amphora.api.http import listener_allow, text
+from amphora.api.http import text
 from amphora.api.site import render_error
 from amphora.errors import AgentError, MethodNotAllowed, NotFound, OperationFailed
 
@@ -67,19 +67,22 @@ class RestConverter(PathConverter):
     part_isolating = False
 
 
-def new_app() -> AgentKlein:
-    """A Klein app for one route tree, with the shared converter, URL rules and error handlers."""
+def new_app(allowed_for=None) -> AgentKlein:
+    """A Klein app for one route tree, with the shared converter, URL rules and error
+    handlers (``allowed_for``: see ``install_error_handlers``)."""
     app = AgentKlein()
     app.url_map.converters["rest"] = RestConverter
     # werkzeug answers "//" in a path with a redirect exception, which would end as a 500;
     # an unknown path is a 404 like any other.
     app.url_map.merge_slashes = False
-    install_error_handlers(app)
+    install_error_handlers(app, allowed_for)
     return app
 
 
-def _path(request) -> str:
-    return request.path.decode("ascii", "replace")
+def not_allowed(request, allowed) -> MethodNotAllowed:
+    """405 naming ``allowed`` in the Allow header and the details."""
+    request.setHeader(b"allow", ", ".join(allowed).encode())
+    return MethodNotAllowed(f"{text(request.method)} is not allowed here; allowed: {', '.join(allowed)}")
 
 
 def _agent_error(_owner, request, failure):
@@ -91,24 +94,7 @@ def _agent_error(_owner, request, failure):
 
 
 def _not_found(_owner, request, failure):
-    return render_error(request, NotFound(f"No route for {_path(request)}"))
-
-
-def not_allowed(request, allowed) -> MethodNotAllowed:
-    """405 naming ``allowed`` in the Allow header and the details."""
-    request.setHeader(b"allow", ", ".join(allowed).encode())
-    return MethodNotAllowed(
-        f"{request.method.decode('ascii', 'replace')} is not allowed here; allowed: {', '.join(allowed)}")
-
-
-def _method_not_allowed(owner, request, failure):
-    allowed = sorted(failure.value.valid_methods or ())
-    if request.path.startswith(b"/v0.1/listeners/"):
-        # The catch-all route's methods are not this path's (see listener_allow).
-        allowed = listener_allow(request.path)
-        if allowed is None:
-            return _not_found(owner, request, failure)
-    return render_error(request, not_allowed(request, allowed))
+    return render_error(request, NotFound(f"No route for {request.path.decode('ascii', 'replace')}"))
 
 
 def _os_error(_owner, request, failure):
@@ -128,10 +114,24 @@ def _unexpected(_owner, request, failure):
                                                  message="Internal Server Error"))
 
 
-def install_error_handlers(app: Klein) -> None:
-    """Every failure in ``app`` becomes ``{"message", "details"}`` JSON with its status."""
+def install_error_handlers(app: Klein, allowed_for=None) -> None:
+    """Every failure in ``app`` becomes ``{"message", "details"}`` JSON with its status.
+
+    ``allowed_for(path, allowed) -> list | None`` (optional) may correct the methods a
+    405 names (``allowed``: the routing table's), e.g. where a catch-all route matched;
+    None there means 404.
+    """
+
+    def method_not_allowed(_owner, request, failure):
+        allowed = sorted(failure.value.valid_methods or ())
+        if allowed_for is not None:
+            allowed = allowed_for(request.path, allowed)
+            if allowed is None:
+                return _not_found(_owner, request, failure)
+        return render_error(request, not_allowed(request, allowed))
+
     app.handle_errors(AgentError)(_agent_error)
     app.handle_errors(WerkzeugNotFound)(_not_found)
-    app.handle_errors(WerkzeugMethodNotAllowed)(_method_not_allowed)
+    app.handle_errors(WerkzeugMethodNotAllowed)(method_not_allowed)
     app.handle_errors(OSError)(_os_error)
     app.handle_errors(_unexpected)

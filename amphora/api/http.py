@@ -77,8 +77,10 @@ class BodyLimits:
     before ``100 Continue`` is sent.
     """
 
-    _CONFIG = re.compile(rb"/v0\.1/listeners/[^/?]+/haproxy/?(\?.*)?")
-    _CERTIFICATE = re.compile(rb"/v0\.1/listeners/[^/?]+/certificates/.*")
+    # v0.1 and 0.5 (/0.5/listeners/[<amphora>/]<listener>/haproxy), 1.0 (/1.0/loadbalancer/<amphora>/<lb>/haproxy).
+    _CONFIG = re.compile(rb"(?:/v0\.1/listeners/[^/?]+|/0\.5/listeners(?:/[^/?]+){1,2}"
+                         rb"|/1\.0/loadbalancer/[^/?]+/[^/?]+)/haproxy/?(\?.*)?")
+    _CERTIFICATE = re.compile(rb"/(?:(?:v0\.1|0\.5)/listeners|1\.0/loadbalancer)/[^/?]+/certificates/.*")
 
     def __init__(self, default: int, config_bytes: int | None = None,
                  certificate_bytes: int | None = None, json_bytes: int = 64 * 1024):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -73,3 +74,28 @@ def assert_passed(results: list[dict], calls) -> None:
     problems = [f"{c}: {found[c].get('error')}\n      agent answers: {found[c].get('answers')}"
                 if c in found else f"{c}: not made" for c in calls if c not in found or not found[c]["ok"]]
     assert not problems, "controller calls failed:\n" + "\n".join(problems)
+
+
+def haproxy_pids_under(root: str) -> list[int]:
+    """haproxy processes whose command line names ``root`` (a test's own directory)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"haproxy" in cmdline.split(b"\0")[0] and root.encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def kill_haproxies_under(*roots: str) -> None:
+    for root in roots:
+        for pid in haproxy_pids_under(root):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -19,14 +19,9 @@ SERVED = ["get_info", "get_details", "get_all_listeners", "upload_config", "star
           "delete_cert_pem", "delete_listener"]
 
 
-@pytest.fixture
-def agent_config_extra(run_dir):
-    return {"agent": {"run_dir": run_dir}, "haproxy": {"stop_timeout": "3", "start_timeout": "5"}}
-
-
 @pytest.mark.parametrize("version", ["4.0.0", "0.5.2"])
 @pytest_twisted.ensureDeferred
-async def test_route_list_at_0_5(agent, listeners, pki, tmp_path, version):
+async def test_route_list_at_0_5(agent, pki, tmp_path, version, octavia_cleanup):
     lid, pool, member = new_id(), new_id(), new_id()
     bundle = cs.bundle("www.example.com")
     with Backend("member") as backend:

@@ -8,7 +8,6 @@ failover flows call them, listener deletes down to DELETE /1.0/listeners/<lb>.""
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 import pytest_twisted
@@ -52,34 +51,6 @@ def agent_config_extra(run_dir, heartbeat_port, base_path):
                           "interval": "1", "fanout": "round-robin"}}
 
 
-def _haproxy_pids_under(root: str) -> list[int]:
-    """haproxy processes whose command line names ``root`` (the test's own directories)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b"haproxy" in cmdline.split(b"\0")[0] and root.encode() in cmdline:
-            pids.append(int(entry))
-    return pids
-
-
-@pytest.fixture
-def cleanup(agent, listeners, run_dir):
-    yield
-    roots = (agent.config.octavia.base_path, run_dir, agent.config.agent.state_dir)
-    for root in roots:
-        for pid in _haproxy_pids_under(root):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
 def lb_spec(http_backend: Backend, tcp_backend: Backend) -> dict:
     return {"id": new_id(), "vip": "127.0.0.1", "listeners": [
         {"id": new_id(), "protocol": "HTTP", "port": free_port(),
@@ -92,7 +63,7 @@ def lb_spec(http_backend: Backend, tcp_backend: Backend) -> dict:
 
 
 @pytest_twisted.ensureDeferred
-async def test_single_load_balancer_life_cycle(agent, pki, tmp_path, heartbeat_port, cleanup):
+async def test_single_load_balancer_life_cycle(agent, pki, tmp_path, heartbeat_port, octavia_cleanup):
     from twisted.internet.threads import deferToThread
 
     work = str(tmp_path / "ctl")

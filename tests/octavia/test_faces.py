@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.integration.test_certificates_api import raw_request
+from tests.openapi_support import contract
 
 LB = str(uuid.uuid4())
 
@@ -31,6 +32,7 @@ async def test_discovery_answers_on_slash_and_double_slash(agent, pki):
         code, headers, body = await deferToThread(raw_request, pki, agent.api_port, "GET", target)
         assert code == 200, (target, body)
         assert json.loads(body) == {"api_version": "1.0"}
+        contract("1.0").check("GET", "https://localhost" + target.decode(), code, {k.lower(): v for k, v in headers.items()}, body)
 
 
 @pytest_twisted.ensureDeferred
@@ -142,3 +144,16 @@ async def test_details_and_listeners_1_0(client, url):
     assert response.code == 200 and body["api_version"] == "1.0" and body["listeners"] == []
     response, body = await call(client, "GET", url + "/1.0/listeners")
     assert response.code == 200 and body == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_configuration_uploads_get_the_configuration_cap(client, url, pki):
+    """A 1.0 or 0.5 configuration is as large as a v0.1 one may be (not the 64 kB JSON cap):
+    haproxy -c sees it (400 with its output), the front door does not refuse it (413)."""
+    body = b"global\n" + b"# padding\n" * 20000 + b"not a keyword\n"
+    lid = str(uuid.uuid4())
+    for path in (f"/1.0/loadbalancer/{pki.amphora_id}/{LB}/haproxy", f"/0.5/listeners/{pki.amphora_id}/{lid}/haproxy",
+                 f"/0.5/listeners/{lid}/haproxy"):
+        response, answer = await call(client, "PUT", url + path, body)
+        assert response.code == 400, (path, answer)
+        assert "ALERT" in json.dumps(answer), path  # haproxy -c's words, not the front door's 413

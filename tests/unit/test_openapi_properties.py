@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -66,13 +64,6 @@ class _Network:
 class _Agent:
     topology = _Topology()
     network = _Network()
-    # What amphora.api.faces.build_faces reads; the /1.0 and /0.5 trees are not exercised here.
-    config = SimpleNamespace(
-        network=SimpleNamespace(namespace=None),
-        octavia=SimpleNamespace(cert_dir="/nonexistent"),
-        agent=SimpleNamespace(max_certificate_bytes=1, amphora_id="00000000-0000-0000-0000-000000000000"),
-        haproxy=SimpleNamespace(max_config_bytes=1))
-    facts = sampler = listeners = None
 
 
 _STUB = StubTreq(AgentAPI(_Agent()).app.resource())
