@@ -38,7 +38,9 @@ from amphora.host import HostFacts, HostSampler
 from amphora.keepalived import Keepalived, KeepalivedService
 from amphora.listeners.logs import ListenerLogs
 from amphora.listeners.manager import ListenerManager
+from amphora.lvs import UdpListeners
 from amphora.network import NetworkPlugger
+from amphora.nftables import InterfaceRules
 from amphora.topology import Topology
 
 log = Logger()
@@ -74,6 +76,9 @@ class AmphoraAgent(MultiService):
         self.keepalived = Keepalived(config, reactor, vip_interface=self.network.vip_interface)
         KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
         self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
+        self.interface_rules = InterfaceRules(config, reactor)  # 1.0 §4.14
+        self.udp_listeners = UdpListeners(config, reactor)  # 1.0 §4.15
+        self.udp_listeners.setServiceParent(self)
         self.heartbeat = make_heartbeat(self)
         self.api = AgentAPI(self)
         max_body = max(config.haproxy.max_config_bytes, agent.max_certificate_bytes) + BODY_SLACK
@@ -125,6 +130,8 @@ class AmphoraAgent(MultiService):
             ("network restore", self.network.restore),
             ("topology restore", self.topology.restore),
             ("listener restore", self.listeners.restore),
+            ("interface rules restore", self.interface_rules.restore),
+            ("UDP listener restore", self.udp_listeners.restore),
         ):
             try:
                 yield maybeDeferred(step)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from amphora.api.faces.v0_5 import Face0_5
 from amphora.api.faces.report import HostReport
 from amphora.api.faces.v1_0 import Face1_0
+from amphora.api.octavia_optional import with_optional
 from amphora.certfiles import CertificateFiles
 
 # What Octavia's client reads at GET // to pick its client class; only "1.0" exists.
@@ -29,6 +30,7 @@ def build_faces(agent, v0_1_resource) -> dict:
     config = agent.config
     report = HostReport(agent.facts, agent.sampler, agent.topology, agent.listeners,
                         config.network.namespace)
+    report.udp = getattr(agent, "udp_listeners", None)
     face_1_0 = Face1_0(
         registry=agent.listeners,
         certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
@@ -45,4 +47,6 @@ def build_faces(agent, v0_1_resource) -> dict:
         max_config_bytes=config.haproxy.max_config_bytes,
         v0_1=v0_1_resource,
     )
-    return {"1.0": face_1_0.app.resource(), "0.5": face_0_5.app.resource()}
+    resource_1_0 = with_optional(agent, face_1_0.app.resource(), gate=agent.topology,  # §4.14, §4.15
+                                 amphora_id=config.agent.amphora_id, max_config_bytes=config.haproxy.max_config_bytes)
+    return {"1.0": resource_1_0, "0.5": face_0_5.app.resource()}
