@@ -143,7 +143,7 @@ def render(table: dict[str, list[dict]]) -> str:
 class InterfaceRules:
     """The rules of each VIP interface: parse, apply (one nft transaction), store, restore."""
 
-    def __init__(self, config, reactor, *, netlink=None, runner=run_bounded, binary: str = "nft"):
+    def __init__(self, config, reactor, *, netlink=None, runner=run_bounded, binary: str = "/usr/sbin/nft"):
         self.reactor = reactor
         self.namespace = config.network.namespace
         self.directory = os.path.join(config.agent.state_dir, "nftables")
