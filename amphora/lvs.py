@@ -18,6 +18,7 @@ work either way.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 from twisted.application.service import Service
@@ -35,6 +36,14 @@ IP_VS_PROC = "/proc/net/ip_vs"
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 CHECK_TIMEOUT = 30.0
 ACTIONS = ("start", "stop", "reload")
+# Octavia's template names its own namespace (net_namespace amphora-haproxy); the agent
+# starts keepalived inside [network] namespace itself, so the line is left out of what runs.
+_NET_NAMESPACE = re.compile(rb"^[ \t]*net_namespace[ \t]+\S+[ \t]*\r?\n?", re.MULTILINE)
+
+
+def runnable(config: bytes) -> bytes:
+    """The configuration keepalived runs: the controller's, without its net_namespace line."""
+    return _NET_NAMESPACE.sub(b"", config)
 
 
 class KernelSupportMissing(AgentError):
@@ -75,6 +84,9 @@ class UdpListeners(Service):
 
     def _config(self, listener_id: str) -> str:
         return os.path.join(self._dir(listener_id), "keepalived.conf")
+
+    def _runnable(self, listener_id: str) -> str:
+        return os.path.join(self._dir(listener_id), "keepalived.run.conf")
 
     def knows(self, listener_id: str) -> bool:
         return os.path.isfile(self._config(listener_id))
@@ -118,8 +130,8 @@ class UdpListeners(Service):
     @inlineCallbacks
     def _upload(self, listener_id: str, body: bytes):
         directory = ensure_dir(self._dir(listener_id), 0o755)
-        candidate = self._config(listener_id) + ".new"
-        atomic_write(candidate, body, 0o644)
+        candidate = self._runnable(listener_id) + ".new"
+        atomic_write(candidate, runnable(body), 0o644)
         try:
             out, err, code = yield self._run(
                 self.reactor, exec_argv(self.namespace, [self.binary, "-t", "-l", "-f", candidate]),
@@ -132,7 +144,8 @@ class UdpListeners(Service):
             text = (err or out).decode("utf-8", "replace").strip()[-2000:]
             raise InvalidRequest(f"keepalived -t refused the configuration (exit {code}): {text}",
                                  message="Invalid request")
-        os.replace(candidate, self._config(listener_id))
+        os.replace(candidate, self._runnable(listener_id))
+        atomic_write(self._config(listener_id), body, 0o644)  # as uploaded, for GET
         log.info("lvs: stored the configuration of UDP listener {lid} in {dir}", lid=listener_id, dir=directory)
 
     def _discard(self, listener_id: str, candidate: str) -> None:
@@ -204,7 +217,7 @@ class UdpListeners(Service):
 
     def _new_process(self, listener_id: str):
         run_dir = ensure_dir(os.path.join(self.run_dir, listener_id), 0o755)
-        argv = [self.binary, "-n", "-l", "-D", "-C", "-f", self._config(listener_id),
+        argv = [self.binary, "-n", "-l", "-D", "-C", "-f", self._runnable(listener_id),
                 "-p", os.path.join(run_dir, "keepalived.pid"), "-c", os.path.join(run_dir, "checkers.pid"),
                 "-r", os.path.join(run_dir, "vrrp.pid")]
         return SupervisedProcess(self.reactor, f"keepalivedlvs-{listener_id}",

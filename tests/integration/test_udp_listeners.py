@@ -115,6 +115,10 @@ async def test_with_ip_vs_octavias_configuration_is_checked_stored_run_and_remov
     assert response.code == 200, await response.content()
     response = await client.get(f"{url}/1.0/listeners/{lid}/udp_listener")
     assert response.code == 200 and await response.content() == body
+    # What runs is the same without Octavia's net_namespace line (keepalived starts in the agent's).
+    assert b"net_namespace amphora-haproxy" in body
+    with open(udp._runnable(lid), "rb") as f:
+        assert f.read() == body.replace(b"net_namespace amphora-haproxy\n", b"")
     response = await client.put(f"{url}/1.0/loadbalancer/{lid}/start")
     assert response.code == 202
     document = await details(client, url)
