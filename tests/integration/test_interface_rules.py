@@ -178,3 +178,20 @@ async def test_stored_rules_come_back_at_agent_start(agent, client, url, lab):
     assert await reach(lab, 8080)
     await InterfaceRules(agent.config, reactor).restore()  # what the agent's start-up runs
     assert await reach(lab, 8081) and not await reach(lab, 8080)
+
+
+@pytest_twisted.ensureDeferred
+async def test_octavia_19_driver_sets_the_rules(agent, pki, lab, tmp_path):
+    from tests.octavia.support import assert_passed, controller_params, run_driver
+
+    rules = [{"protocol": "TCP", "cidr": "10.18.0.0/24", "port": 8081},
+             {"protocol": "VRRP", "cidr": None, "port": 112}]
+    params = controller_params(pki, agent, str(tmp_path / "ctl"), "19.0.0", "optional_1_0",
+                               rules=rules, rules_ip=AGENT_IP)
+    assert_passed(await run_driver(params), ["set_interface_rules"])
+    assert await reach(lab, 8081) and not await reach(lab, 8080)
+    assert "meta l4proto vrrp" in table(lab)
+    # An address no interface holds: Octavia's driver turns the 404 into "not implemented".
+    params = dict(params, rules_ip="10.18.0.77")
+    results = await run_driver(params)
+    assert "AmpDriverNotImplementedError" in results[-1]["error"], results

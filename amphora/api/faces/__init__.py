@@ -18,7 +18,6 @@ from __future__ import annotations
 from amphora.api.faces.v0_5 import Face0_5
 from amphora.api.faces.report import HostReport
 from amphora.api.faces.v1_0 import Face1_0
-from amphora.api.octavia_optional import with_optional
 from amphora.certfiles import CertificateFiles
 
 # What Octavia's client reads at GET // to pick its client class; only "1.0" exists.
@@ -47,6 +46,8 @@ def build_faces(agent, v0_1_resource) -> dict:
         max_config_bytes=config.haproxy.max_config_bytes,
         v0_1=v0_1_resource,
     )
+    from amphora.api.octavia_optional import with_optional  # it imports v1_0's helpers
+
     resource_1_0 = with_optional(agent, face_1_0.app.resource(), gate=agent.topology,  # §4.14, §4.15
                                  amphora_id=config.agent.amphora_id, max_config_bytes=config.haproxy.max_config_bytes)
     return {"1.0": resource_1_0, "0.5": face_0_5.app.resource()}
