@@ -6,7 +6,10 @@ DEV     ?= dev
 PORT    ?= 9443
 DEBS    := haproxy keepalived iproute2 curl systemd nftables
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed
+# A strict editable install links each file: the stamp names the set of modules, so
+# adding or removing one reinstalls.
+MODULES := $(shell find amphora twisted -name '*.py' | sort | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(MODULES)
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv octavia run test unit integration bench clean distclean
@@ -31,6 +34,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	rm -f $(VENV)/.installed*
 	touch $@
 
 venv: $(STAMP)

@@ -89,6 +89,12 @@ class AmphoraAgent(MultiService):
         self.port = None
         self._ready: list[Deferred] = []
         self.is_ready = False
+        self.parent_hooks = []  # called with the parent before joining it (see amphora.tap)
+
+    def setServiceParent(self, parent):
+        for hook in self.parent_hooks:
+            hook(parent)
+        super().setServiceParent(parent)
 
     # -- life cycle -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ import sys
 from twisted.python import usage
 
 from amphora.config import ConfigError, load_config
+from amphora.logging import offer_observer
 
 DEFAULT_CONFIG = "/etc/octavia/amphora-agent.conf"
 
@@ -33,7 +34,10 @@ def makeService(options, reactor=None):
 
     config = options.get("agent_config") or load_config(options["config"])
     reactor.callWhenRunning(_stop_on_sigterm, reactor)
-    return build_agent(config, reactor)
+    agent = build_agent(config, reactor)
+    # twistd's options (the parent of ours) say where its log goes: offer it the agent's cheap observer.
+    agent.parent_hooks.append(lambda application: offer_observer(application, getattr(options, "parent", None)))
+    return agent
 
 
 def _stop_on_sigterm(reactor) -> None:

@@ -1,13 +1,31 @@
 #!/usr/bin/env python3
-"""GET /info throughput over mutual TLS: the agent against bare Klein, same run.
+"""GET /info over mutual TLS: the agent against bare Klein and haproxy, same run.
 
-Starts (1) the real agent with ``twistd -n amphora-agent`` and (2) a baseline:
-a bare Klein app answering a same-sized JSON document through the same TLS
-context, both on loopback. Then N client processes, each with one keep-alive
-mTLS connection, call the endpoint for a fixed time. Prints requests/s, p50
-and p99 latency for each, and the agent/baseline ratio.
+Starts, on loopback, with the same certificates (RSA-2048 from tests.helpers):
 
-    python bench/api_throughput.py [--clients 1,4] [--seconds 5]
+- ``klein``: a bare Klein app answering a same-sized JSON document behind an
+  equivalent pyOpenSSL context of its own (TLS >= 1.2, client certificate
+  required by the CA, OpenSSL's defaults otherwise: no Python callback,
+  tickets on);
+- ``haproxy``: answering the same JSON with ``http-request return``
+  (``verify required`` against the same CA);
+- ``agent``: the real agent, ``twistd -n amphora-agent`` with its default
+  configuration (access log on, twistd's default log observer to a file);
+- ``agent-nolog`` (``--with-nolog``): the agent with ``[agent] access_log = false``;
+- ``agent-other`` (``--compare CHECKOUT``): the agent of another checkout
+  (PYTHONPATH), e.g. main, to see a change's effect in the same run.
+
+Modes: ``keepalive`` (each client one connection, requests back to back),
+``newconn`` (a new TLS connection, full handshake, per request) and
+``resume`` (a new connection per request resuming the previous TLS session).
+Each client is a process. For every (mode, clients) the servers are measured
+one after the other, and that is repeated ``--rounds`` times (interleaved, so
+a burst of load from elsewhere hits all of them alike); the table shows the
+median of the rounds and the agent's ratios with their spread (min-max over
+the rounds), which says how noisy the machine was. Server CPU per request is
+the server process's user+system time over the run, divided by the requests.
+
+    python bench/api_throughput.py [--clients 1,4] [--modes keepalive,newconn] [--seconds 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ import multiprocessing
 import os
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,20 +49,35 @@ sys.path.insert(0, REPO)
 
 from tests.helpers import TWISTD, make_pki, write_config  # noqa: E402
 
+HAPROXY = "/usr/sbin/haproxy"
+DOC = {"hostname": "x" * 8, "uuid": None, "haproxy_version": "2.6.12-1+deb12u4", "api_version": "0.1"}
+
 BASELINE = r'''
 import json, sys
 from klein import Klein
+from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.web.server import Site
-from amphora.api.tls import ServerContextFactory
-from amphora.config import load_config
+from zope.interface import implementer
 
-cfg = load_config(sys.argv[1])
-port = int(sys.argv[2])
+server_pem, ca, port, body = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+ctx.use_certificate_chain_file(server_pem)
+ctx.use_privatekey_file(server_pem)
+ctx.load_verify_locations(ca)
+ctx.load_client_ca(ca.encode())
+ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+ctx.set_session_id(b"bare-klein")
+
+@implementer(IOpenSSLContextFactory)
+class Factory:
+    def getContext(self):
+        return ctx
+
 app = Klein()
-body = json.dumps({"hostname": "x" * 8, "uuid": cfg.agent.amphora_id,
-                   "haproxy_version": "2.6.12-1+deb12u4", "api_version": "0.1"}).encode()
 
 @app.route("/info")
 def info(request):
@@ -53,9 +87,22 @@ def info(request):
 site = Site(app.resource())
 site.noisy = False
 site.log = lambda request: None
-SSL4ServerEndpoint(reactor, port, ServerContextFactory(cfg.tls), interface="127.0.0.1").listen(site)
+SSL4ServerEndpoint(reactor, port, Factory(), interface="127.0.0.1").listen(site)
 reactor.run()
 '''
+
+HAPROXY_CFG = """\
+global
+    maxconn 4000
+defaults
+    mode http
+    timeout client 30s
+    timeout server 30s
+    timeout connect 5s
+frontend info
+    bind 127.0.0.1:{port} ssl crt {server} ca-file {ca} verify required ssl-min-ver TLSv1.2
+    http-request return status 200 content-type application/json string '{body}'
+"""
 
 
 def free_port() -> int:
@@ -75,84 +122,136 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
-def worker(args) -> list[float]:
-    port, paths, seconds = args
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+class _Resuming(http.client.HTTPSConnection):
+    """An HTTPS connection that offers the TLS session of the previous one."""
+
+    session = None
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host, session=_Resuming.session)
+
+
+def worker(args) -> tuple[int, list[float], int]:
+    port, paths, seconds, mode = args
     ctx = ssl.create_default_context(cafile=paths["ca"])
     ctx.load_cert_chain(paths["client_cert"], paths["client_key"])
     conn = http.client.HTTPSConnection("localhost", port, context=ctx)
-    latencies = []
+    latencies, resumed = [], 0
     end = time.monotonic() + seconds
     while True:
         t0 = time.monotonic()
         if t0 >= end:
             break
+        if mode == "newconn":
+            conn = http.client.HTTPSConnection("localhost", port, context=ctx)
+        elif mode == "resume":
+            conn = _Resuming("localhost", port, context=ctx)
         conn.request("GET", "/info")
         response = conn.getresponse()
         data = response.read()
         if response.status != 200:
             raise RuntimeError(f"{response.status}: {data!r}")
+        if mode == "resume":
+            resumed += conn.sock.session_reused
+            _Resuming.session = conn.sock.session
+        if mode != "keepalive":
+            conn.close()
         latencies.append(time.monotonic() - t0)
     conn.close()
-    return latencies
+    return len(latencies), latencies, resumed
 
 
-def measure(port: int, paths: dict, clients: int, seconds: float) -> dict:
+def measure(pid: int, port: int, paths: dict, clients: int, seconds: float, mode: str) -> dict:
     with multiprocessing.Pool(clients) as pool:
-        started = time.monotonic()
-        results = pool.map(worker, [(port, paths, seconds)] * clients)
-        elapsed = time.monotonic() - started
-    all_lat = sorted(x for r in results for x in r)
-    n = len(all_lat)
-    return {
-        "requests": n,
-        "rps": n / seconds,
-        "p50_ms": all_lat[n // 2] * 1000,
-        "p99_ms": all_lat[min(n - 1, int(n * 0.99))] * 1000,
-        "wall_s": elapsed,
-    }
+        cpu0, started = cpu_seconds(pid), time.monotonic()
+        results = pool.map(worker, [(port, paths, seconds, mode)] * clients)
+        elapsed, cpu1 = time.monotonic() - started, cpu_seconds(pid)
+    lat = sorted(x for _, r, _ in results for x in r)
+    n = len(lat)
+    return {"rps": n / elapsed, "cpu_ms": (cpu1 - cpu0) * 1000.0 / n, "p50_ms": lat[n // 2] * 1000,
+            "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000, "requests": n,
+            "resumed": sum(r for _, _, r in results)}
+
+
+def start_servers(tmp: str, pki, with_nolog: bool, compare: str | None) -> tuple[dict, list]:
+    env = dict(os.environ, PYTHONPATH=REPO)
+    body = json.dumps(dict(DOC, uuid=pki.amphora_id))
+    servers, procs = {}, []
+
+    def spawn(name, argv, port, code=REPO, **kw):
+        proc = subprocess.Popen(argv, env=dict(env, PYTHONPATH=code), **kw)
+        procs.append(proc)
+        servers[name] = (proc.pid, port)
+
+    port = free_port()
+    spawn("klein", [sys.executable, "-c", BASELINE, pki.paths["server"], pki.paths["ca"], str(port), body], port)
+    port = free_port()
+    cfg = os.path.join(tmp, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(HAPROXY_CFG.format(port=port, server=pki.paths["server"], ca=pki.paths["ca"], body=body))
+    spawn("haproxy", [HAPROXY, "-db", "-f", cfg], port, stdout=subprocess.DEVNULL)
+    agents = [("agent", {}, REPO)]
+    if with_nolog:
+        agents.append(("agent-nolog", {"agent": {"access_log": "false"}}, REPO))
+    if compare:
+        agents.append(("agent-other", {}, os.path.abspath(compare)))
+    for name, extra, code in agents:
+        port = free_port()
+        config = write_config(pki, os.path.join(tmp, name), port, extra)
+        spawn(name, [TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(tmp, name + ".log"),
+                     "amphora-agent", "--config", config], port, code)
+    for _, port in servers.values():
+        wait_port(port)
+    return servers, procs
+
+
+def ratio_cell(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="1,4", help="comma-separated client counts")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--modes", default="keepalive,newconn", help="keepalive,newconn,resume")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--with-nolog", action="store_true", help="also the agent with access_log = false")
+    parser.add_argument("--compare", metavar="CHECKOUT", help="also the agent of another checkout (agent-other)")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="bench-api-")
     pki = make_pki(os.path.join(tmp, "pki"))
-    agent_port, base_port = free_port(), free_port()
-    quiet_port = free_port()
-    config = write_config(pki, os.path.join(tmp, "agent"), agent_port)
-    quiet_config = write_config(pki, os.path.join(tmp, "agent-quiet"), quiet_port,
-                                {"agent": {"access_log": "false"}})
-    env = dict(os.environ, PYTHONPATH=REPO)
-    procs = []
+    servers, procs = start_servers(tmp, pki, args.with_nolog, args.compare)
+    names = list(servers)
     try:
-        procs.append(subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile", os.path.join(tmp, "agent.log"),
-                                       "amphora-agent", "--config", config], env=env))
-        procs.append(subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile",
-                                       os.path.join(tmp, "agent-quiet.log"), "amphora-agent",
-                                       "--config", quiet_config], env=env))
-        procs.append(subprocess.Popen([sys.executable, "-c", BASELINE, config, str(base_port)], env=env))
-        wait_port(agent_port)
-        wait_port(quiet_port)
-        wait_port(base_port)
-        rows = []
-        for clients in [int(c) for c in args.clients.split(",")]:
-            base = measure(base_port, pki.paths, clients, args.seconds)
-            agent = measure(agent_port, pki.paths, clients, args.seconds)
-            quiet = measure(quiet_port, pki.paths, clients, args.seconds)
-            rows.append((clients, base, agent, quiet))
-        print(f"GET /info over mTLS (RSA-2048), keep-alive, {args.seconds:.0f}s per run, {os.cpu_count()} cores")
-        print(f"{'clients':>7} {'server':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-        for clients, base, agent, quiet in rows:
-            for name, r in (("bare-klein", base), ("agent", agent), ("agent-nolog", quiet)):
-                print(f"{clients:>7} {name:>11} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
-            print(f"{clients:>7} {'ratio':>11} {agent['rps'] / base['rps']:>9.2f}  (agent / bare Klein req/s)")
-            print(f"{clients:>7} {'ratio':>11} {quiet['rps'] / base['rps']:>9.2f}  "
-                  "(agent with [agent] access_log = false / bare Klein)")
-        print(json.dumps({"results": [{"clients": c, "baseline": b, "agent": a, "agent_no_access_log": q}
-                                      for c, b, a, q in rows]}))
+        time.sleep(1.0)
+        pss_idle = pss_kib(servers["agent"][0])
+        runs = {}  # (mode, clients) -> name -> [result per round]
+        for mode in args.modes.split(","):
+            for clients in [int(c) for c in args.clients.split(",")]:
+                rounds = runs[(mode, clients)] = {name: [] for name in names}
+                for _ in range(args.rounds):
+                    for name in names:
+                        pid, port = servers[name]
+                        rounds[name].append(measure(pid, port, pki.paths, clients, args.seconds, mode))
+        pss_after = pss_kib(servers["agent"][0])
+        report(args, names, runs, pss_idle, pss_after)
     finally:
         for p in procs:
             p.terminate()
@@ -162,6 +261,36 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def report(args, names, runs, pss_idle, pss_after) -> None:
+    print(f"GET /info over mTLS (RSA-2048), loopback, {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f}; median of {args.rounds} interleaved rounds of {args.seconds:.0f}s; "
+          "ratio cells: median (min-max over the rounds)")
+    head = "".join(f"{n:>13}" for n in names)
+    print(f"{'mode':>9} {'cl':>2} {'figure':>12}{head} {'agent/klein':>18} {'agent/haproxy':>18}")
+    summary = []
+    for (mode, clients), rounds in runs.items():
+        for figure, key in (("req/s", "rps"), ("cpu ms/req", "cpu_ms")):
+            med = {n: statistics.median(r[key] for r in rounds[n]) for n in names}
+            vs_k = [a[key] / k[key] for a, k in zip(rounds["agent"], rounds["klein"])]
+            vs_h = [a[key] / h[key] for a, h in zip(rounds["agent"], rounds["haproxy"])]
+            cells = "".join(f"{med[n]:>13.0f}" if key == "rps" else f"{med[n]:>13.3f}" for n in names)
+            print(f"{mode:>9} {clients:>2} {figure:>12}{cells} {ratio_cell(vs_k):>18} {ratio_cell(vs_h):>18}")
+            summary.append({"mode": mode, "clients": clients, "figure": key, "median": med,
+                            "agent_over_klein": vs_k, "agent_over_haproxy": vs_h})
+        if mode == "resume":
+            print(f"{'':>9} {'':>2} {'resumed':>12}" + "".join(
+                f"{sum(r['resumed'] for r in rounds[n]) / max(1, sum(r['requests'] for r in rounds[n])):>13.0%}"
+                for n in names))
+        for other, label in (("agent-nolog", "log cost"), ("agent-other", "vs other")):
+            if other in names:
+                rps = [o["rps"] / a["rps"] for o, a in zip(rounds[other], rounds["agent"])]
+                cpu = [a["cpu_ms"] / o["cpu_ms"] for o, a in zip(rounds[other], rounds["agent"])]
+                print(f"{'':>9} {'':>2} {label:>12}  {other} / agent req/s: {ratio_cell(rps)}; "
+                      f"agent / {other} cpu: {ratio_cell(cpu)}")
+    print(f"agent PSS: {pss_idle / 1024:.1f} MiB idle, {pss_after / 1024:.1f} MiB after the runs")
+    print(json.dumps({"results": summary, "agent_pss_kib": {"idle": pss_idle, "after": pss_after}}))
 
 
 if __name__ == "__main__":

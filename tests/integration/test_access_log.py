@@ -67,3 +67,27 @@ def test_json_lines_access_log_without_bodies_or_keys(pki, tmp_path):
     assert MARKER not in text
     assert "PRIVATE KEY" not in text
     assert not any(line in text for line in key_lines)
+
+
+def test_default_text_log_has_the_access_lines_once_stopped(pki, tmp_path):
+    """twistd's default (text on standard output with -n) through the agent's own
+    observer: one classic line per request, all of them written by the time the
+    agent has stopped (they are buffered for up to half a second meanwhile)."""
+    port = free_port()
+    log_path = str(tmp_path / "agent.log")
+    agent = TwistdAgent(write_config(pki, str(tmp_path), port), log_path).start()
+    try:
+        agent.wait_listening(port)
+        for _ in range(3):
+            assert _curl(pki, port, "GET", "/info") == 200
+        assert _curl(pki, port, "DELETE", f"/v0.1/listeners/{uuid.uuid4()}") == 404
+        assert agent.stop() == 0
+    finally:
+        agent.kill()
+    with open(log_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    access = [line for line in lines if " [amphora.access#info] " in line]
+    assert len(access) == 4, lines
+    assert all(line.split(" [amphora.access#info] ")[1].startswith("GET /info 200 ") for line in access[:3])
+    assert " 404 " in access[3] and "CN=test-controller" in access[3] and access[3].split()[2] == "DELETE"
+    assert any("Server Shut Down." in line for line in lines)  # events after the stop are written too

@@ -93,7 +93,8 @@ def configure():
             "base_path": PARAMS["base_path"],
             "base_cert_dir": PARAMS["base_cert_dir"],
         },
-        "certificates": {"cert_manager": "local_cert_manager", "storage_path": PARAMS["work"]},
+        "certificates": {"cert_manager": "local_cert_manager",
+                         "storage_path": __import__("os").path.join(PARAMS["work"], "certs")},
     }
     if VERSION != "0.5.2":
         overrides["haproxy_amphora"].update(rest_request_conn_timeout=5, rest_request_read_timeout=120)
@@ -191,7 +192,10 @@ def heartbeat_1_0():
 # -- a load balancer built with Octavia 19's data models -------------------------
 #
 # PARAMS["lb"] describes it: {"id", "vip", "listeners": [{"id", "protocol", "port",
-# "pool": {"id", "protocol", "members": [{"id", "address", "port"}], "monitor": bool}}]}.
+# "pool": {"id", "protocol", "members": [{"id", "address", "port"}], "monitor": bool},
+# "certificates": [{"cert", "key", "chain"}] (TERMINATED_HTTPS: default, then SNI)}]}.
+# Certificates go through Octavia's LocalCertManager, as a deployment's Barbican would
+# hand them to the driver.
 # Each scenario rebuilds the same objects (the controller loads them from its
 # database for every task) and runs one controller flow.
 
@@ -229,10 +233,27 @@ def load_balancer():
                                connection_limit=entry.get("connection_limit"),
                                timeout_client_data=50000, timeout_member_connect=5000,
                                timeout_member_data=50000, timeout_tcp_inspect=0)
+        refs = [_store_certificate(cert) for cert in entry.get("certificates", ())]
+        if refs:
+            listener.tls_certificate_id = refs[0]
+            listener.sni_containers = [dm.SNI(listener_id=listener.id, position=i, tls_container_id=ref)
+                                       for i, ref in enumerate(refs[1:])]
         pool.listeners.append(listener)
         lb.listeners.append(listener)
         lb.pools.append(pool)
     return lb, amp
+
+
+def _store_certificate(cert: dict) -> str:
+    """A certificate stored through Octavia's LocalCertManager; its reference. (A new
+    reference per run: the amphora's file names come from the content, not the reference.)"""
+    import os
+
+    from octavia.certificates.manager.local import LocalCertManager
+
+    os.makedirs(os.path.join(PARAMS["work"], "certs"), exist_ok=True)
+    return LocalCertManager.store_cert(None, cert["cert"], cert["key"],
+                                       intermediates="".join(cert["chain"]) or None)
 
 
 def _driver():
@@ -261,6 +282,36 @@ def lb_delete_listener():
     lb, amp = load_balancer()
     listener = next(li for li in lb.listeners if li.id == PARAMS["delete"])
     attempt("delete", _driver().delete, listener)
+
+
+def plug_1_0():
+    """Plug VIP and plug network with the bodies Octavia 19's driver builds from its
+    network data models (post_vip_plug, post_network_plug). PARAMS["plug"]: {"vip",
+    "vrrp_ip", "vip_cidr", "vip_gateway", "vip_mac", "member_mac", "member_ip",
+    "member_cidr", "topology"}."""
+    from octavia.common import constants as c
+    from octavia.common import data_models as dm
+    from octavia.network import data_models as ndm
+
+    plug = PARAMS["plug"]
+    amp = amphora(vrrp_port_id="vrrp-port", role=c.ROLE_STANDALONE)
+    amp.vrrp_ip = plug["vrrp_ip"]
+    amp.ha_ip = plug["vip"]
+    lb = dm.LoadBalancer(id=PARAMS["lb"]["id"] if "lb" in PARAMS else "lb", topology=plug.get("topology", "SINGLE"),
+                         vip=dm.Vip(ip_address=plug["vip"], vnic_type=c.VNIC_TYPE_NORMAL), amphorae=[amp])
+    vip_subnet = ndm.Subnet(id="vip-subnet", cidr=plug["vip_cidr"], gateway_ip=plug.get("vip_gateway"),
+                            host_routes=[], ip_version=4)
+    vrrp_port = ndm.Port(id="vrrp-port", mac_address=plug["vip_mac"], network=ndm.Network(id="vip-net", mtu=1500),
+                         fixed_ips=[ndm.FixedIP(subnet_id=vip_subnet.id, ip_address=plug["vrrp_ip"], subnet=vip_subnet)])
+    driver = _driver()
+    attempt("post_vip_plug", driver.post_vip_plug, amp, lb, {}, vrrp_port, vip_subnet, additional_vip_data=[])
+    if plug.get("member_mac"):
+        member_subnet = ndm.Subnet(id="member-subnet", cidr=plug["member_cidr"], gateway_ip=None, host_routes=[],
+                                   ip_version=4)
+        port = ndm.Port(id="member-port", mac_address=plug["member_mac"], network=ndm.Network(id="m", mtu=1500),
+                        fixed_ips=[ndm.FixedIP(subnet_id=member_subnet.id, ip_address=plug["member_ip"],
+                                               subnet=member_subnet)])
+        attempt("post_network_plug", driver.post_network_plug, amp, port, {})
 
 
 def render_1_0():

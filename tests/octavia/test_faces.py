@@ -10,6 +10,7 @@ import os
 import stat
 import uuid
 
+import pytest
 import pytest_twisted
 from twisted.internet.threads import deferToThread
 
@@ -74,18 +75,11 @@ async def test_0_5_serves_the_v0_1_routes(client, url):
     assert response.code == 404 and body["message"] == "Listener Not Found"
 
 
+@pytest.mark.parametrize("path", ["/0.5/listeners/{other}/{id}/haproxy", "/1.0/loadbalancer/{other}/{id}/haproxy"])
 @pytest_twisted.ensureDeferred
-async def test_0_5_upload_names_this_amphora(client, url):
+async def test_uploads_name_this_amphora(client, url, path):
     other = str(uuid.uuid4())
-    response, body = await call(client, "PUT", url + f"/0.5/listeners/{other}/{LB}/haproxy", b"global\n")
-    assert response.code == 400
-    assert other in body["details"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_1_0_upload_names_this_amphora(client, url):
-    other = str(uuid.uuid4())
-    response, body = await call(client, "PUT", url + f"/1.0/loadbalancer/{other}/{LB}/haproxy", b"global\n")
+    response, body = await call(client, "PUT", url + path.format(other=other, id=LB), b"global\n")
     assert response.code == 400
     assert other in body["details"]
 

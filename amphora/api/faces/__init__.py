@@ -30,22 +30,11 @@ def build_faces(agent, v0_1_resource) -> dict:
     report = HostReport(agent.facts, agent.sampler, agent.topology, agent.listeners,
                         config.network.namespace)
     report.udp = getattr(agent, "udp_listeners", None)
-    face_1_0 = Face1_0(
-        registry=agent.listeners,
-        certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
-        report=report,
-        gate=agent.topology,
-        amphora_id=config.agent.amphora_id,
-        max_config_bytes=config.haproxy.max_config_bytes,
-    )
-    face_0_5 = Face0_5(
-        registry=agent.listeners,
-        report=report,
-        gate=agent.topology,
-        amphora_id=config.agent.amphora_id,
-        max_config_bytes=config.haproxy.max_config_bytes,
-        v0_1=v0_1_resource,
-    )
+    common = {"registry": agent.listeners, "report": report, "gate": agent.topology,
+              "amphora_id": config.agent.amphora_id, "max_config_bytes": config.haproxy.max_config_bytes}
+    face_1_0 = Face1_0(certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
+                       **common)
+    face_0_5 = Face0_5(v0_1=v0_1_resource, **common)
     from amphora.api.octavia_optional import with_optional  # it imports v1_0's helpers
 
     resource_1_0 = with_optional(agent, face_1_0.app.resource(), gate=agent.topology,  # §4.14, §4.15

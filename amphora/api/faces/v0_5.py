@@ -13,22 +13,18 @@ tree only adds what those controllers send beyond v0.1:
 from __future__ import annotations
 
 from amphora.api.base import new_app
-from amphora.api.faces.v1_0 import check_amphora, read_limited
+from amphora.api.faces.v1_0 import Face
 from amphora.api.params import listener_id
 from amphora.api.site import render_json
 
 API_VERSION = "0.5"
 
 
-class Face0_5:
+class Face0_5(Face):
     app = new_app()
 
-    def __init__(self, *, registry, report, gate, amphora_id: str, max_config_bytes: int, v0_1):
-        self.registry = registry
-        self.report = report
-        self.gate = gate
-        self.amphora_id = amphora_id
-        self.max_config_bytes = max_config_bytes
+    def __init__(self, *, v0_1, **common):
+        super().__init__(**common)
         self.v0_1 = v0_1
 
     @app.route("/info", methods=["GET"])
@@ -37,10 +33,8 @@ class Face0_5:
 
     @app.route("/listeners/<amphora_id>/<lid>/haproxy", methods=["PUT"])
     async def upload(self, request, amphora_id, lid):
-        self.gate.check_gate()
-        check_amphora(amphora_id, self.amphora_id)
         lid = listener_id(lid)
-        body = read_limited(request, self.max_config_bytes, "haproxy configuration")
+        body = self.upload_body(request, amphora_id)
         details = await self.registry.upload(lid, body)
         return render_json(request, {"message": "OK", "details": details}, 202)
 

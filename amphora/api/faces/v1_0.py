@@ -40,16 +40,30 @@ def read_limited(request, limit: int, what: str) -> bytes:
         raise PayloadTooLarge(f"{what} exceeds {limit} bytes") from None
 
 
-class Face1_0:
-    app = new_app()
+class Face:
+    """What both Octavia faces hold: the haproxy registry, the host report, the topology
+    gate (503 during a transition), this amphora's id and the configuration size cap."""
 
-    def __init__(self, *, registry, certificates, report, gate, amphora_id: str, max_config_bytes: int):
+    def __init__(self, *, registry, report, gate, amphora_id: str, max_config_bytes: int):
         self.registry = registry
-        self.certificates = certificates
         self.report = report
         self.gate = gate
         self.amphora_id = amphora_id
         self.max_config_bytes = max_config_bytes
+
+    def upload_body(self, request, amphora_id: str) -> bytes:
+        """The checks of a configuration upload that names an amphora, then its body."""
+        self.gate.check_gate()
+        check_amphora(amphora_id, self.amphora_id)
+        return read_limited(request, self.max_config_bytes, "haproxy configuration")
+
+
+class Face1_0(Face):
+    app = new_app()
+
+    def __init__(self, *, certificates, **common):
+        super().__init__(**common)
+        self.certificates = certificates
 
     # -- host ----------------------------------------------------------------------
 
@@ -70,10 +84,8 @@ class Face1_0:
 
     @app.route("/loadbalancer/<amphora_id>/<lb_id>/haproxy", methods=["PUT"])
     async def upload(self, request, amphora_id, lb_id):
-        self.gate.check_gate()
-        check_amphora(amphora_id, self.amphora_id)
         lb_id = check_lb_id(lb_id)
-        body = read_limited(request, self.max_config_bytes, "haproxy configuration")
+        body = self.upload_body(request, amphora_id)
         await self.registry.upload_loadbalancer(lb_id, amphora_id, body)
         request.setHeader(b"etag", md5_hex(body).encode())
         return render_json(request, {"message": "OK"}, 202)
