@@ -218,3 +218,14 @@ async def test_udp_through_the_virtual_server_end_to_end(lvs_lab, agent, pki, tm
     finally:
         await agent.udp_listeners.delete(lid)
     assert lvs_files(agent) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_configuration_gets_the_configuration_cap_not_the_json_one(agent, client, url):
+    agent.udp_listeners._probe, agent.udp_listeners.ipvs = (lambda: False), False
+    body = b"# member\n" * 20000  # 200 kB: above the front door's 64 kB JSON cap, below max_config_bytes
+    response = await client.put(f"{url}/1.0/listeners/{agent.config.agent.amphora_id}/{new_id()}/udp_listener",
+                                data=body)
+    answer = json.loads(await response.content())
+    assert response.code == 503 and "ip_vs" in answer["details"], answer
+    assert lvs_files(agent) == []
