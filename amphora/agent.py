@@ -62,7 +62,7 @@ class AmphoraAgent(MultiService):
         self.topology = Topology(agent.state_dir, config.hostname, agent.amphora_id)
         # Order matters: the listener manager needs nothing else; certificates and
         # logs hook into it; the sampler and heartbeat read everything.
-        self.network = NetworkPlugger(config, reactor)
+        self.network = NetworkPlugger(config, reactor, vip_owner=self.topology)
         self.listeners = ListenerManager(config, reactor)
         self.listeners.setServiceParent(self)
         self.certificates = CertificateStore(agent.certs_dir, reactor, self.listeners, agent.max_certificate_bytes)
@@ -75,7 +75,7 @@ class AmphoraAgent(MultiService):
         self.sampler.setServiceParent(self)
         self.keepalived = Keepalived(config, reactor, vip_interface=self.network.vip_interface)
         KeepalivedService(self.keepalived).setServiceParent(self)  # detaches, never stops it
-        self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout)
+        self.topology.attach(self.keepalived, reactor, config.keepalived.transition_timeout, network=self.network)
         self.interface_rules = InterfaceRules(config, reactor)  # 1.0 §4.14
         self.udp_listeners = UdpListeners(config, reactor)  # 1.0 §4.15
         self.udp_listeners.setServiceParent(self)

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 
-from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
+from amphora.errors import CertificateNotFound, InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
 from amphora.fsutil import atomic_write, ensure_dir, fsync_dir
 from amphora.listeners.store import check_listener_id
 
@@ -544,7 +544,7 @@ class CertificateStore:
                 known = False
         if not known:
             return ListenerNotFound(lid)
-        return NotFound(f"No certificate with file name: {name}", message="Certificate Not Found")
+        return CertificateNotFound(name)
 
     def _remove_dir_if_empty(self, directory: str) -> bool:
         try:

@@ -32,6 +32,12 @@ class InvalidRequest(AgentError):
     message = "Invalid request"
 
 
+class InvalidVIP(InvalidRequest):
+    """The VIP in a plug-VIP URL (or its body) is no usable unicast address."""
+
+    message = "Invalid VIP"
+
+
 class Unauthorized(AgentError):
     status = 401
     message = "Unauthorized"
@@ -40,6 +46,26 @@ class Unauthorized(AgentError):
 class NotFound(AgentError):
     status = 404
     message = "Not Found"
+
+
+class CertificateNotFound(NotFound):
+    message = "Certificate Not Found"
+
+    def __init__(self, name: str):
+        super().__init__(f"No certificate with file name: {name}")
+
+
+class NoSuitableInterface(NotFound):
+    """No interface to plug: none newly attached, several to choose from, or the one named is gone.
+
+    The text is in ``details`` too, on every face: Octavia's controllers retry a 404
+    (a hot-plugged NIC can appear a second late) only when its ``details`` hold it.
+    """
+
+    message = "No suitable network interface found"
+
+    def __init__(self, reason: str):
+        super().__init__(f"{self.message}: {reason}")
 
 
 class ListenerNotFound(NotFound):

@@ -5,15 +5,16 @@ This is the state the rest of the agent consults: the document for
 503 gate that every mutating route passes through (``check_gate``) while a
 transition is in progress.
 
-Transitions (``request``):
+Transitions (``request``, given a ``TopologySpec`` parsed by
+amphora.api.requests; it returns an ``Outcome``, which the route maps to a status):
 
-- SINGLE <-> ACTIVE-ACTIVE involve no VRRP: applied and stored at once (200).
+- SINGLE <-> ACTIVE-ACTIVE involve no VRRP: applied and stored at once (APPLIED).
 - Anything that starts, stops or reconfigures keepalived is asynchronous
-  (202): ``status`` is TOPOLOGY-CHANGE until keepalived runs and reports a
+  (STARTED): ``status`` is TOPOLOGY-CHANGE until keepalived runs and reports a
   VRRP state (or has stopped and ha_ip is gone), then OK. A transition that
   fails or outlasts ``[keepalived] transition_timeout`` is rolled back to the
   previous topology; the error is logged and shown as ``last_error``.
-- The topology already in force is a 200 no-op.
+- The topology already in force is a no-op (UNCHANGED).
 
 Stored atomically in ``<state_dir>/topology.json`` (mode 0600) only once a
 transition has succeeded, so a crash mid-transition restarts with the last
@@ -23,15 +24,19 @@ good topology. The VRRP secret itself is never stored: only the 8-character
 
 from __future__ import annotations
 
-import ipaddress
+import enum
 import os
-import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, TopologyTransitionInProgress
 from amphora.fsutil import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from amphora.keepalived import VRRPSettings
 
 log = Logger()
 
@@ -47,114 +52,24 @@ STATUS_CHANGE = "TOPOLOGY-CHANGE"
 # keepalived's VRRP state -> the spec's role.
 _LIVE_ROLE = {"MASTER": "ACTIVE", "BACKUP": "STANDBY", "FAULT": "STANDBY", "STOP": "STANDBY"}
 
-_FIELDS = ("topology", "role", "ha_ip", "secret", "peers", "interface", "virtual_router_id", "priority")
-_VRRP_ONLY = ("role", "ha_ip", "secret", "peers", "interface", "virtual_router_id", "priority")
-_IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,14}")
-MAX_SECRET = 1024
-MAX_PEERS = 16
+
+@dataclass(frozen=True)
+class TopologySpec:
+    """A requested topology (parsed by amphora.api.requests.parse_topology).
+
+    ``vrrp`` is set for ACTIVE-STANDBY only.
+    """
+
+    topology: str
+    vrrp: VRRPSettings | None = None
 
 
-def _given(value) -> bool:
-    return value is not None and value != "" and value != []
+class Outcome(enum.Enum):
+    """What ``Topology.request`` did; the route decides what a client sees of it."""
 
-
-def _int_field(body, name, low, high, problems):
-    value = body.get(name)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        problems.append(f"{name}: must be an integer from {low} to {high}, got {value!r}")
-        return 0
-    return value
-
-
-def validate(body: dict):
-    """The request as (topology, VRRPSettings | None), or InvalidRequest naming every bad field."""
-    from amphora.keepalived import VRRPSettings, auth_pass
-
-    problems: list[str] = []
-    for key in sorted(body):
-        if key not in _FIELDS:
-            problems.append(f"Unknown field: {key}")
-    topology = body.get("topology")
-    if topology is None:
-        problems.append("topology: required (one of SINGLE, ACTIVE-STANDBY, ACTIVE-ACTIVE)")
-    elif topology not in TOPOLOGIES:
-        problems.append(f"Unknown topology: {topology}")
-    if topology != ACTIVE_STANDBY:
-        for key in _VRRP_ONLY:
-            if _given(body.get(key)) and topology in TOPOLOGIES:
-                problems.append(f"{key}: only applicable to ACTIVE-STANDBY, not {topology}")
-        if problems:
-            raise InvalidRequest("; ".join(problems))
-        return topology, None
-
-    role = body.get("role")
-    if role is None:
-        problems.append("role: required for ACTIVE-STANDBY (ACTIVE or STANDBY)")
-    elif role not in ROLES:
-        problems.append(f"Unknown role: {role}")
-
-    ha_ip = body.get("ha_ip")
-    address = None
-    if not _given(ha_ip):
-        problems.append("ha_ip: required for ACTIVE-STANDBY")
-    elif not isinstance(ha_ip, str):
-        problems.append(f"ha_ip: not an IP address: {ha_ip!r}")
-    else:
-        try:
-            address = ipaddress.ip_address(ha_ip.strip())
-        except ValueError:
-            problems.append(f"ha_ip: not an IP address: {ha_ip!r}")
-        else:
-            if (address.is_unspecified or address.is_multicast or address.is_loopback
-                    or address.is_link_local):
-                problems.append(f"ha_ip: not usable as a virtual address: {address}")
-                address = None
-
-    secret = body.get("secret")
-    if not _given(secret):
-        problems.append("secret: required for ACTIVE-STANDBY")
-    elif not isinstance(secret, str) or len(secret) > MAX_SECRET or not secret.isprintable():
-        # Never echo the secret back, not even a bad one.
-        problems.append(f"secret: must be a printable string of at most {MAX_SECRET} characters")
-
-    peers = body.get("peers")
-    parsed_peers: list[str] = []
-    if peers is not None:
-        if not isinstance(peers, list) or len(peers) > MAX_PEERS:
-            problems.append(f"peers: must be a list of at most {MAX_PEERS} IP addresses")
-        else:
-            for i, peer in enumerate(peers):
-                try:
-                    ip = ipaddress.ip_address(peer.strip() if isinstance(peer, str) else peer)
-                    if not isinstance(peer, str):
-                        raise ValueError
-                except ValueError:
-                    problems.append(f"peers[{i}]: not an IP address: {peer!r}")
-                    continue
-                if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
-                    problems.append(f"peers[{i}]: not usable as a VRRP peer: {ip}")
-                elif address is not None and ip.version != address.version:
-                    problems.append(f"peers[{i}]: IPv{ip.version} peer for an IPv{address.version} ha_ip")
-                elif address is not None and ip == address:
-                    problems.append(f"peers[{i}]: is the ha_ip itself")
-                elif str(ip) in parsed_peers:
-                    problems.append(f"peers[{i}]: duplicate peer {ip}")
-                else:
-                    parsed_peers.append(str(ip))
-
-    interface = body.get("interface")
-    if interface is not None and (not isinstance(interface, str) or not _IFNAME.fullmatch(interface)):
-        problems.append(f"interface: not an interface name: {interface!r}")
-
-    router_id = _int_field(body, "virtual_router_id", 1, 255, problems)
-    priority = _int_field(body, "priority", 1, 254, problems)
-    if problems:
-        raise InvalidRequest("; ".join(problems))
-    return ACTIVE_STANDBY, VRRPSettings(role=role, ha_ip=str(address), auth=auth_pass(secret),
-                                        interface=interface or "", peers=tuple(parsed_peers),
-                                        virtual_router_id=router_id, priority=priority)
+    UNCHANGED = "unchanged"  # that topology was in force already
+    APPLIED = "applied"      # done at once: no keepalived involved
+    STARTED = "started"      # asynchronous: topology_status is TOPOLOGY-CHANGE until it is done
 
 
 def _discard(d: defer.Deferred) -> None:
@@ -167,8 +82,11 @@ def _discard(d: defer.Deferred) -> None:
 class Topology:
     """The topology in force, its transitions and the 503 gate.
 
-    ``attach(keepalived, clock, timeout)`` connects the keepalived adapter
+    ``attach(keepalived, clock, timeout, network)`` connects the keepalived adapter
     (amphora.keepalived.Keepalived); without it ACTIVE-STANDBY cannot be set.
+    ``network`` (the plugger) is told when the VIPs change hands
+    (``sync_vips``): the agent configures them outside ACTIVE-STANDBY,
+    keepalived inside it (``keepalived_owns_vips``).
     """
 
     def __init__(self, state_dir: str, hostname: str, amphora_id: str):
@@ -181,6 +99,8 @@ class Topology:
         self.status = STATUS_OK
         self.last_error = None
         self.keepalived = None
+        self.network = None
+        self._handed_over = False  # during a transition: the VIPs changed hands already
         self.clock = None
         self.transition_timeout = 60.0
         self.transition: defer.Deferred | None = None
@@ -201,12 +121,19 @@ class Topology:
             self.configured_role = self.settings.role
         self.topology = topology
 
-    def attach(self, keepalived, clock, transition_timeout: float) -> None:
+    def attach(self, keepalived, clock, transition_timeout: float, network=None) -> None:
         self.keepalived = keepalived
         self.clock = clock
         self.transition_timeout = transition_timeout
+        self.network = network
 
     # -- what the rest of the agent reads ---------------------------------------
+
+    @property
+    def keepalived_owns_vips(self) -> bool:
+        """In ACTIVE-STANDBY keepalived adds the VIPs on the MASTER alone; otherwise the
+        agent configures them itself (a VIP on both amphorae would answer ARP/ND from both)."""
+        return self.topology == ACTIVE_STANDBY
 
     @property
     def ha_ip(self) -> str:
@@ -265,17 +192,17 @@ class Topology:
 
     # -- transitions ----------------------------------------------------------------
 
-    def request(self, body: dict) -> int:
-        """Validate and start a change; returns 200 (done or no-op) or 202 (in progress)."""
+    def request(self, spec: TopologySpec) -> Outcome:
+        """Start the change to ``spec``: done at once, a no-op, or started (asynchronous)."""
         self.check_gate()
-        topology, settings = validate(body)
+        topology, settings = spec.topology, spec.vrrp
         if topology == self.topology and settings == self.settings:
-            return 200
+            return Outcome.UNCHANGED
         uses_keepalived = ACTIVE_STANDBY in (topology, self.topology)
         if not uses_keepalived:
             log.info("topology: {old} -> {new}", old=self.topology, new=topology)
             self._commit(topology, None)
-            return 200
+            return Outcome.APPLIED
         if self.keepalived is None:
             raise InvalidRequest("topology: ACTIVE-STANDBY is not available (no keepalived)")
         previous = (self.topology, self.settings)
@@ -285,7 +212,7 @@ class Topology:
         self.topology, self.settings = topology, settings
         self.configured_role = settings.role if settings is not None else "ACTIVE"
         self.transition = self._transition(previous, topology, settings)
-        return 202
+        return Outcome.STARTED
 
     def _commit(self, topology, settings):
         self.topology, self.settings = topology, settings
@@ -299,8 +226,9 @@ class Topology:
 
     @defer.inlineCallbacks
     def _transition(self, previous, topology, settings):
+        self._handed_over = False
         try:
-            yield self._with_timeout(self._enact(settings))
+            yield self._with_timeout(self._enact(settings, previous[0]))
         except Exception as e:
             error = self._describe(e)
             log.error("topology: transition to {new} failed, rolling back to {old}: {error}",
@@ -320,11 +248,14 @@ class Topology:
         return getattr(e, "details", None) or str(e) or type(e).__name__
 
     @defer.inlineCallbacks
-    def _enact(self, settings):
-        """Make keepalived match ``settings`` (None = no keepalived)."""
+    def _enact(self, settings, previous_topology):
+        """Make keepalived match ``settings`` (None = no keepalived); hand the VIPs over."""
         if settings is None:
             yield self.keepalived.stop()
+            yield self._hand_over()  # after keepalived let go of them: the agent holds them again
             return
+        if previous_topology != ACTIVE_STANDBY:
+            yield self._hand_over()  # before keepalived starts: only its MASTER may hold them
         state = self.keepalived.wait_state()
         try:
             was_running = self.keepalived.running
@@ -344,13 +275,24 @@ class Topology:
         from twisted.internet.task import deferLater
         return deferLater(self.clock, 1.0, lambda: None)
 
+    def _hand_over(self):
+        """Let the plugger put the VIPs where the topology in force says (it never fails)."""
+        self._handed_over = True
+        return self.network.sync_vips() if self.network is not None else defer.succeed(None)
+
     @defer.inlineCallbacks
     def _rollback(self, previous):
         topology, settings = previous
+        self.topology = topology  # the VIP owner is the previous one again
+        handed_over, self._handed_over = self._handed_over, False
         try:
             if settings is None:
                 yield self.keepalived.stop()
+                if handed_over:
+                    yield self._hand_over()
             else:
+                if handed_over:  # before keepalived is back: the agent's copies go first
+                    yield self._hand_over()
                 yield self.keepalived.apply(settings)
         except Exception as e:
             log.error("topology: rollback to {old} failed too: {error}", old=topology, error=self._describe(e))

@@ -18,11 +18,12 @@ from amphora.api.base import new_app, not_allowed as _not_allowed
 from amphora.api.faces import DISCOVERY, build_faces
 from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
-from amphora.api.params import json_body, listener_id, read_body
+from amphora.api.params import gated, json_body, listener_id, read_body
+from amphora.api.requests import V0_1, parse_lines, parse_network_request, parse_topology, parse_vip, parse_vip_request
 from amphora.api.site import render_json
 from amphora.certificates import check_name
-from amphora.errors import InvalidRequest, ListenerNotFound, NotFound, PayloadTooLarge
-from amphora.network import parse_network_body, parse_vip, parse_vip_body
+from amphora.errors import InvalidRequest, InvalidVIP, ListenerNotFound, NotFound, PayloadTooLarge
+from amphora.topology import Outcome
 
 V = "/v0.1"
 
@@ -81,14 +82,13 @@ class AgentAPI:
         return render_json(request, self.agent.topology.document())
 
     @app.route(V + "/topology", methods=["POST"])
+    @gated
     def set_topology(self, request):
-        topology = self.agent.topology
-        topology.check_gate()
-        code = topology.request(json_body(request))
-        if code == 202:
+        outcome = self.agent.topology.request(parse_topology(json_body(request)))
+        if outcome is Outcome.STARTED:
             return render_json(request, {"message": "OK", "details": "topology change in progress: "
                                          "GET /v0.1/topology shows TOPOLOGY-CHANGE until it is done"}, 202)
-        return render_json(request, {"message": "OK"}, code)
+        return render_json(request, {"message": "OK"}, 200)
 
     # -- details (host) -------------------------------------------------------
 
@@ -109,14 +109,14 @@ class AgentAPI:
         return render_json(request, doc)
 
     @app.route(V + "/listeners/<lid>", methods=["DELETE"])
+    @gated
     async def delete_listener(self, request, lid):
-        self.agent.topology.check_gate()
         details = await self.agent.listeners.delete(listener_id(lid), kind="listener")
         return render_json(request, {"message": "OK", "details": details})
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["PUT"])
+    @gated
     async def put_haproxy(self, request, lid):
-        self.agent.topology.check_gate()
         lid = listener_id(lid)
         body = read_body(request, self.agent.config.haproxy.max_config_bytes)
         if not body.strip():  # the document says the body is required
@@ -142,12 +142,12 @@ class AgentAPI:
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/listeners/<lid>/<action>", methods=["PUT"])
+    @gated
     async def listener_action(self, request, lid, action):
         lid = listener_id(lid)
         allowed = listener_allow(request.path)
         if allowed is not None and "PUT" not in allowed:  # PUT .../logs is no action
             raise _not_allowed(request, allowed)
-        self.agent.topology.check_gate()
         details = await self.agent.listeners.action(lid, action)
         return render_json(request, {"message": "OK", "details": details}, 202)
 
@@ -156,11 +156,7 @@ class AgentAPI:
     @app.route(V + "/listeners/<string:lid>/logs", methods=["GET"])
     def get_listener_logs(self, request, lid):
         """The last ``?lines=N`` (1-1000, default 100) lines of a listener's haproxy log, text/plain."""
-        lid = listener_id(lid)
-        values = request.args.get(b"lines") or [b"100"]
-        raw = values[-1].decode("ascii", "replace")
-        if len(values) != 1 or not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
-            raise InvalidRequest(f"lines must be an integer from 1 to 1000, got {raw!r}")
+        lid, lines = listener_id(lid), parse_lines(request.args)
         listeners, logs = self.agent.listeners, self.agent.logs
         known = listeners.exists(lid) if listeners is not None else (logs is not None and logs.knows(lid))
         if not known:
@@ -172,7 +168,7 @@ class AgentAPI:
         request.setHeader(b"x-log-file-dropped", b"%d" % losses.file_dropped)
         if losses.forward_lost is not None:
             request.setHeader(b"x-log-forward-lost", b"%d" % losses.forward_lost)
-        return logs.tail(lid, int(raw))
+        return logs.tail(lid, lines)
 
     # -- certificates ---------------------------------------------------------
 
@@ -181,8 +177,8 @@ class AgentAPI:
     _CERTIFICATE = V + "/listeners/<lid>/certificates/<rest:filename>"
 
     @app.route(_CERTIFICATE, methods=["PUT"])
+    @gated
     async def put_certificate(self, request, lid, filename):
-        self.agent.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         store = self.agent.certificates
         try:
@@ -202,8 +198,8 @@ class AgentAPI:
         return render_json(request, {"md5sum": md5sum})
 
     @app.route(_CERTIFICATE, methods=["DELETE"])
+    @gated
     async def delete_certificate(self, request, lid, filename):
-        self.agent.topology.check_gate()
         lid, filename = listener_id(lid), check_name(filename)
         details = await self.agent.certificates.delete(lid, filename)
         return render_json(request, {"message": "OK", "details": details})
@@ -217,31 +213,30 @@ class AgentAPI:
 
     @app.route(V + "/plug/vip/<ip>", methods=["POST"], endpoint="plug_vip")
     @app.route(V + "/plug/vip/<ip>/", methods=["POST"], endpoint="plug_vip_slash")
+    @gated
     def plug_vip(self, request, ip):
-        self.agent.topology.check_gate()
-        vip = parse_vip(ip)
-        spec = parse_vip_body(vip, json_body(request, self.plug_body_limit, required=False))
+        vip = parse_vip(ip)  # before the body: a bad VIP is "Invalid VIP" whatever the body
+        spec = parse_vip_request(V0_1, vip, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_vip(vip, spec))
 
     @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
+    @gated
     def plug_vip_fallback(self, request, rest):
         """Paths the VIP routes did not match. One raw segment whose decoded form has a slash
         (``..%2F..%2Fetc``, ``%2F``) or that is empty is a VIP that is not an address: 400
         "Invalid VIP", like any other bad VIP. More raw segments (``/plug/vip/<ip>/more``) are
         an unknown route: 404."""
-
-        self.agent.topology.check_gate()
         raw = request.path.decode("ascii", "replace").split("/plug/vip/", 1)[-1]
         if "/" not in raw.rstrip("/"):
             shown = rest if len(rest) <= 100 else rest[:100] + "..."
-            raise InvalidRequest(f"{shown!r} is not an IPv4 or IPv6 address", message="Invalid VIP")
+            raise InvalidVIP(f"{shown!r} is not an IPv4 or IPv6 address")
         raise NotFound(f"No route for {request.path.decode('ascii', 'replace')}")
 
     @app.route(V + "/plug/network", methods=["POST"], endpoint="plug_network")
     @app.route(V + "/plug/network/", methods=["POST"], endpoint="plug_network_slash")
+    @gated
     def plug_network(self, request):
-        self.agent.topology.check_gate()
-        spec = parse_network_body(json_body(request, self.plug_body_limit, required=False))
+        spec = parse_network_request(V0_1, json_body(request, self.plug_body_limit, required=False))
         return self._plugged(request, self.agent.network.plug_network(spec))
 
     @staticmethod

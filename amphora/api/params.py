@@ -1,7 +1,8 @@
-"""Validation of what a client puts in a URL or body, before it touches anything."""
+"""What every route checks before it touches anything: the 503 gate, body size, JSON shape, ids."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 from amphora.errors import InvalidRequest, PayloadTooLarge
@@ -9,6 +10,19 @@ from amphora.listeners.store import check_listener_id
 
 # The one definition lives with the listener files it protects.
 listener_id = check_listener_id
+
+
+def gated(route):
+    """The spec's 503 "Topology transition in progress" for a mutating route, checked before
+    the route reads anything of the request. For methods of a class with ``self.agent``
+    (the composition root: ``agent.topology``); every face's mutating routes use it."""
+
+    @functools.wraps(route)
+    def gate(self, request, *args, **kwargs):
+        self.agent.topology.check_gate()
+        return route(self, request, *args, **kwargs)
+
+    return gate
 
 
 def read_body(request, limit: int) -> bytes:

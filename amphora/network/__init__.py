@@ -11,9 +11,9 @@ pyroute2 -- never ``ip`` or ``ifup`` -- and what was plugged is persisted in
 
 Modules, from the edge inwards:
 
-- ``parse``: ``PlugSpec`` and the validation of what the client sent
-  (``parse_vip`` / ``parse_vip_body`` / ``parse_network_body``: 400 naming
-  the field); pure functions.
+- ``PlugSpec`` / ``Route`` (amphora.netspec, with the one address rule): what
+  to apply, parsed from a request by amphora.api.requests (400 naming the
+  field) or read back from plugged.json.
 - ``links``: ``choose_interface`` (which link to plug, from plain ``Link``
   records; 404 when none or several), a pure function; and ``Netlink``, the
   plugging operations (move, addresses, MTU, routes, undo) on the netlink
@@ -25,10 +25,8 @@ Modules, from the edge inwards:
 
 from amphora.netlink import NetlinkFailure, iproute, netlink_socket
 from amphora.network.links import Link, Netlink, choose_interface, free_name, is_candidate, link_from_msg
-from amphora.network.parse import (PlugSpec, Route, address_problem, parse_mac, parse_network_body, parse_vip,
-                                   parse_vip_body)
 from amphora.network.plugger import NetworkPlugger
+from amphora.netspec import PlugSpec, Route
 
-__all__ = ["Link", "Netlink", "NetlinkFailure", "NetworkPlugger", "PlugSpec", "Route", "address_problem",
-           "choose_interface", "free_name", "iproute", "is_candidate", "link_from_msg", "netlink_socket",
-           "parse_mac", "parse_network_body", "parse_vip", "parse_vip_body"]
+__all__ = ["Link", "Netlink", "NetlinkFailure", "NetworkPlugger", "PlugSpec", "Route", "choose_interface",
+           "free_name", "iproute", "is_candidate", "link_from_msg", "netlink_socket"]

@@ -14,15 +14,15 @@ from dataclasses import dataclass, replace
 
 from twisted.logger import Logger
 
-from amphora.errors import NotFound
+from amphora.errors import NoSuitableInterface
 from amphora.netlink import (IFF_LOOPBACK, IFF_UP, NetlinkFailure, allow_nonlocal_bind, create_namespace,
                              iproute, namespace_path)
 from amphora.network.linkstate import IFA_F_NODAD, LinkState, address_of
-from amphora.network.parse import PlugSpec
+from amphora.netspec import PlugSpec
 
 log = Logger()
 
-NO_INTERFACE = "No suitable network interface found"
+RT_SCOPE_LINK = 253
 
 ARPHRD_ETHER = 1
 # Interfaces a Neutron port can appear as: a NIC (virtio, SR-IOV VF: no link
@@ -72,7 +72,7 @@ def choose_interface(links: list[Link], plugged_macs, namespace: str = "", mac: 
     if mac is not None:
         matches = [l for l in links if l.mac == mac and not l.loopback]
         if not matches:
-            raise NotFound(f"no interface with MAC address {mac}", message=NO_INTERFACE)
+            raise NoSuitableInterface(f"no interface with MAC address {mac}")
         matches.sort(key=lambda l: l.namespace != namespace)  # the one in the target namespace first
         return matches[0]
     candidates = [l for l in links if is_candidate(l, plugged_macs)]
@@ -80,11 +80,10 @@ def choose_interface(links: list[Link], plugged_macs, namespace: str = "", mac: 
         inside = [l for l in candidates if l.namespace == namespace]
         candidates = inside or candidates
     if not candidates:
-        raise NotFound("no interface is down and unplugged", message=NO_INTERFACE)
+        raise NoSuitableInterface("no interface is down and unplugged")
     if len(candidates) > 1:
         names = ", ".join(l.describe() for l in sorted(candidates, key=lambda l: (l.namespace, l.name)))
-        raise NotFound(f"several candidate interfaces and no mac_address to choose by: {names}",
-                       message=NO_INTERFACE)
+        raise NoSuitableInterface(f"several candidate interfaces and no mac_address to choose by: {names}")
     return candidates[0]
 
 
@@ -210,6 +209,13 @@ class Netlink:
                        index=link.index, address=ip, prefixlen=prefixlen, **extra)
         if not link.up:
             self._step(f"bringing up {link.name}", ipr.link, "set", index=link.index, state="up")
+        on_port = {ipaddress.ip_interface(a).network for a in spec.addresses}
+        for subnet in spec.links:  # an additional VIP's subnet, reached on this link
+            if ipaddress.ip_network(subnet) in on_port:
+                continue  # the kernel's own prefix route is there: keep it (and its src)
+            family = socket.AF_INET6 if ":" in subnet else socket.AF_INET
+            self._step(f"adding on-link route {subnet}", ipr.route, "replace", dst=subnet, oif=link.index,
+                       family=family, scope=RT_SCOPE_LINK)
         if spec.gateway:
             family = socket.AF_INET6 if ":" in spec.gateway else socket.AF_INET
             dst = "::/0" if family == socket.AF_INET6 else "0.0.0.0/0"
@@ -220,6 +226,18 @@ class Netlink:
             self._step(f"adding route {route.destination} via {route.nexthop}", ipr.route,
                        "replace", dst=route.destination, gateway=route.nexthop, oif=link.index,
                        family=family)
+
+    def withdraw(self, link: Link, addresses) -> None:
+        """Remove ``addresses`` ("ip/prefixlen") from ``link`` where present: the VIP host
+        addresses the agent configured, when keepalived takes the VIPs over."""
+        with iproute(self._ns(self.namespace)) as ipr:
+            present = {address_of(m) for m in self._step(f"listing addresses of {link.name}", ipr.get_addr,
+                                                         index=link.index)}
+            for cidr in addresses:
+                iface = ipaddress.ip_interface(cidr)
+                if iface in present:
+                    self._step(f"removing {cidr} from {link.name}", ipr.addr, "del", index=link.index,
+                               address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
     def _roll_back(self, before: LinkState, original: Link) -> None:
         """Best effort: the link back where and as it was (``original``'s namespace and name, in

@@ -16,11 +16,11 @@ from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
+from amphora.errors import AgentError, InvalidRequest, NoSuitableInterface, OperationFailed
 from amphora.fsutil import atomic_write_json, read_json
 from amphora.netlink import NetlinkFailure
-from amphora.network.links import NO_INTERFACE, Link, Netlink, choose_interface
-from amphora.network.parse import MIN_MTU_IPV6, PlugSpec, parse_vip_body
+from amphora.network.links import Link, Netlink, choose_interface
+from amphora.netspec import MIN_MTU_IPV6, PlugSpec
 
 log = Logger()
 
@@ -57,7 +57,7 @@ class NetworkPlugger:
     synchronous one together with a fake ``netlink``.
     """
 
-    def __init__(self, config, reactor, netlink=None, run_blocking=None):
+    def __init__(self, config, reactor, netlink=None, run_blocking=None, vip_owner=None):
         self.namespace = config.network.namespace
         if self.namespace:
             # Parsed configurations are checked already; this guards any other
@@ -75,6 +75,8 @@ class NetworkPlugger:
             def run_blocking(fn, *args):
                 return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
         self._run = run_blocking
+        # The topology: its keepalived_owns_vips says who configures the VIPs.
+        self.vip_owner = vip_owner
         self._lock = DeferredLock()
         self._entries: dict[str, _Entry] = self._load()
 
@@ -111,13 +113,16 @@ class NetworkPlugger:
                 return entry.name
         return None
 
+    def _keepalived_vips(self) -> bool:
+        return self.vip_owner is not None and self.vip_owner.keepalived_owns_vips
+
     def _entry_for_vip(self, vip: str) -> _Entry | None:
         return next((e for e in self._entries.values() if vip in e.spec.vips), None)
 
     # -- operations ---------------------------------------------------------
 
     def plug_vip(self, vip: str, spec: PlugSpec):
-        """Plug ``vip`` (validated by parse_vip/parse_vip_body); Deferred[str] of the details."""
+        """Plug ``vip`` (validated by amphora.api.requests); Deferred[str] of the details."""
         return self._lock.run(self._plug, spec, VIP_FAILED, vip)
 
     def plug_network(self, spec: PlugSpec):
@@ -135,17 +140,17 @@ class NetworkPlugger:
         if existing is None and spec.mac is not None:
             existing = self._entries.get(spec.mac)
         already = existing is not None and (vip is None or vip in existing.spec.vips)
-        plugged_macs = set(self._entries)
+        plugged_macs, owned = set(self._entries), self._keepalived_vips()
         try:
             if existing is not None:
                 # A bare replug (no body) re-applies what is recorded; a body is
                 # authoritative and merged in.
-                bare = vip is not None and spec == parse_vip_body(vip, None)
+                bare = vip is not None and spec == PlugSpec.host_vip(vip)
                 target = existing.spec if already and bare else existing.spec.merged(spec)
                 check_mtu(target, existing.name)  # before anything changes
-                link = yield self._run(self._apply_existing, target)
+                link = yield self._run(self._apply_existing, target, owned)
             else:
-                link, target = yield self._run(self._apply_new, spec, plugged_macs)
+                link, target = yield self._run(self._apply_new, spec, plugged_macs, owned)
         except AgentError:
             raise
         except NetlinkFailure as e:
@@ -167,20 +172,20 @@ class NetworkPlugger:
             return f"VIP {vip} already plugged on interface {link.name}"
         return f"VIP {vip} plugged on interface {link.name}"
 
-    def _apply_new(self, spec: PlugSpec, plugged_macs):
+    def _apply_new(self, spec: PlugSpec, plugged_macs, keepalived_vips: bool):
         """Thread: choose the interface, then configure it."""
         self.netlink.ensure_namespace()
         link = choose_interface(self.netlink.links(), plugged_macs, self.namespace, spec.mac)
         target = replace(spec, mac=link.mac)
-        return self.netlink.apply(link, target), target
+        return self.netlink.apply(link, target.configured(keepalived_vips)), target
 
-    def _apply_existing(self, spec: PlugSpec) -> Link:
+    def _apply_existing(self, spec: PlugSpec, keepalived_vips: bool) -> Link:
         """Thread: re-apply an already plugged interface (found by MAC); 404 if it vanished."""
         self.netlink.ensure_namespace()
         link = self.netlink.find(spec.mac)
         if link is None:
-            raise NotFound(f"the interface plugged with MAC address {spec.mac} is gone", message=NO_INTERFACE)
-        return self.netlink.apply(link, spec)
+            raise NoSuitableInterface(f"the interface plugged with MAC address {spec.mac} is gone")
+        return self.netlink.apply(link, spec.configured(keepalived_vips))
 
     def restore(self):
         """Re-apply everything in plugged.json (start-up, before listeners); never fails.
@@ -200,10 +205,10 @@ class NetworkPlugger:
             log.error("cannot prepare network namespace {namespace}: {error}", namespace=self.namespace,
                       error=e)
             return
-        changed = False
+        changed, owned = False, self._keepalived_vips()
         for mac, entry in sorted(self._entries.items()):
             try:
-                link = yield self._run(self._restore_one, entry.spec)
+                link = yield self._run(self._restore_one, entry.spec, owned)
             except Exception as e:  # noqa: BLE001
                 log.error("cannot restore interface {mac} ({name}): {error}", mac=mac, name=entry.name,
                           error=e)
@@ -219,6 +224,37 @@ class NetworkPlugger:
         if changed:
             self._save()
 
-    def _restore_one(self, spec: PlugSpec) -> Link | None:
+    def _restore_one(self, spec: PlugSpec, keepalived_vips: bool) -> Link | None:
         link = self.netlink.find(spec.mac)
-        return None if link is None else self.netlink.apply(link, spec)
+        return None if link is None else self.netlink.apply(link, spec.configured(keepalived_vips))
+
+    def sync_vips(self):
+        """Put every recorded VIP where the topology now says (``vip_owner``): on its interface
+        as a host address, or -- keepalived's, in ACTIVE-STANDBY -- off it. Called by the
+        topology when the VIPs change hands; never fails (a problem is logged)."""
+        return self._lock.run(self._sync_vips)
+
+    @inlineCallbacks
+    def _sync_vips(self):
+        owned = self._keepalived_vips()
+        holder = "keepalived" if owned else "the agent"
+        for mac, entry in sorted(self._entries.items()):
+            if not entry.spec.vip_host_addresses():
+                continue  # its VIPs are port addresses: they stay whoever holds the others
+            try:
+                yield self._run(self._sync_one, entry.spec, owned)
+            except Exception as e:  # noqa: BLE001 - the topology change goes on; this is logged
+                log.error("cannot hand the VIPs of {name} ({mac}) to {holder}: {error}", name=entry.name,
+                          mac=mac, holder=holder, error=e)
+                continue
+            log.info("VIPs {vips} on {name} now held by {holder}", vips=", ".join(entry.spec.vips),
+                     name=entry.name, holder=holder)
+
+    def _sync_one(self, spec: PlugSpec, keepalived_vips: bool) -> None:
+        link = self.netlink.find(spec.mac)
+        if link is None:
+            return
+        if keepalived_vips:
+            self.netlink.withdraw(link, spec.vip_host_addresses())
+        else:
+            self.netlink.apply(link, spec.configured(False))

@@ -188,7 +188,9 @@ async def test_plug_vip_without_body(version, path_suffix, netlab, agent, agent_
 
 
 @pytest_twisted.ensureDeferred
-async def test_plug_vip_with_vrrp_ip_leaves_the_vip_to_keepalived(netlab, agent, agent_ns, peer, client, url):
+async def test_plug_vip_with_vrrp_ip_in_single_topology_carries_both(netlab, agent, agent_ns, peer, client, url):
+    """SINGLE: the VIP is the agent's to configure even when vrrp_ip comes along (as every controller
+    since 2016 sends it); ACTIVE-STANDBY leaves it to keepalived (tests/integration/test_network_vips.py)."""
     cidr, gateway, vip, _ = subnet(4)
     vrrp_ip = vip.rsplit(".", 1)[0] + ".11"
     port, _ = netlab.veth(agent_ns, peer)
@@ -196,7 +198,7 @@ async def test_plug_vip_with_vrrp_ip_leaves_the_vip_to_keepalived(netlab, agent,
             "vrrp_ip": vrrp_ip}
     code, answer = await post(client, url, f"/v0.1/plug/vip/{vip}", body)
     assert (code, answer["details"]) == (202, f"VIP {vip} plugged on interface {port}")
-    assert netlab.addresses(agent_ns, port) == [f"{vrrp_ip}/24"]
+    assert netlab.addresses(agent_ns, port) == [f"{vrrp_ip}/24", f"{vip}/32"]
     assert agent.network.vip_interface(vip) == port
 
 

@@ -316,6 +316,11 @@ BAD_BODIES = [
       "virtual_router_id:", "priority:", "interface:", "Unknown field: extra"]),
     ({"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": "10.0.0.5", "secret": "s",
       "peers": ["fe80::1"]}, ["peers[0]: IPv6 peer for an IPv4 ha_ip"]),
+    # The address rule of plugging: before it, these two became keepalived's virtual address.
+    ({"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": "255.255.255.255", "secret": "s"},
+     ["ha_ip: not usable as a virtual address: 255.255.255.255"]),
+    ({"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": "0.1.2.3", "secret": "s"},
+     ["ha_ip: not usable as a virtual address: 0.1.2.3"]),
     (b"not json", ["body is not valid JSON"]),
     (b"[1, 2]", ["body must be a JSON object"]),
 ]

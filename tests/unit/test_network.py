@@ -1,8 +1,7 @@
-"""Unit tests of amphora.network: validation, interface selection, the plugger with a fake netlink."""
+"""Unit tests of amphora.network: the spec, interface selection, the plugger with a fake netlink."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from dataclasses import replace
@@ -11,143 +10,17 @@ from types import SimpleNamespace
 import pytest
 from twisted.internet.defer import maybeDeferred
 
+from amphora.api.requests import parse_network_body, parse_vip_body
 from amphora.errors import InvalidRequest, NotFound, OperationFailed
-from amphora.network import (Link, NetlinkFailure, NetworkPlugger, PlugSpec, Route, choose_interface,
-                             free_name, is_candidate, parse_network_body, parse_vip, parse_vip_body)
+from amphora.netspec import PlugSpec, Route
+from amphora.network import Link, NetlinkFailure, NetworkPlugger, choose_interface, free_name, is_candidate
 
 MAC1 = "fa:16:3e:00:00:01"
 MAC2 = "fa:16:3e:00:00:02"
 MAC3 = "fa:16:3e:00:00:03"
 
 
-# -- validation ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("raw, expected", [
-    ("203.0.113.2", "203.0.113.2"),
-    ("2001:DB8::0:5", "2001:db8::5"),
-    ("240.0.0.5", "240.0.0.5"),  # reserved, but Linux configures it like any unicast address
-    ("100.64.0.5", "100.64.0.5"),  # shared address space (carrier-grade NAT) is a real network
-    ("10.0.0.255", "10.0.0.255"),  # a broadcast only within a subnet (see the body tests)
-])
-def test_parse_vip_normalises(raw, expected):
-    assert parse_vip(raw) == expected
-
-
-@pytest.mark.parametrize("raw", ["", "300.1.1.1", "10.0.0", "10.0.0.1/24", "abc", "2001:db8::g", " 10.0.0.1",
-                                 "10.0.0.1%eth0",
-                                 "fe80::1%eth0"])
-def test_parse_vip_rejects(raw):
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip(raw)
-    assert e.value.message == "Invalid VIP"
-    assert repr(raw) in e.value.details
-
-
-# Addresses that are no VIP and no port address, with the reason the details give.
-UNUSABLE = [
-    ("0.0.0.0", "the unspecified address"),
-    ("::", "the unspecified address"),
-    ("0.1.2.3", "in 0.0.0.0/8 (this network)"),
-    ("127.0.0.5", "a loopback address"),
-    ("127.255.255.254", "a loopback address"),
-    ("::1", "a loopback address"),
-    ("224.0.0.1", "a multicast address"),
-    ("239.1.2.3", "a multicast address"),
-    ("ff02::1", "a multicast address"),
-    ("ff0e::1234", "a multicast address"),
-    ("255.255.255.255", "the broadcast address"),
-    ("169.254.169.254", "a link-local address"),
-    ("fe80::1", "a link-local address"),
-    ("::ffff:10.0.0.1", "an IPv4-mapped IPv6 address"),
-    ("::ffff:127.0.0.1", "an IPv4-mapped IPv6 address"),
-]
-
-
-@pytest.mark.parametrize("raw, reason", UNUSABLE)
-def test_parse_vip_rejects_addresses_that_are_no_vip(raw, reason):
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip(raw)
-    assert (e.value.status, e.value.message) == (400, "Invalid VIP")
-    assert e.value.details.startswith(f"{ipaddress.ip_address(raw)} is {reason};"), e.value.details
-
-
-@pytest.mark.parametrize("raw, reason", UNUSABLE)
-def test_parse_vip_body_rejects_them_too(raw, reason):
-    """The body parser does not rely on parse_vip having run first."""
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body(raw, None)
-    assert e.value.message == "Invalid VIP" and reason in e.value.details
-
-
-@pytest.mark.parametrize("raw, reason", UNUSABLE)
-def test_port_addresses_are_checked_like_vips(raw, reason):
-    v6 = ipaddress.ip_address(raw).version == 6
-    with pytest.raises(InvalidRequest) as e:
-        parse_network_body({"fixed_ips": [{"ip_address": "2001:db8::5" if v6 else "10.0.0.5"},
-                                          {"ip_address": raw}]})
-    assert e.value.message == "Invalid request"
-    assert e.value.details == f"fixed_ips[1].ip_address: {ipaddress.ip_address(raw)} is {reason}"
-    vip = "2001:db8::5" if v6 else "203.0.113.2"
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body(vip, {"vrrp_ip": raw})
-    assert e.value.details == f"vrrp_ip: {ipaddress.ip_address(raw)} is {reason}"
-
-
-@pytest.mark.parametrize("raw, reason", [(r, why) for r, why in UNUSABLE if why != "a link-local address"])
-def test_next_hops_and_gateways_are_checked(raw, reason):
-    v6 = ipaddress.ip_address(raw).version == 6
-    destination = "2001:db8:1::/64" if v6 else "198.51.100.0/24"
-    vip, subnet = ("2001:db8::5", "2001:db8::/64") if v6 else ("203.0.113.2", "203.0.113.0/24")
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body(vip, {"host_routes": [{"destination": destination, "nexthop": raw}]})
-    assert e.value.details == f"host_routes[0].nexthop: {ipaddress.ip_address(raw)} is {reason}"
-    with pytest.raises(InvalidRequest) as e:
-        parse_network_body({"fixed_ips": [{"ip_address": vip, "host_routes": [
-            {"destination": destination, "nexthop": raw}]}]})
-    assert e.value.details == f"fixed_ips[0].host_routes[0].nexthop: {ipaddress.ip_address(raw)} is {reason}"
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body(vip, {"subnet_cidr": subnet, "gateway": raw})
-    assert e.value.details == f"gateway: {ipaddress.ip_address(raw)} is {reason}"
-
-
-def test_link_local_next_hops_are_fine():
-    """An IPv6 router advertises its fe80:: address: a normal next hop on the port's link."""
-    spec = parse_vip_body("2001:db8::5", {"host_routes": [{"destination": "2001:db8:1::/64",
-                                                           "nexthop": "fe80::1"}]})
-    assert spec.routes == (Route("2001:db8:1::/64", "fe80::1"),)
-    with pytest.raises(InvalidRequest, match="gateway: fe80::1 is not in subnet_cidr"):
-        parse_vip_body("2001:db8::5", {"subnet_cidr": "2001:db8::/64", "gateway": "fe80::1"})
-    with pytest.raises(InvalidRequest, match="nexthop: an address with a scope"):
-        parse_vip_body("2001:db8::5", {"host_routes": [{"destination": "2001:db8:1::/64",
-                                                        "nexthop": "fe80::1%eth0"}]})
-
-
-@pytest.mark.parametrize("subnet, address, what", [
-    ("10.0.0.0/24", "10.0.0.255", "broadcast"),
-    ("10.0.0.0/24", "10.0.0.0", "network"),
-    ("10.0.0.0/30", "10.0.0.3", "broadcast"),
-])
-def test_the_subnets_own_network_and_broadcast_addresses_are_refused(subnet, address, what):
-    expected = f"{address} is the {what} address of subnet_cidr {subnet}"
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body(address, {"subnet_cidr": subnet})
-    assert (e.value.message, e.value.details) == ("Invalid VIP", expected)
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body("10.0.0.1", {"subnet_cidr": subnet, "vrrp_ip": address})
-    assert e.value.details == "vrrp_ip: " + expected
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body("10.0.0.1", {"subnet_cidr": subnet, "gateway": address})
-    assert e.value.details == "gateway: " + expected
-    with pytest.raises(InvalidRequest) as e:
-        parse_network_body({"fixed_ips": [{"ip_address": address, "subnet_cidr": subnet}]})
-    assert e.value.details == "fixed_ips[0].ip_address: " + expected
-
-
-def test_point_to_point_subnets_have_no_broadcast_address():
-    assert parse_vip_body("10.0.0.1", {"subnet_cidr": "10.0.0.0/31"}).addresses == ("10.0.0.1/31",)
-    assert parse_vip_body("10.0.0.0", {"subnet_cidr": "10.0.0.0/31"}).addresses == ("10.0.0.0/31",)
-    assert parse_vip_body("2001:db8::", {"subnet_cidr": "2001:db8::/64"}).addresses == ("2001:db8::/64",)
-
+# -- the spec (parsers: tests/unit/test_requests.py) --------------------------------
 
 def test_state_entries_with_unusable_addresses_are_skipped(tmp_path):
     """plugged.json written by an agent that still accepted 0.0.0.0 is not re-applied at start."""
@@ -158,100 +31,6 @@ def test_state_entries_with_unusable_addresses_are_skipped(tmp_path):
         {"mac": MAC3, "addresses": ["10.0.0.5/24"], "vips": ["10.0.0.5"], "name": "eth3"}]}))
     plugger, _ = make(tmp_path, [])
     assert [e["mac"] for e in plugger.plugged()["interfaces"]] == [MAC3]
-
-
-def test_vip_without_body_is_a_host_address():
-    assert parse_vip_body("203.0.113.2", None) == PlugSpec(addresses=("203.0.113.2/32",), vips=("203.0.113.2",))
-    assert parse_vip_body("2001:db8::5", {}).addresses == ("2001:db8::5/128",)
-
-
-def test_vip_body_complete():
-    spec = parse_vip_body("203.0.113.2", {
-        "mac_address": "FA:16:3E:00:00:01", "subnet_cidr": "203.0.113.0/24", "gateway": "203.0.113.1",
-        "mtu": 1450, "host_routes": [{"destination": "198.51.100.0/24", "nexthop": "203.0.113.254"}],
-        "additional_vips": [], "is_sriov": False,  # unknown keys are ignored (newer controllers send more)
-    })
-    assert spec == PlugSpec(mac=MAC1, addresses=("203.0.113.2/24",), vips=("203.0.113.2",), mtu=1450,
-                            gateway="203.0.113.1", routes=(Route("198.51.100.0/24", "203.0.113.254"),))
-
-
-def test_vip_body_with_vrrp_ip_leaves_the_vip_to_keepalived():
-    spec = parse_vip_body("203.0.113.2", {"subnet_cidr": "203.0.113.0/24", "vrrp_ip": "203.0.113.9"})
-    assert spec.addresses == ("203.0.113.9/24",) and spec.vips == ("203.0.113.2",)
-
-
-def test_vip_body_nulls_are_absent():
-    assert parse_vip_body("203.0.113.2", {"mac_address": None, "mtu": None, "host_routes": None}) == \
-        parse_vip_body("203.0.113.2", None)
-
-
-@pytest.mark.parametrize("vip, body, field", [
-    ("203.0.113.2", {"mac_address": "fa:16:3e:00:00"}, "mac_address"),
-    ("203.0.113.2", {"mac_address": 12}, "mac_address"),
-    ("203.0.113.2", {"subnet_cidr": "203.0.113.0"}, "subnet_cidr"),
-    ("203.0.113.2", {"subnet_cidr": "203.0.113.0/33"}, "subnet_cidr"),
-    ("203.0.113.2", {"subnet_cidr": "198.51.100.0/24"}, "subnet_cidr"),
-    ("203.0.113.2", {"subnet_cidr": "2001:db8::/64"}, "subnet_cidr"),
-    ("203.0.113.2", {"subnet_cidr": "203.0.113.0/24", "gateway": "nope"}, "gateway"),
-    ("203.0.113.2", {"subnet_cidr": "203.0.113.0/24", "gateway": "198.51.100.1"}, "gateway"),
-    ("203.0.113.2", {"subnet_cidr": "203.0.113.0/24", "gateway": "2001:db8::1"}, "gateway"),
-    ("203.0.113.2", {"gateway": "203.0.113.1"}, "gateway"),
-    ("203.0.113.2", {"mtu": "1500"}, "mtu"),
-    ("203.0.113.2", {"mtu": True}, "mtu"),
-    ("203.0.113.2", {"mtu": 10}, "mtu"),
-    ("203.0.113.2", {"mtu": 70000}, "mtu"),
-    ("2001:db8::5", {"mtu": 1000}, "mtu"),
-    ("203.0.113.2", {"host_routes": {}}, "host_routes"),
-    ("203.0.113.2", {"vrrp_ip": "x"}, "vrrp_ip"),
-    ("203.0.113.2", {"vrrp_ip": "2001:db8::9"}, "vrrp_ip"),
-    ("203.0.113.2", {"vrrp_ip": "203.0.113.2"}, "vrrp_ip"),
-    ("203.0.113.2", {"subnet_cidr": "203.0.113.0/24", "vrrp_ip": "198.51.100.9"}, "vrrp_ip"),
-    ("203.0.113.2", {"host_routes": ["x"]}, "host_routes[0]"),
-    ("203.0.113.2", {"host_routes": [{"destination": "10.0.0.0/8"}]}, "host_routes[0].nexthop"),
-    ("203.0.113.2", {"host_routes": [{"destination": "10.0.0.0", "nexthop": "10.0.0.1"}]},
-     "host_routes[0].destination"),
-    ("203.0.113.2", {"host_routes": [{"destination": "10.0.0.0/8", "nexthop": "2001:db8::1"}]},
-     "host_routes[0].nexthop"),
-    ("203.0.113.2", {"host_routes": [{"destination": "2001:db8::/64", "nexthop": "2001:db8::1"}]},
-     "host_routes[0]"),
-])
-def test_vip_body_errors_name_the_field(vip, body, field):
-    with pytest.raises(InvalidRequest) as e:
-        parse_vip_body(vip, body)
-    assert e.value.status == 400
-    assert e.value.details.startswith(field + ":"), e.value.details
-
-
-def test_vip_body_must_be_an_object():
-    with pytest.raises(InvalidRequest):
-        parse_vip_body("203.0.113.2", ["mac_address"])
-
-
-def test_network_body():
-    spec = parse_network_body({"mac_address": MAC2, "mtu": 1400, "fixed_ips": [
-        {"ip_address": "10.0.0.5", "subnet_cidr": "10.0.0.0/24",
-         "host_routes": [{"destination": "192.0.2.0/24", "nexthop": "10.0.0.1"}]},
-        {"ip_address": "2001:db8::5", "subnet_cidr": "2001:db8::/64"},
-        {"ip_address": "10.1.0.5"},
-    ]})
-    assert spec == PlugSpec(mac=MAC2, addresses=("10.0.0.5/24", "2001:db8::5/64", "10.1.0.5/32"), mtu=1400,
-                            routes=(Route("192.0.2.0/24", "10.0.0.1"),))
-    assert parse_network_body(None) == PlugSpec()
-
-
-@pytest.mark.parametrize("body, field", [
-    ({"fixed_ips": "10.0.0.5"}, "fixed_ips"),
-    ({"fixed_ips": [1]}, "fixed_ips[0]"),
-    ({"fixed_ips": [{"subnet_cidr": "10.0.0.0/24"}]}, "fixed_ips[0].ip_address"),
-    ({"fixed_ips": [{"ip_address": "10.0.0.5", "subnet_cidr": "10.1.0.0/24"}]}, "fixed_ips[0].subnet_cidr"),
-    ({"fixed_ips": [{"ip_address": "10.0.0.5"}, {"ip_address": "x"}]}, "fixed_ips[1].ip_address"),
-    ({"fixed_ips": [{"ip_address": "2001:db8::5"}], "mtu": 1279}, "mtu"),
-    ({"mac_address": "zz:16:3e:00:00:01"}, "mac_address"),
-])
-def test_network_body_errors_name_the_field(body, field):
-    with pytest.raises(InvalidRequest) as e:
-        parse_network_body(body)
-    assert e.value.details.startswith(field + ":"), e.value.details
 
 
 def test_merge_replaces_prefix_and_never_duplicates():
@@ -354,13 +133,16 @@ class FakeNetlink:
         self.applied.append((link.name, spec))
         return moved
 
+    def withdraw(self, link, addresses):
+        self.applied.append((link.name, "withdraw", tuple(addresses)))
 
-def make(tmp_path, links, namespace=""):
+
+def make(tmp_path, links, namespace="", vip_owner=None):
     config = SimpleNamespace(network=SimpleNamespace(namespace=namespace),
                              agent=SimpleNamespace(state_dir=str(tmp_path)))
     fake = FakeNetlink(links, namespace)
     plugger = NetworkPlugger(config, reactor=None, netlink=fake,
-                             run_blocking=lambda fn, *a: maybeDeferred(fn, *a))
+                             run_blocking=lambda fn, *a: maybeDeferred(fn, *a), vip_owner=vip_owner)
     return plugger, fake
 
 
@@ -547,3 +329,58 @@ def test_netlink_failure_text():
 def test_free_name(name, taken, expected):
     assert free_name(name, taken) == expected
     assert len(expected) <= 15
+
+
+# -- who configures the VIPs: the agent (SINGLE, ACTIVE-ACTIVE) or keepalived (ACTIVE-STANDBY) --
+
+VRRP_BODY = {"mac_address": MAC1, "subnet_cidr": "203.0.113.0/24", "vrrp_ip": "203.0.113.9"}
+
+
+def test_single_topology_configures_the_vip_even_with_a_vrrp_ip(tmp_path):
+    """Every controller since 2016 sends vrrp_ip for every amphora: a SINGLE one still needs its VIP."""
+    owner = SimpleNamespace(keepalived_owns_vips=False)
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1)], vip_owner=owner)
+    result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", VRRP_BODY)))
+    assert fake.applied[-1][1].addresses == ("203.0.113.9/24", "203.0.113.2/32")
+    # what is recorded is the request, not the topology's reading of it
+    assert plugger.plugged()["interfaces"][0]["addresses"] == ["203.0.113.9/24"]
+    assert plugger.vip_interface("203.0.113.2") == "eth1"
+
+
+def test_active_standby_leaves_the_vip_to_keepalived(tmp_path):
+    owner = SimpleNamespace(keepalived_owns_vips=True)
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1)], vip_owner=owner)
+    result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", VRRP_BODY)))
+    assert fake.applied[-1][1].addresses == ("203.0.113.9/24",)
+    # without vrrp_ip the VIP is the port's own address: configured whoever owns VIPs
+    result(plugger.plug_vip("2001:db8::5", parse_vip_body("2001:db8::5", {"mac_address": MAC1})))
+    assert fake.applied[-1][1].addresses == ("203.0.113.9/24", "2001:db8::5/128")
+
+
+def test_sync_hands_the_vips_over_and_restore_follows_the_topology(tmp_path):
+    owner = SimpleNamespace(keepalived_owns_vips=False)
+    plugger, fake = make(tmp_path, [down(3, "eth1", MAC1), down(4, "eth2", MAC2)], vip_owner=owner)
+    result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", VRRP_BODY)))
+    result(plugger.plug_network(parse_network_body({"mac_address": MAC2})))  # no VIPs: never touched
+    owner.keepalived_owns_vips = True
+    assert result(plugger.sync_vips()) is None
+    assert fake.applied[-1] == ("eth1", "withdraw", ("203.0.113.2/32",))
+    owner.keepalived_owns_vips = False
+    result(plugger.sync_vips())
+    assert fake.applied[-1][0] == "eth1" and fake.applied[-1][1].addresses == ("203.0.113.9/24", "203.0.113.2/32")
+    assert len(fake.applied) == 4
+    fake.fail = NetlinkFailure("adding address 203.0.113.2/32 on eth1", OSError(1, "Operation not permitted"))
+    assert result(plugger.sync_vips()) is None  # logged, never raised: the topology change goes on
+    again, fake2 = make(tmp_path, [down(7, "eth1", MAC1)], vip_owner=SimpleNamespace(keepalived_owns_vips=True))
+    result(again.restore())
+    assert fake2.applied == [("eth1", PlugSpec(mac=MAC1, addresses=("203.0.113.9/24",), vips=("203.0.113.2",)))]
+
+
+def test_no_interface_says_so_in_details_too(tmp_path):
+    """Controllers retry a 404 only when its details hold the text (a NIC can appear late)."""
+    plugger, _ = make(tmp_path, [])
+    with pytest.raises(NotFound) as e:
+        result(plugger.plug_vip("203.0.113.2", parse_vip_body("203.0.113.2", {"mac_address": MAC1})))
+    assert e.value.message == "No suitable network interface found"
+    assert e.value.details == f"No suitable network interface found: no interface with MAC address {MAC1}"
+

@@ -1,5 +1,5 @@
-"""The topology state machine with a fake keepalived and a Clock: validation, transitions,
-rollback, the gate, persistence and the live role."""
+"""The topology state machine with a fake keepalived and a Clock: transitions, rollback,
+the gate, persistence and the live role (its request parser: tests/unit/test_requests.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from amphora.errors import InvalidRequest, OperationFailed, TopologyTransitionInProgress
+from amphora.api.requests import parse_topology
+from amphora.errors import OperationFailed, TopologyTransitionInProgress
 from amphora.keepalived import auth_pass
-from amphora.topology import ACTIVE_STANDBY, STATUS_CHANGE, STATUS_OK, Topology, validate
+from amphora.topology import ACTIVE_STANDBY, STATUS_CHANGE, STATUS_OK, Outcome, Topology
 
 SECRET = "b20e06cf1abcf29c708d3b437f4a29892a0921d0"
 AS_ACTIVE = {"topology": "ACTIVE-STANDBY", "role": "ACTIVE", "ha_ip": " 203.0.113.2", "secret": SECRET}
@@ -81,7 +82,7 @@ def topo(tmp_path, fake, clock):
 
 
 def to_active_standby(topo, clock, fake, body=AS_ACTIVE):
-    assert topo.request(dict(body)) == 202
+    assert topo.request(parse_topology(dict(body))) is Outcome.STARTED
     clock.advance(1)
     assert topo.status == STATUS_OK, topo.document()
 
@@ -94,26 +95,26 @@ def test_default_document_is_single_and_active(topo):
 
 
 def test_single_to_active_active_applies_at_once(topo, fake, tmp_path):
-    assert topo.request({"topology": "ACTIVE-ACTIVE"}) == 200
+    assert topo.request(parse_topology({"topology": "ACTIVE-ACTIVE"})) is Outcome.APPLIED
     assert topo.topology == "ACTIVE-ACTIVE" and topo.status == STATUS_OK and topo.active
     assert fake.calls == []
     assert json.load(open(tmp_path / "topology.json"))["topology"] == "ACTIVE-ACTIVE"
 
 
 def test_same_topology_is_a_noop(topo, fake, tmp_path):
-    assert topo.request({"topology": "SINGLE"}) == 200
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.UNCHANGED
     assert not (tmp_path / "topology.json").exists()
     assert fake.calls == []
 
 
 def test_active_standby_is_asynchronous_and_gated(topo, clock, fake, tmp_path):
-    assert topo.request(dict(AS_ACTIVE)) == 202
+    assert topo.request(parse_topology(dict(AS_ACTIVE))) is Outcome.STARTED
     assert topo.status == STATUS_CHANGE
     assert topo.document()["topology"] == ACTIVE_STANDBY
     with pytest.raises(TopologyTransitionInProgress):
         topo.check_gate()
     with pytest.raises(TopologyTransitionInProgress):
-        topo.request({"topology": "SINGLE"})
+        topo.request(parse_topology({"topology": "SINGLE"}))
     assert not (tmp_path / "topology.json").exists()  # stored only once it worked
     clock.advance(0.5)
     assert topo.status == STATUS_OK
@@ -138,7 +139,7 @@ def test_active_standby_is_asynchronous_and_gated(topo, clock, fake, tmp_path):
 
 def test_role_before_any_report_is_the_configured_one(topo, clock, fake):
     fake.report_after_start = None
-    topo.request(dict(AS_STANDBY))
+    topo.request(parse_topology(dict(AS_STANDBY)))
     assert topo.document()["role"] == "STANDBY"
     clock.advance(11)  # let the transition time out (and roll back) before the test ends
     assert topo.topology == "SINGLE"
@@ -146,7 +147,7 @@ def test_role_before_any_report_is_the_configured_one(topo, clock, fake):
 
 def test_timeout_rolls_back(topo, clock, fake, tmp_path):
     fake.report_after_start = None
-    assert topo.request(dict(AS_ACTIVE)) == 202
+    assert topo.request(parse_topology(dict(AS_ACTIVE))) is Outcome.STARTED
     clock.advance(9.9)
     assert topo.status == STATUS_CHANGE
     clock.advance(0.2)
@@ -159,7 +160,7 @@ def test_timeout_rolls_back(topo, clock, fake, tmp_path):
 
 def test_failed_apply_rolls_back_and_shows_last_error(topo, clock, fake):
     fake.fail_apply = "keepalived configuration check failed (exit 5): bad"
-    assert topo.request(dict(AS_ACTIVE)) == 202
+    assert topo.request(parse_topology(dict(AS_ACTIVE))) is Outcome.STARTED
     clock.advance(0)
     doc = topo.document()
     assert doc["topology"] == "SINGLE" and doc["topology_status"] == "OK"
@@ -174,7 +175,7 @@ def test_reconfigure_failure_rolls_back_to_previous_settings(topo, clock, fake):
     to_active_standby(topo, clock, fake)
     first = topo.settings
     fake.fail_apply = "boom"
-    assert topo.request(dict(AS_ACTIVE, ha_ip="203.0.113.9")) == 202
+    assert topo.request(parse_topology(dict(AS_ACTIVE, ha_ip="203.0.113.9"))) is Outcome.STARTED
     clock.advance(0)
     fake.fail_apply = None
     clock.advance(2)
@@ -185,7 +186,7 @@ def test_reconfigure_failure_rolls_back_to_previous_settings(topo, clock, fake):
 
 def test_role_change_reloads_and_settles(topo, clock, fake):
     to_active_standby(topo, clock, fake)
-    assert topo.request(dict(AS_STANDBY)) == 202
+    assert topo.request(parse_topology(dict(AS_STANDBY))) is Outcome.STARTED
     assert topo.status == STATUS_CHANGE
     clock.advance(1.0)
     assert topo.status == STATUS_OK and topo.settings.role == "STANDBY"
@@ -196,7 +197,7 @@ def test_back_to_single_stops_keepalived(topo, clock, fake, tmp_path):
     to_active_standby(topo, clock, fake, AS_STANDBY)
     pending = defer.Deferred()
     fake.stop = lambda: (fake.calls.append(("stop",)), pending)[1]  # keepalived takes its time
-    assert topo.request({"topology": "SINGLE"}) == 202
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.STARTED
     doc = topo.document()
     assert doc["topology"] == "SINGLE" and doc["role"] == "ACTIVE" and doc["topology_status"] == STATUS_CHANGE
     pending.callback(None)
@@ -208,10 +209,10 @@ def test_back_to_single_stops_keepalived(topo, clock, fake, tmp_path):
 def test_same_active_standby_again_is_a_noop(topo, clock, fake):
     to_active_standby(topo, clock, fake)
     calls = len(fake.calls)
-    assert topo.request(dict(AS_ACTIVE, ha_ip="203.0.113.2")) == 200
+    assert topo.request(parse_topology(dict(AS_ACTIVE, ha_ip="203.0.113.2"))) is Outcome.UNCHANGED
     assert len(fake.calls) == calls
     # A different secret is a change, though the response never shows it.
-    assert topo.request(dict(AS_ACTIVE, secret="another secret")) == 202
+    assert topo.request(parse_topology(dict(AS_ACTIVE, secret="another secret"))) is Outcome.STARTED
 
 
 def test_restart_reapplies_the_stored_topology(topo, clock, fake, tmp_path):
@@ -244,55 +245,71 @@ def test_single_restore_only_stops_a_leftover_keepalived(topo, fake):
     assert fake.calls == [("stop_leftover",)] and topo.status == STATUS_OK
 
 
-# -- validation ------------------------------------------------------------------
+# -- who holds the VIPs -------------------------------------------------------------
 
-@pytest.mark.parametrize("body, expected", [
-    ({}, ["topology: required"]),
-    ({"topology": "BAD_TEST_DATA"}, ["Unknown topology: BAD_TEST_DATA"]),
-    ({"topology": "SINGLE", "role": "ACTIVE"}, ["role: only applicable to ACTIVE-STANDBY"]),
-    ({"topology": "ACTIVE-ACTIVE", "ha_ip": "10.0.0.1", "secret": "x"},
-     ["ha_ip: only applicable", "secret: only applicable"]),
-    ({"topology": "ACTIVE-STANDBY"},
-     ["role: required", "ha_ip: required", "secret: required"]),
-    (dict(AS_ACTIVE, role="MASTER"), ["Unknown role: MASTER"]),
-    (dict(AS_ACTIVE, ha_ip="300.1.1.1"), ["ha_ip: not an IP address"]),
-    (dict(AS_ACTIVE, ha_ip="224.0.0.18"), ["ha_ip: not usable"]),
-    (dict(AS_ACTIVE, ha_ip=17), ["ha_ip: not an IP address"]),
-    (dict(AS_ACTIVE, secret=""), ["secret: required"]),
-    (dict(AS_ACTIVE, secret=12345678), ["secret: must be a printable string"]),
-    (dict(AS_ACTIVE, peers="10.0.0.1"), ["peers: must be a list"]),
-    (dict(AS_ACTIVE, peers=["203.0.113.3", "nope", 7, "2001:db8::1", "203.0.113.3", "203.0.113.2"]),
-     ["peers[1]: not an IP address", "peers[2]: not an IP address", "peers[3]: IPv6 peer",
-      "peers[4]: duplicate", "peers[5]: is the ha_ip"]),
-    (dict(AS_ACTIVE, interface="../etc"), ["interface: not an interface name"]),
-    (dict(AS_ACTIVE, interface="a" * 16), ["interface: not an interface name"]),
-    (dict(AS_ACTIVE, virtual_router_id=0), ["virtual_router_id: must be an integer from 1 to 255"]),
-    (dict(AS_ACTIVE, virtual_router_id=True), ["virtual_router_id: must be an integer"]),
-    (dict(AS_ACTIVE, priority=255), ["priority: must be an integer from 1 to 254"]),
-    (dict(AS_ACTIVE, colour="blue"), ["Unknown field: colour"]),
-    ({"topology": "ACTIVE-STANDBY", "role": "BOSS", "ha_ip": "x", "secret": "", "peers": ["y"],
-      "priority": -1},
-     ["Unknown role: BOSS", "ha_ip: not an IP address", "secret: required", "peers[0]", "priority:"]),
-])
-def test_validation_names_every_bad_field(body, expected):
-    with pytest.raises(InvalidRequest) as info:
-        validate(body)
-    assert info.value.message == "Invalid request"
-    for text in expected:
-        assert text in info.value.details, (text, info.value.details)
+class FakeNetwork:
+    """Stands in for the plugger: records each VIP hand-over with what keepalived did then."""
+
+    def __init__(self, topo, fake):
+        self.topo, self.fake, self.syncs = topo, fake, []
+
+    def sync_vips(self):
+        self.syncs.append((self.topo.keepalived_owns_vips, self.fake.running))
+        return defer.succeed(None)
 
 
-def test_validation_never_echoes_the_secret():
-    with pytest.raises(InvalidRequest) as info:
-        validate(dict(AS_ACTIVE, secret="bad\nsecret-value-xyz", ha_ip="nope"))
-    assert "secret-value-xyz" not in info.value.details
+@pytest.fixture
+def network(topo, fake, clock):
+    net = FakeNetwork(topo, fake)
+    topo.attach(fake, clock, 10.0, network=net)
+    return net
 
 
-def test_valid_request_yields_settings():
-    topology, settings = validate(dict(AS_ACTIVE, peers=[" 203.0.113.3"], interface="eth1",
-                                       virtual_router_id=7, priority=120))
-    assert topology == ACTIVE_STANDBY
-    assert settings.ha_ip == "203.0.113.2" and settings.peers == ("203.0.113.3",)
-    assert settings.interface == "eth1" and settings.effective_router_id == 7
-    assert settings.effective_priority == 120 and settings.auth == auth_pass(SECRET)
-    assert validate({"topology": "SINGLE", "role": None, "ha_ip": ""}) == ("SINGLE", None)
+def test_vips_go_to_keepalived_before_it_starts_and_back_after_it_stops(topo, clock, fake, network):
+    assert topo.keepalived_owns_vips is False
+    to_active_standby(topo, clock, fake)
+    assert network.syncs == [(True, False)]  # withdrawn while keepalived was not running yet
+    assert topo.keepalived_owns_vips is True
+    assert topo.request(parse_topology(dict(AS_STANDBY))) is Outcome.STARTED  # a reconfiguration
+    clock.advance(1.0)
+    assert len(network.syncs) == 1  # keepalived keeps them: nothing handed over
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.STARTED
+    assert network.syncs[-1] == (False, False)  # configured by the agent once keepalived stopped
+    assert topo.keepalived_owns_vips is False
+
+
+def test_active_active_keeps_the_vips_with_the_agent(topo, fake, network):
+    assert topo.request(parse_topology({"topology": "ACTIVE-ACTIVE"})) is Outcome.APPLIED
+    assert network.syncs == [] and topo.keepalived_owns_vips is False
+
+
+def test_failed_handover_to_keepalived_gives_the_vips_back(topo, clock, fake, network):
+    fake.fail_apply = "boom"
+    assert topo.request(parse_topology(dict(AS_ACTIVE))) is Outcome.STARTED
+    clock.advance(0)
+    assert topo.topology == "SINGLE"
+    assert network.syncs == [(True, False), (False, False)]
+
+
+def test_timeout_after_the_handover_to_the_agent_takes_the_vips_back(topo, clock, fake, network):
+    to_active_standby(topo, clock, fake)
+    slow = [defer.Deferred()]  # the plugger takes longer than the timeout, once
+    network.sync_vips = lambda: (network.syncs.append((topo.keepalived_owns_vips, fake.running)),
+                                 slow.pop() if slow else defer.succeed(None))[1]
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.STARTED
+    clock.advance(11)
+    assert topo.topology == ACTIVE_STANDBY
+    assert network.syncs == [(True, False), (False, False), (True, False)]
+    assert fake.calls[-1][0] == "apply"
+
+
+def test_failed_return_to_single_takes_the_vips_back_from_the_agent(topo, clock, fake, network):
+    to_active_standby(topo, clock, fake)
+    fake.stop = lambda: defer.fail(OperationFailed("cannot stop"))
+    assert topo.request(parse_topology({"topology": "SINGLE"})) is Outcome.STARTED
+    clock.advance(0)
+    assert topo.topology == ACTIVE_STANDBY and "cannot stop" in topo.last_error
+    # withdrawn before keepalived started; no hand-over on the way back (stop failed first),
+    # so none on the rollback either: keepalived's MASTER keeps its VIPs
+    assert network.syncs == [(True, False)]
+    assert fake.calls[-1][0] == "apply"

@@ -33,7 +33,7 @@ def build_faces(agent, v0_1_resource) -> dict:
     common = {"registry": agent.listeners, "report": report, "gate": agent.topology,
               "amphora_id": config.agent.amphora_id, "max_config_bytes": config.haproxy.max_config_bytes}
     face_1_0 = Face1_0(certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
-                       **common)
+                       plugger=agent.network, **common)
     face_0_5 = Face0_5(v0_1=v0_1_resource, **common)
     from amphora.api.octavia_optional import with_optional  # it imports v1_0's helpers
 

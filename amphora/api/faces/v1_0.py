@@ -11,7 +11,8 @@ controller never mistakes it for an agent that is not up yet.
 from __future__ import annotations
 
 from amphora.api.base import new_app
-from amphora.api.params import read_body
+from amphora.api.params import json_body, read_body
+from amphora.api.requests import V1_0, parse_network_request, parse_vip, parse_vip_request
 from amphora.api.site import render_json
 from amphora.certfiles import check_lb_id, md5_hex
 from amphora.errors import InvalidRequest, NotFound, PayloadTooLarge
@@ -61,9 +62,10 @@ class Face:
 class Face1_0(Face):
     app = new_app()
 
-    def __init__(self, *, certificates, **common):
+    def __init__(self, *, certificates, plugger, **common):
         super().__init__(**common)
         self.certificates = certificates
+        self.plugger = plugger
 
     # -- host ----------------------------------------------------------------------
 
@@ -145,3 +147,26 @@ class Face1_0(Face):
         self.gate.check_gate()
         self.certificates.delete(lb_id, name)
         return render_json(request, {"message": "OK"})
+
+    # -- plug (network): the 1.0 bodies, parsed by amphora.api.requests ---------------
+
+    plug_body_limit = 64 * 1024  # plug bodies are a few hundred bytes
+
+    @app.route("/plug/vip/<ip>", methods=["POST"])
+    def plug_vip(self, request, ip):
+        """Octavia's body (vrrp_ip, mtu, host_routes, additional_vips): in SINGLE the agent
+        holds the VIPs itself, in ACTIVE_STANDBY keepalived does (the plugger's rule)."""
+        self.gate.check_gate()
+        spec = parse_vip_request(V1_0, ip, json_body(request, self.plug_body_limit, required=False))
+        return self._plugged(request, self.plugger.plug_vip(parse_vip(ip), spec))
+
+    @app.route("/plug/network", methods=["POST"])
+    def plug_network(self, request):
+        self.gate.check_gate()
+        spec = parse_network_request(V1_0, json_body(request, self.plug_body_limit, required=False))
+        return self._plugged(request, self.plugger.plug_network(spec))
+
+    @staticmethod
+    def _plugged(request, deferred):
+        return deferred.addCallback(
+            lambda details: render_json(request, {"message": "OK", "details": details}, 202))
