@@ -63,6 +63,19 @@ class FakeRegistry:
         return len(self.configs)
 
 
+class FakePlugger:
+    def __init__(self):
+        self.specs = []
+
+    def plug_vip(self, vip, spec):
+        self.specs.append((vip, spec))
+        return succeed(f"VIP {vip} plugged on interface eth1")
+
+    def plug_network(self, spec):
+        self.specs.append((None, spec))
+        return succeed("Plugged on interface eth2")
+
+
 class Gate:
     topology, status = "SINGLE", "OK"
 
@@ -88,7 +101,7 @@ def face(registry, tmp_path):
     facts = types.SimpleNamespace(hostname="amp", haproxy_version="2.6.12-1+deb12u4", amphora_id=AMPHORA)
     report = HostReport(facts, sampler, Gate(), registry, tuned_profile_path=str(tmp_path / "none"))
     return Face1_0(registry=registry, certificates=CertificateFiles(str(tmp_path / "certs")), report=report,
-                   gate=Gate(), amphora_id=AMPHORA, max_config_bytes=1000)
+                   gate=Gate(), amphora_id=AMPHORA, max_config_bytes=1000, plugger=FakePlugger())
 
 
 @pytest.fixture
@@ -170,3 +183,20 @@ async def test_bad_ids_are_400(http, registry):
         response, body = await call(http, method, path)
         assert response.code == 400, path
     assert registry.calls == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_plug_routes_take_octavia_bodies(http, face):
+    body = {"subnet_cidr": "203.0.113.0/24", "gateway": "203.0.113.1", "mac_address": "fa:16:3e:00:00:01",
+            "vrrp_ip": "203.0.113.5", "mtu": 1500, "host_routes": [], "additional_vips": [], "is_sriov": False}
+    response = await http.post(BASE + "/1.0/plug/vip/203.0.113.10", data=json.dumps(body).encode(),
+                                headers={b"content-type": [b"application/json"]})
+    assert response.code == 202 and (await response.json())["message"] == "OK"
+    assert face.plugger.specs[0][0] == "203.0.113.10"
+    response = await http.post(BASE + "/1.0/plug/vip/203.0.113.10", data=b"{}")
+    assert response.code == 400 and (await response.json())["message"] == "Invalid subnet information"
+    port = {"mac_address": "fa:16:3e:00:00:02", "fixed_ips": [
+        {"ip_address": "198.51.100.5", "subnet_cidr": "198.51.100.0/24", "host_routes": [], "gateway": None}],
+        "mtu": 1500, "is_sriov": False}
+    response = await http.post(BASE + "/1.0/plug/network", data=json.dumps(port).encode())
+    assert response.code == 202 and len(face.plugger.specs) == 2
