@@ -4,7 +4,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 DEV     ?= dev
 PORT    ?= 9443
-DEBS    := haproxy keepalived iproute2 curl systemd
+DEBS    := haproxy keepalived iproute2 curl systemd nftables
 PY      := $(VENV)/bin/python
 # A strict editable install links each file: the stamp names the set of modules, so
 # adding or removing one reinstalls.
@@ -17,7 +17,8 @@ PYTEST_ARGS ?=
 all: test
 
 # Debian packages the agent drives (haproxy, keepalived) and the tests use
-# (ip, curl, systemd-analyze / systemd-tmpfiles for the packaged units).
+# (ip, curl, systemd-analyze / systemd-tmpfiles for the packaged units), nft for
+# the 1.0 interface rules.
 deps:
 	@missing=""; \
 	for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -46,8 +46,10 @@ from amphora.host import HostFacts, HostSampler
 from amphora.keepalived import Keepalived, KeepalivedService
 from amphora.listeners.logs import ListenerLogs
 from amphora.listeners.manager import ListenerManager
+from amphora.lvs import UdpListeners
 from amphora.network import NetworkPlugger
 from amphora.servercert import ContextHolder, ServerCertificate
+from amphora.nftables import InterfaceRules
 from amphora.topology import Topology
 from amphora.vrrp import ControllerVRRP, VipOwnership
 
@@ -104,13 +106,17 @@ class Parts:
     agent_config: AgentConfigUpdates
     addresses: AddressLookup
     vrrp: ControllerVRRP
+    interface_rules: InterfaceRules
+    udp_listeners: UdpListeners
 
     def restore_steps(self) -> list:
         """The start-up sequence, in dependency order: interfaces before the listeners that bind them."""
         return [("host facts", self.facts.load), ("network restore", self.network.restore),
                 # Before the topology: it stops a keepalived it does not use, unless one is running.
                 ("controller VRRP restore", self.vrrp.restore),
-                ("topology restore", self.topology.restore), ("listener restore", self.listeners.restore)]
+                ("topology restore", self.topology.restore), ("listener restore", self.listeners.restore),
+                ("interface rules restore", self.interface_rules.restore),
+                ("UDP listener restore", self.udp_listeners.restore)]
 
 
 def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready, listeners=None,
@@ -148,10 +154,14 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
     addresses = AddressLookup(reactor, config.network.namespace)
     vrrp = ControllerVRRP(config, reactor, keepalived, topology, network)
     network.vip_owner = VipOwnership(topology, vrrp, agent_config)
+    interface_rules = InterfaceRules(config, reactor)  # 1.0 §4.14
+    udp_listeners = UdpListeners(config, reactor)  # 1.0 §4.15
+    udp_listeners.setServiceParent(parent)
     amphora_calls = AmphoraCalls(server_certificate, agent_config, addresses, vrrp,
                                  agent.max_certificate_bytes, config.haproxy.max_config_bytes)
     faces = functools.partial(build_faces, config, facts=facts, sampler=sampler, topology=topology,
-                              listeners=listeners, network=network, amphora=amphora_calls)
+                              listeners=listeners, network=network, amphora=amphora_calls,
+                              interface_rules=interface_rules, udp_listeners=udp_listeners)
     api = AgentAPI(facts=facts, topology=topology, listeners=listeners, certificates=certificates, network=network,
                    logs=logs, sampler=sampler, max_config_bytes=config.haproxy.max_config_bytes, faces=faces,
                    vrrp=vrrp)
@@ -161,7 +171,8 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
                                                         agent.max_certificate_bytes))
     site.access_log = agent.access_log
     return Parts(config, reactor, facts, topology, network, listeners, certificates, logs, sampler, keepalived,
-                 heartbeat, api, site, tls_context, server_certificate, agent_config, addresses, vrrp)
+                 heartbeat, api, site, tls_context, server_certificate, agent_config, addresses, vrrp,
+                 interface_rules, udp_listeners)
 
 
 class AmphoraAgent(MultiService):

@@ -89,6 +89,7 @@ def face_routes(version: str) -> set[tuple[str, str]]:
     from amphora.api.app import AgentAPI
     from amphora.api.faces.v0_5 import Face0_5
     from amphora.api.faces.v1_0 import Face1_0
+    from amphora.api.octavia_optional import OptionalRoutes
 
     if version == "0.5":
         return served_routes(Face0_5.app, "/0.5") - {("/0.5/", "GET"), ("/0.5/", "PUT"), ("/0.5/", "POST"),
@@ -96,7 +97,7 @@ def face_routes(version: str) -> set[tuple[str, str]]:
     discovery = {(rule.rule, method) for rule in AgentAPI.app.url_map.iter_rules()
                  if rule.endpoint.startswith("discovery") for method in rule.methods or ()
                  if method not in ("HEAD", "OPTIONS")}
-    return served_routes(Face1_0.app, "/1.0") | discovery
+    return served_routes(Face1_0.app, "/1.0") | served_routes(OptionalRoutes.app, "/1.0") | discovery
 
 
 def documented_routes(doc: dict | None = None) -> set[tuple[str, str]]:

@@ -79,7 +79,8 @@ class BodyLimits:
 
     # v0.1 and 0.5 (/0.5/listeners/[<amphora>/]<listener>/haproxy), 1.0 (/1.0/loadbalancer/<amphora>/<lb>/haproxy).
     _CONFIG = re.compile(rb"(?:/v0\.1/listeners/[^/?]+|/0\.5/listeners(?:/[^/?]+){1,2}"
-                         rb"|/1\.0/loadbalancer/[^/?]+/[^/?]+)/haproxy/?(\?.*)?")
+                         rb"|/1\.0/loadbalancer/[^/?]+/[^/?]+)/haproxy/?(\?.*)?"
+                         rb"|/1\.0/listeners/[^/?]+/[^/?]+/udp_listener/?(\?.*)?")  # keepalived LVS (amphora.lvs)
     _CERTIFICATE = re.compile(rb"/(?:(?:v0\.1|0\.5)/listeners|1\.0/loadbalancer)/[^/?]+/certificates/.*")
 
     def __init__(self, default: int, config_bytes: int | None = None,

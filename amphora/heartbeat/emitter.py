@@ -172,6 +172,7 @@ class HeartbeatService(Service):
         self.topology = topology
         self.keepalived = keepalived
         self.ready = ready if ready is not None else (lambda: defer.succeed(None))
+        self._serving = False  # the API accepts connections: beats may go
         self.interval = self.settings.interval
         # The largest UDP payload over IPv4 is 65507 bytes: a larger limit would
         # only turn "reduce the beat" into "every send fails with EMSGSIZE".
@@ -208,8 +209,12 @@ class HeartbeatService(Service):
             if controller.address is None:
                 self._resolve(controller)
         ready = self.ready()
-        ready.addCallback(lambda _: self._start_loop())
+        ready.addCallback(lambda _: self._serving_started())
         ready.addErrback(lambda f: log.failure("heartbeat: could not start", f))
+
+    def _serving_started(self):
+        self._serving = True
+        self._start_loop()
 
     def _start_loop(self):
         if not self.running or self.loop is not None:
@@ -252,7 +257,7 @@ class HeartbeatService(Service):
             controller.address = literal_address(controller.host, controller.port)
             if controller.address is None:
                 self._resolve(controller)
-        if self.controllers and getattr(self.agent, "is_ready", True):
+        if self.controllers and self._serving:
             self._start_loop()
         elif not self.controllers:
             log.info("heartbeat: no controllers configured any more, not sending heartbeats")

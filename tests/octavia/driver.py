@@ -324,6 +324,34 @@ def render_1_0():
     emit("build_config", True, result=config)
 
 
+def optional_1_0():
+    """The optional 1.0 calls (spec 4.14, 4.15) as Octavia 19's controller makes them:
+    interface rules through the driver (set_interface_rules, a 404 would become
+    AmpDriverNotImplementedError), then a UDP listener of PARAMS["lb"]: its keepalived
+    configuration rendered by Octavia's LVS template (emitted as build_lvs_config),
+    update_amphora_listeners (upload_udp_config + reload_listener), the client's
+    reload_listener and start_listener again, and the driver's delete of that listener."""
+    from octavia.common import constants as c
+
+    driver = _driver()
+    amp = amphora()
+    if PARAMS.get("rules") is not None:
+        attempt("set_interface_rules", driver.set_interface_rules, amp, PARAMS["rules_ip"], PARAMS["rules"])
+    if "lb" not in PARAMS:
+        return
+    lb, amp = load_balancer()
+    listener = next(li for li in lb.listeners if li.protocol in c.LVS_PROTOCOLS)
+    emit("build_lvs_config", True, result=driver.lvs_jinja.build_config(listener=listener))
+    attempt("update_amphora_listeners", driver.update_amphora_listeners, lb, amp)
+    if PARAMS.get("keep_udp"):
+        return
+    amp.api_version = "1.0"
+    client = driver.clients["1.0"]
+    attempt("reload_listener", client.reload_listener, amp, listener.id)
+    attempt("start_listener", client.start_listener, amp, listener.id)
+    attempt("delete", driver.delete, listener)
+
+
 def routes_0_5():
     """Every method of the release's AmphoraAPIClient (API 0.5) once: 4.0.0's or 0.5.2's."""
     from octavia.amphorae.drivers.haproxy import rest_api_driver as rad

@@ -219,8 +219,11 @@ def test_heartbeat_reconfigure_sends_at_once_to_the_new_address_with_the_new_key
     reactor = FakeReactor()
     config = SimpleNamespace(agent=SimpleNamespace(amphora_id=AMP, state_dir=str(tmp_path)),
                              heartbeat=HeartbeatSection(controllers=(("127.0.0.1", 1),), interval=10.0, key="old"))
-    service = HeartbeatService(SimpleNamespace(config=config, listeners=None, topology=None, keepalived=None),
-                               reactor)
+    from amphora.testing import FakeKeepalived, FakeListeners
+
+    service = HeartbeatService(reactor, config.heartbeat, amphora_id=AMP, state_dir=str(tmp_path),
+                               listeners=FakeListeners(), keepalived=FakeKeepalived(),
+                               topology=SimpleNamespace(topology=None, role=None, status=None))
     service.startService()
     assert [to for _, to in reactor.sent] == [("127.0.0.1", 1)]
     service.reconfigure((("127.0.0.1", 2),), 2.0, "new")

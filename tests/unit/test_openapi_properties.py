@@ -53,9 +53,19 @@ class _Topology:
         return Outcome.APPLIED
 
 
+class _NoControllerVRRP:
+    """No controller drives keepalived: /v0.1/topology is the topology's own."""
+
+    def check_v0_1(self):
+        pass
+
+    def topology_document(self):
+        return None
+
+
 _STUB = StubTreq(AgentAPI(facts=None, topology=_Topology(), listeners=FakeListeners(), certificates=None,
                           network=FakeNetwork(), logs=None, sampler=None, max_config_bytes=0,
-                          faces=lambda v0_1: {}).app.resource())
+                          faces=lambda v0_1: {}, vrrp=_NoControllerVRRP()).app.resource())
 
 
 def call(method: str, path: str, body) -> tuple[int, object]:

@@ -29,13 +29,20 @@ install(Face0_5.app)
 DISCOVERY = {"api_version": "1.0"}
 
 
-def build_faces(config, v0_1_resource, *, facts, sampler, topology, listeners, network, amphora) -> dict:
+def build_faces(config, v0_1_resource, *, facts, sampler, topology, listeners, network, amphora,
+                interface_rules=None, udp_listeners=None) -> dict:
     """The mounted resources of the Octavia faces, keyed by their path prefix."""
     report = HostReport(facts, sampler, topology, listeners, config.network.namespace)
+    report.udp = udp_listeners
     common = {"registry": listeners, "report": report, "gate": topology,
               "amphora_id": config.agent.amphora_id, "max_config_bytes": config.haproxy.max_config_bytes}
     face_1_0 = Face1_0(certificates=CertificateFiles(config.octavia.cert_dir, config.agent.max_certificate_bytes),
                        plugger=network, **common)
     face_0_5 = Face0_5(v0_1=v0_1_resource, **common)
     face_1_0.amphora = face_0_5.amphora = amphora
-    return {"1.0": face_1_0.app.resource(), "0.5": face_0_5.app.resource()}
+    from amphora.api.octavia_optional import with_optional  # it imports v1_0's helpers
+
+    resource_1_0 = with_optional(face_1_0.app.resource(), rules=interface_rules, udp=udp_listeners,
+                                 gate=topology, amphora_id=config.agent.amphora_id,
+                                 max_config_bytes=config.haproxy.max_config_bytes)  # §4.14, §4.15
+    return {"1.0": resource_1_0, "0.5": face_0_5.app.resource()}

@@ -25,6 +25,8 @@ def without_epoch(version: str) -> str:
 class HostReport:
     """Builds the Octavia faces' host documents from the agent's collaborators."""
 
+    udp = None  # amphora.lvs.UdpListeners, set by build_faces when the agent has one
+
     def __init__(self, facts, sampler, topology, registry, namespace: str = "",
                  tuned_profile_path: str = TUNED_ACTIVE_PROFILE):
         self.facts = facts
@@ -95,7 +97,7 @@ class HostReport:
     def details(self, api_version: str, frontends: list[dict]) -> dict:
         sampler = self.sampler
         memory = sampler.memory
-        return {
+        document = {
             **self.info(api_version),
             "networks": self.networks(),
             "active": True,
@@ -114,3 +116,8 @@ class HostReport:
             "packages": self._versions(),
             "lvs_listener_process_count": 0,
         }
+        if self.udp is not None:  # amphora.lvs: ip_vs, the LVS keepalived count, UDP listener ids
+            extra = self.udp.details()
+            document["listeners"] = sorted(set(document["listeners"]) | set(extra.pop("udp_listeners")))
+            document.update(extra)
+        return document
