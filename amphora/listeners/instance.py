@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 from twisted.internet.defer import DeferredLock, fail, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
@@ -32,6 +33,9 @@ from amphora.process import RUNNING, ProcessFailed, SupervisedProcess
 from amphora.process import STOPPED as PROC_STOPPED
 
 log = Logger()
+
+# How long a master that refuses its CLI (re-executing after a reload) is asked again.
+MASTER_CLI_GRACE = 1.0
 
 ACTIVE = "ACTIVE"
 STATUS_STOPPED = "STOPPED"
@@ -378,18 +382,29 @@ class HaproxyInstance:
 
     @inlineCallbacks
     def _show_proc(self, proc, message=None):
-        try:
-            info = yield self.owner.haproxy.show_proc(self.files.master_socket, timeout=2.0)
-        except Exception as e:
-            raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}", message=message)
-        return info
+        # Just after a reload the re-executing master refuses its CLI for up to ~100 ms
+        # while the new worker already serves (the reload was confirmed on the stats
+        # socket): ask again for a moment before calling it unanswered.
+        haproxy = self.owner.haproxy
+        deadline = haproxy.reactor.seconds() + MASTER_CLI_GRACE
+        while True:
+            try:
+                info = yield haproxy.show_proc(self.files.master_socket, timeout=2.0)
+                return info
+            except Exception as e:
+                if haproxy.reactor.seconds() >= deadline or proc.pid is None:
+                    raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}", message=message)
+            yield deferLater(haproxy.reactor, 0.02, lambda: None)
 
     @inlineCallbacks
     def _signal_reload(self, proc: SupervisedProcess, before=None, on_worker=None):
         if before is None:
             before = yield self._show_proc(proc)
         worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout(),
-                                                 stats_socket=self.files.stats_socket, on_worker=on_worker)
+                                                 # Saved server states go to the new worker through the
+                                                 # master CLI before the reload counts as done: confirm there.
+                                                 stats_socket=None if on_worker else self.files.stats_socket,
+                                                 on_worker=on_worker)
         return worker
 
     # -- delete ---------------------------------------------------------------------------------
