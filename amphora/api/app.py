@@ -20,7 +20,7 @@ from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
 from amphora.api.params import gated, json_body, listener_id, read_body
 from amphora.api.requests import V0_1, parse_lines, parse_network_request, parse_topology, parse_vip, parse_vip_request
-from amphora.api.site import render_json
+from amphora.api.site import render_accepted, render_json
 from amphora.certificates import check_name
 from amphora.errors import InvalidRequest, InvalidVIP, ListenerNotFound, NotFound, PayloadTooLarge
 from amphora.topology import Outcome
@@ -224,7 +224,7 @@ class AgentAPI:
     def plug_vip(self, request, ip):
         vip = parse_vip(ip)  # before the body: a bad VIP is "Invalid VIP" whatever the body
         spec = parse_vip_request(V0_1, vip, json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.network.plug_vip(vip, spec))
+        return render_accepted(request, self.network.plug_vip(vip, spec))
 
     @app.route(V + "/plug/vip/<rest:rest>", methods=["POST"], endpoint="plug_vip_fallback")
     @gated
@@ -244,12 +244,8 @@ class AgentAPI:
     @gated
     def plug_network(self, request):
         spec = parse_network_request(V0_1, json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.network.plug_network(spec))
+        return render_accepted(request, self.network.plug_network(spec))
 
-    @staticmethod
-    def _plugged(request, deferred):
-        return deferred.addCallback(
-            lambda details: render_json(request, {"message": "OK", "details": details}, 202))
 
     # -- operators ------------------------------------------------------------
 

@@ -57,6 +57,11 @@ def render_json(request, obj, code: int = 200) -> bytes:
     return json.dumps(obj).encode()
 
 
+def render_accepted(request, deferred):
+    """202 ``{"message": "OK", "details": <what deferred fires with>}``: the plug routes of every face."""
+    return deferred.addCallback(lambda details: render_json(request, {"message": "OK", "details": details}, 202))
+
+
 def render_error(request, error: AgentError) -> bytes:
     return render_json(request, error.body(), error.status)
 

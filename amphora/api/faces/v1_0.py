@@ -13,7 +13,7 @@ from __future__ import annotations
 from amphora.api.base import new_app
 from amphora.api.params import json_body, read_body
 from amphora.api.requests import V1_0, parse_network_request, parse_vip, parse_vip_request
-from amphora.api.site import render_json
+from amphora.api.site import render_accepted, render_json
 from amphora.certfiles import check_lb_id, md5_hex
 from amphora.errors import InvalidRequest, NotFound, PayloadTooLarge
 
@@ -158,15 +158,11 @@ class Face1_0(Face):
         holds the VIPs itself, in ACTIVE_STANDBY keepalived does (the plugger's rule)."""
         self.gate.check_gate()
         spec = parse_vip_request(V1_0, ip, json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.plugger.plug_vip(parse_vip(ip), spec))
+        return render_accepted(request, self.plugger.plug_vip(parse_vip(ip), spec))
 
     @app.route("/plug/network", methods=["POST"])
     def plug_network(self, request):
         self.gate.check_gate()
         spec = parse_network_request(V1_0, json_body(request, self.plug_body_limit, required=False))
-        return self._plugged(request, self.plugger.plug_network(spec))
+        return render_accepted(request, self.plugger.plug_network(spec))
 
-    @staticmethod
-    def _plugged(request, deferred):
-        return deferred.addCallback(
-            lambda details: render_json(request, {"message": "OK", "details": details}, 202))
