@@ -59,8 +59,18 @@ _PORT = re.compile(rb"[0-9]{1,5}")
 
 def host_problem(value: bytes | None) -> str | None:
     """Why a ``Host`` header value is unusable, or None (absent is fine: HTTP/1.0)."""
-    if value is None:
+    if value is None or value in _GOOD_HOSTS:
         return None
+    problem = _host_problem(value)
+    if problem is None and len(_GOOD_HOSTS) < 64:
+        _GOOD_HOSTS.add(value)  # clients send the same few Host values again and again
+    return problem
+
+
+_GOOD_HOSTS: set[bytes] = set()
+
+
+def _host_problem(value: bytes) -> str | None:
     host, sep, port = value.rpartition(b":") if not value.endswith(b"]") else (value, b"", b"")
     if not sep:
         host = value
@@ -105,15 +115,12 @@ class AgentChannel(HTTPChannel):
 
     _refused = False
     _body_call = None
-    _line_kind = "request line"
+    _last_line = b""
 
     # -- Twisted's own refusals, in our shape -------------------------------------------
 
     def lineReceived(self, line):
-        # Twisted sets _command once the request line is parsed and drops it when
-        # the request is complete: before that, the line is a request line.
-        self._line_kind = "header line" if hasattr(self, "_command") else "request line"
-        self._last_line = line
+        self._last_line = line  # what a malformed request line is quoted as
         return super().lineReceived(line)
 
     def lineLengthExceeded(self, line):
@@ -127,10 +134,12 @@ class AgentChannel(HTTPChannel):
             self.refuse(HeadersTooLarge(f"more than {self.maxHeaders} header fields"))
         elif self._receivedHeaderSize > self.totalHeadersSize:
             self.refuse(HeadersTooLarge(f"the request line and headers exceed {self.totalHeadersSize} bytes"))
-        elif self._line_kind == "request line" and not hasattr(self, "_command"):
+        elif not hasattr(self, "_command"):
+            # Twisted sets _command once a request line is parsed (and drops it when the
+            # request is complete): without it, the line refused was a request line.
             self.refuse(InvalidRequest(
                 "malformed request line: expected METHOD SP /path SP HTTP/1.1 (or HTTP/1.0), got "
-                f"{text(getattr(self, '_last_line', b''))!r}"))
+                f"{text(self._last_line)!r}"))
         elif self.requests and getattr(self.requests[-1], "method", None) is not None:
             self.refuse(InvalidRequest("malformed request body (form data)"))
         else:

@@ -51,10 +51,19 @@ class ErrorResource(Resource):
         return render_error(request, self.error)
 
 
+_encode = json.JSONEncoder(check_circular=False).encode  # our documents never refer to themselves
+_JSON = [b"application/json"]
+
+
 def render_json(request, obj, code: int = 200) -> bytes:
+    """``obj`` as the JSON answer, with its length: Twisted then writes it in one piece
+    rather than as chunks (cheaper for both ends, see bench/request_path.py)."""
+    body = _encode(obj).encode()
     request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(obj).encode()
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"content-type", _JSON)
+    headers.setRawHeaders(b"content-length", [b"%d" % len(body)])
+    return body
 
 
 def render_accepted(request, deferred):
@@ -233,11 +242,13 @@ class AgentSite(Site):
             request.channel.persistent = False
             request.setHeader(b"connection", b"close")
             return ErrorResource(InvalidRequest(problem))
-        try:
-            unquote_to_bytes(request.path).decode("utf-8")
-        except UnicodeDecodeError:
-            # Klein would answer this with an HTML page; keep the one error shape.
-            return ErrorResource(InvalidRequest("the URL path is not valid UTF-8 once percent-decoded"))
+        path = request.path
+        if b"%" in path or not path.isascii():  # a plain ASCII path is valid UTF-8 as it is
+            try:
+                unquote_to_bytes(path).decode("utf-8")
+            except UnicodeDecodeError:
+                # Klein would answer this with an HTML page; keep the one error shape.
+                return ErrorResource(InvalidRequest("the URL path is not valid UTF-8 once percent-decoded"))
         if request.body_too_large:
             return ErrorResource(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
         return super().getResourceFor(request)
