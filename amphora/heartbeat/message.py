@@ -66,8 +66,10 @@ def member_status(member: pools.Member) -> str:
 
 def pool_entry(pool: pools.Pool) -> dict:
     """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members)."""
+    # member_status(m) of each member, inlined (thousands of them per beat).
     return {"status": "DOWN" if pool.down else "UP",
-            "members": {m.name: member_status(m) for m in pool.members}}
+            "members": {name: (raw or UNKNOWN) if raw != "UP" else "DRAIN" if weight.strip() == "0" else raw
+                        for name, raw, weight in pool.members}}
 
 
 @dataclass
