@@ -253,7 +253,9 @@ def _layout(message: dict, keep_first: list[str]):
     """``message`` as the pieces :func:`packing.fit` takes, pools in the order ``keep_first``.
 
     The pieces joined are ``encode_body`` of ``_stripped(message, ...)`` with
-    the pools in that order (the same bytes, so the same packet).
+    the pools in that order (the same bytes, so the same packet). A pool in
+    full is encoded only if the fitting pass reaches it: past the limit, an
+    oversize beat's pools are not (nor compressed).
     """
     token = uuid.uuid4().hex
     text = envelope.encode_body(dict(message, pools=token))
@@ -263,12 +265,11 @@ def _layout(message: dict, keep_first: list[str]):
     def suffix(k: int) -> bytes:
         return close if k == 0 else close[:-1] + b',"members_omitted":%d}' % k
 
-    full, stripped = [], []
+    starts, stripped = [], []
     for i, name in enumerate(keep_first):
-        pool = message["pools"][name]
-        start = (b"," if i else b"") + envelope.encode_body(name) + b":"
-        full.append(start + envelope.encode_body(pool))
-        stripped.append(start + envelope.encode_body({"status": pool["status"], "members": {}}))
+        starts.append((b"," if i else b"") + envelope.encode_body(name) + b":")
+        stripped.append(starts[-1] + envelope.encode_body({"status": message["pools"][name]["status"], "members": {}}))
+    full = packing.Lazy(len(keep_first), lambda i: starts[i] + envelope.encode_body(message["pools"][keep_first[i]]))
     return head + b'"pools":{', full, stripped, suffix
 
 

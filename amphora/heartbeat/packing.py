@@ -19,7 +19,7 @@ Pure (no I/O), so it runs in the emitter's thread like the rest of the beat.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from amphora.heartbeat import envelope
 
@@ -35,6 +35,23 @@ SLACK = 0.01
 def _bound(raw: int) -> int:
     """The largest packet ``raw`` bytes of JSON can make (zlib's compressBound, plus the HMAC)."""
     return raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13 + envelope.HEX_DIGEST_LEN
+
+
+class Lazy:
+    """A sequence of ``length`` items, item ``i`` being ``make(i)``, made when first asked for."""
+
+    def __init__(self, length: int, make: Callable[[int], bytes]):
+        self.items: list[bytes | None] = [None] * length
+        self.make = make
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> bytes:
+        item = self.items[i]
+        if item is None:
+            item = self.items[i] = self.make(i)
+        return item
 
 
 class _Stream:
@@ -57,7 +74,7 @@ class _Stream:
         return b"".join(self.chunks) + self.compressor.flush()
 
 
-def fit(prefix: bytes, full: list[bytes], stripped: list[bytes], suffix: Callable[[int], bytes],
+def fit(prefix: bytes, full: Sequence[bytes], stripped: list[bytes], suffix: Callable[[int], bytes],
         strippable: int, key: str | bytes, limit: int, measure: bool = True,
         watch: bool | None = None) -> tuple[bytes | None, tuple[int, bytes] | None]:
     """``(full packet, (k, packet) | None)``.
@@ -93,14 +110,18 @@ def fit(prefix: bytes, full: list[bytes], stripped: list[bytes], suffix: Callabl
     # entries a packet could hold if the beat compressed RATIO_GUESS to one, not one per
     # entry: a copy is a few hundred kilobytes of fresh memory (a tenth of a millisecond),
     # and most of those made at a stride of 1 were thrown away when it doubled.
+    # (Entries in full are read in order and only as far as needed: ``full`` may be Lazy.)
+    known = 0   # entries read to tell whether the beat might not fit
     if watch is None:
-        watch = _bound(len(prefix) + sum(map(len, full)) + len(suffix(0))) > limit
+        raw = len(prefix) + len(suffix(0))
+        while known < n and _bound(raw) <= limit:
+            raw += len(full[known])
+            known += 1
+        watch = _bound(raw) > limit
     marks: list[tuple[int, _Stream]] = []
-    fed = len(prefix) + sum(map(len, full[:first]))   # bytes fed to the stream
-    reach, entries = fed, 0
-    while first + entries < n and reach <= limit * RATIO_GUESS:
-        reach += len(full[first + entries])
-        entries += 1
+    fed = len(prefix) + sum(len(full[i]) for i in range(first))   # bytes fed to the stream
+    typical = sum(len(full[i]) for i in range(known)) / known if known else len(full[first]) if first < n else 1
+    entries = min(n - first, max(0, int((limit * RATIO_GUESS - fed) / max(typical, 1))))
     stride, beyond = max(1, entries // CHECKPOINTS), None   # beyond: the first position known not to fit
     # The compressor emits its output a block (tens of kilobytes of input) at a time, so its
     # bytes so far pass the limit well after the packet does. Where the packet's estimated
