@@ -215,8 +215,8 @@ def _smallest_fitting(weights: list[int], first: int, limit: int, packet_of) -> 
     ``packet_of(k)`` is assumed to shrink as k grows, roughly in proportion
     to the cumulative ``weights`` (members or pools removed); ``first`` is
     the size at k = 0. Interpolation on that proportion usually lands next
-    to the answer in two or three compressions (each one costs milliseconds
-    at level 9); a step that does not halve the interval is followed by a
+    to the answer in two or three compressions (each one costs milliseconds);
+    a step that does not halve the interval is followed by a
     bisection step, so the worst case stays logarithmic.
     """
     n = len(weights)
