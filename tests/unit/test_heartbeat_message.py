@@ -228,7 +228,8 @@ class CountingCompressor:
 
     def __init__(self, fed, inner=None):
         import zlib
-        self.fed, self.inner = fed, inner or zlib.compressobj(envelope.COMPRESS_LEVEL)
+        self.fed, self.inner = fed, inner or zlib.compressobj(envelope.COMPRESS_LEVEL, zlib.DEFLATED,
+                                                                envelope.COMPRESS_WBITS)
 
     def compress(self, data):
         self.fed.append(len(data))
