@@ -8,11 +8,11 @@ their members come last, in the order they would lose them backwards; then
 "the first ``m`` pools in full, the rest stripped" is one common prefix plus a
 short tail, for every ``m``. One pass compresses the whole beat (its full size
 is reported) and keeps a few copies of the compressor along the way
-(``zlib``'s ``copy()``: a few hundred kilobytes each, at most
+(``zlib``'s ``copy()``: over a hundred kilobytes each, at most
 ``CHECKPOINTS + 1`` at once); each guess then only compresses its tail from
 the nearest copy. The packets are byte for byte what ``envelope.wrap`` gives
 for the same body: a compressor fed piece by piece emits what one
-``zlib.compress`` of the whole emits (at ``envelope.COMPRESS_LEVEL``).
+``zlib.compress`` of the whole emits (with ``envelope``'s settings).
 
 Pure (no I/O), so it runs in the emitter's thread like the rest of the beat.
 """
@@ -108,7 +108,7 @@ def fit(prefix: bytes, full: Sequence[bytes], stripped: list[bytes], suffix: Cal
     # far, a lower bound, still fit): at every stride-th entry, the stride doubling to keep
     # at most CHECKPOINTS of them. The first stride spreads CHECKPOINTS copies over the
     # entries a packet could hold if the beat compressed RATIO_GUESS to one, not one per
-    # entry: a copy is a few hundred kilobytes of fresh memory (a tenth of a millisecond),
+    # entry: a copy is over a hundred kilobytes of fresh memory (up to a tenth of a ms),
     # and most of those made at a stride of 1 were thrown away when it doubled.
     # (Entries in full are read in order and only as far as needed: ``full`` may be Lazy.)
     known = 0   # entries read to tell whether the beat might not fit
