@@ -7,12 +7,16 @@ kills it by pid; the listener registry's fake is ``amphora.testing.FakeListeners
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
 import uuid
+import zlib
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -46,6 +50,16 @@ def synthetic_csv(listener: str, pools: dict[str, dict[str, str]], suffix=True, 
         any_up = any(s in ("UP", "DRAIN", "no check") for s in members.values()) or not members
         lines.append(backend_line(backend, "UP" if any_up else "DOWN"))
     return "\n".join(lines) + "\n"
+
+
+def octavia_unwrap(packet: bytes, key: str):
+    """What Octavia's health manager does with a packet (status_message.unwrap_envelope, hex
+    digest, then decode_obj): HMAC over the compressed bytes, zlib.decompress, json.loads.
+    Nothing in it depends on the compression level."""
+    payload, expected = packet[:-64], packet[-64:]
+    calculated = hmac.new(key.encode("utf-8"), payload, hashlib.sha256).hexdigest().encode()
+    assert hmac.compare_digest(expected, calculated)
+    return json.loads(zlib.decompress(payload).decode("utf-8"))
 
 
 def uuids(n: int) -> list[str]:

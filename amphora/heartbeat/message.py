@@ -66,8 +66,10 @@ def member_status(member: pools.Member) -> str:
 
 def pool_entry(pool: pools.Pool) -> dict:
     """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members)."""
+    # member_status(m) of each member, inlined (thousands of them per beat).
     return {"status": "DOWN" if pool.down else "UP",
-            "members": {m.name: member_status(m) for m in pool.members}}
+            "members": {name: (raw or UNKNOWN) if raw != "UP" else "DRAIN" if weight.strip() == "0" else raw
+                        for name, raw, weight in pool.members}}
 
 
 @dataclass
@@ -213,8 +215,8 @@ def _smallest_fitting(weights: list[int], first: int, limit: int, packet_of) -> 
     ``packet_of(k)`` is assumed to shrink as k grows, roughly in proportion
     to the cumulative ``weights`` (members or pools removed); ``first`` is
     the size at k = 0. Interpolation on that proportion usually lands next
-    to the answer in two or three compressions (each one costs milliseconds
-    at level 9); a step that does not halve the interval is followed by a
+    to the answer in two or three compressions (each one costs milliseconds);
+    a step that does not halve the interval is followed by a
     bisection step, so the worst case stays logarithmic.
     """
     n = len(weights)
@@ -251,7 +253,9 @@ def _layout(message: dict, keep_first: list[str]):
     """``message`` as the pieces :func:`packing.fit` takes, pools in the order ``keep_first``.
 
     The pieces joined are ``encode_body`` of ``_stripped(message, ...)`` with
-    the pools in that order (the same bytes, so the same packet).
+    the pools in that order (the same bytes, so the same packet). A pool in
+    full is encoded only if the fitting pass reaches it: past the limit, an
+    oversize beat's pools are not (nor compressed).
     """
     token = uuid.uuid4().hex
     text = envelope.encode_body(dict(message, pools=token))
@@ -261,12 +265,11 @@ def _layout(message: dict, keep_first: list[str]):
     def suffix(k: int) -> bytes:
         return close if k == 0 else close[:-1] + b',"members_omitted":%d}' % k
 
-    full, stripped = [], []
+    starts, stripped = [], []
     for i, name in enumerate(keep_first):
-        pool = message["pools"][name]
-        start = (b"," if i else b"") + envelope.encode_body(name) + b":"
-        full.append(start + envelope.encode_body(pool))
-        stripped.append(start + envelope.encode_body({"status": pool["status"], "members": {}}))
+        starts.append((b"," if i else b"") + envelope.encode_body(name) + b":")
+        stripped.append(starts[-1] + envelope.encode_body({"status": message["pools"][name]["status"], "members": {}}))
+    full = packing.Lazy(len(keep_first), lambda i: starts[i] + envelope.encode_body(message["pools"][keep_first[i]]))
     return head + b'"pools":{', full, stripped, suffix
 
 

@@ -21,6 +21,7 @@ Rules (DESIGN.md section 4, Octavia's health daemon):
 
 from __future__ import annotations
 
+import operator
 import uuid as uuid_module
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -127,16 +128,25 @@ def is_pool(backend_name: str) -> bool:
 
 
 def model(rows: list[dict]) -> Stats:
-    """The one reading of a ``show stat`` answer (rows from ``stats.parse_show_stat``)."""
+    """The one reading of a ``show stat`` answer (rows from ``stats.parse_show_stat``).
+
+    The heartbeat reads thousands of server rows per beat: the loop reads a
+    row's columns in one ``itemgetter`` call and builds each :class:`Member`
+    with ``tuple.__new__``.
+    """
     frontends: list[dict] = []
     pools: dict[str, Pool | None] = {}   # backend name -> its pool, None when it is not one
     for row in rows:
-        px, sv = row.get("pxname", ""), row.get("svname", "")
+        try:
+            px, sv, kind, status, weight = _FIELDS(row)
+        except KeyError:   # rows parsed without some of COLUMNS, or the answer had not all of them
+            px, sv, kind = row.get("pxname", ""), row.get("svname", ""), row.get("type")
+            status, weight = row.get("status"), row.get("weight")
         if sv == "FRONTEND":
             if px and not internal(px):
                 frontends.append(row)
             continue
-        if row.get("type") not in (None, "", "1", "2"):
+        if kind not in _POOL_ROW_TYPES:
             continue  # 0=frontend 1=backend 2=server 3=listener socket
         pool = pools.get(px, False)
         if pool is False:   # the first row of this backend decides (a name check costs microseconds)
@@ -144,10 +154,15 @@ def model(rows: list[dict]) -> Stats:
         if pool is None:
             continue
         if sv == "BACKEND":
-            pool.raw = (row.get("status") or "").strip()
+            pool.raw = (status or "").strip()
         else:
-            pool.members.append(Member(sv, (row.get("status") or "").strip(), row.get("weight") or ""))
+            pool.members.append(_new_member(Member, (sv, (status or "").strip(), weight or "")))
     return Stats(frontends, [pool for pool in pools.values() if pool is not None])
+
+
+_FIELDS = operator.itemgetter("pxname", "svname", "type", "status", "weight")
+_POOL_ROW_TYPES = frozenset((None, "", "1", "2"))
+_new_member = tuple.__new__   # Member(...) without its Python-level __new__
 
 
 def pools_document(rows: list[dict]) -> list[dict]:

@@ -8,12 +8,13 @@ import zlib
 import pytest
 
 from amphora.heartbeat import envelope
+from tests.heartbeat_support import octavia_unwrap
 
 KEY = "amphora-test-key"
 BODY = {"id": "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce", "seq": 7, "ver": 3, "listeners": {}, "pools": {}}
-# Computed once, by hand, with Python's hmac/zlib (zlib 1.2.13) from the compact JSON of BODY.
+# Computed once, by hand, with Python's hmac/zlib (zlib 1.2.13, level 9, wbits 11) from the compact JSON of BODY.
 COMPACT_JSON = b'{"id":"6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce","seq":7,"ver":3,"listeners":{},"pools":{}}'
-COMPACT_HMAC = b"03c5e7f7beffb03dd1f18859575b5543e6e9530711178eb3926ba84792f31b7e"
+COMPACT_HMAC = b"69c66d48e705e21e7080514ff4b30c35e6f7dd1adc047c39cf46ad4f56c49150"
 # A packet exactly as OpenStack Octavia's amphora agent builds it (jsonutils.dumps keeps the
 # default ", " / ": " separators): a literal, so this vector does not depend on our encoder
 # or on the local zlib's output.
@@ -27,11 +28,20 @@ def test_known_answer_hmac_of_fixed_body():
     assert envelope.encode_body(BODY) == COMPACT_JSON
     packet = envelope.wrap(BODY, KEY)
     payload, mac = packet[:-64], packet[-64:]
-    # Independently: the payload is zlib level 9 of the JSON, the tail the hex HMAC-SHA256 of it.
-    assert payload == zlib.compress(COMPACT_JSON, 9)
+    # Independently: the payload is zlib (level 9, a 2 KB window) of the JSON, the tail the hex
+    # HMAC-SHA256 of it.
+    assert (envelope.COMPRESS_LEVEL, envelope.COMPRESS_WBITS) == (9, 11)
+    assert payload == zlib.compress(COMPACT_JSON, 9, 11)
     assert mac == hmac.new(KEY.encode(), payload, hashlib.sha256).hexdigest().encode()
     assert mac == COMPACT_HMAC
     assert len(packet) == len(payload) + 64
+
+
+def test_octavia_reads_our_packets():
+    assert octavia_unwrap(envelope.wrap(BODY, KEY), KEY) == BODY
+    big = dict(BODY, pools={f"p{i}": {"status": "UP", "members": {f"m{j}": "UP" for j in range(50)}}
+                            for i in range(50)})
+    assert octavia_unwrap(envelope.wrap(big, KEY), KEY) == big
 
 
 def test_octavia_built_packet_is_accepted():

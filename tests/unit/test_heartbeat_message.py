@@ -8,7 +8,8 @@ import pytest
 from amphora.heartbeat import envelope
 from amphora.heartbeat import message as msg
 from amphora.listeners.stats import parse_show_stat
-from tests.heartbeat_support import HEADER, backend_line, frontend_line, server_line, synthetic_csv, uuids
+from tests.heartbeat_support import (HEADER, backend_line, frontend_line, octavia_unwrap, server_line, synthetic_csv,
+                                     uuids)
 
 AMP = "6e2bc8a0-2548-4fb7-a5f0-fb1ef4a696ce"
 L1 = "e2dfddc0-5b9e-11e4-8ed6-0800200c9a66"
@@ -172,6 +173,7 @@ def test_oversize_beat_keeps_every_listener_and_pool_status():
     packet, reduction = msg.fit(message, "k", 65000)
     assert len(packet) <= 65000
     body = envelope.unwrap(packet, "k")
+    assert octavia_unwrap(packet, "k") == body   # Octavia's health manager reads it the same
     assert body["listeners"] == message["listeners"]
     assert set(body["pools"]) == set(message["pools"])
     assert all(body["pools"][k]["status"] == p["status"] for k, p in message["pools"].items())
@@ -226,7 +228,8 @@ class CountingCompressor:
 
     def __init__(self, fed, inner=None):
         import zlib
-        self.fed, self.inner = fed, inner or zlib.compressobj(9)
+        self.fed, self.inner = fed, inner or zlib.compressobj(envelope.COMPRESS_LEVEL, zlib.DEFLATED,
+                                                                envelope.COMPRESS_WBITS)
 
     def compress(self, data):
         self.fed.append(len(data))
