@@ -48,6 +48,11 @@ STATS_SOCKET = "stats.sock"
 # Default bound of one ``haproxy -c`` (the listener manager passes [haproxy] start_timeout).
 CHECK_TIMEOUT = 10.0
 MASTER_SOCKET = "master.sock"
+# Reload confirmation: the stats socket is polled every CONFIRM_POLL seconds; the master CLI
+# every MASTER_POLL alone, every MASTER_POLL_BESIDE_STATS beside the stats socket.
+CONFIRM_POLL = 0.002
+MASTER_POLL = 0.01
+MASTER_POLL_BESIDE_STATS = 0.05
 
 
 # -- the agent's own configuration fragment ---------------------------------
@@ -287,23 +292,27 @@ class HAProxy:
     def _confirm_reload(self, proc, master_socket: str, before: ProcInfo, timeout: float,
                         stats_socket: str | None = None):
         proc.signal("USR2")
-        deadline = self.reactor.seconds() + timeout
-        polls = 0
+        start = self.reactor.seconds()
+        deadline = start + timeout
+        master_due = start + (MASTER_POLL_BESIDE_STATS if stats_socket is not None else 0)
         while True:
             # Polling is cheap (UNIX socket round trips); a short period keeps the
-            # confirmation close to the moment the new worker is up. With the stats
-            # socket, the master (only needed for a failure) is asked every 5th time:
-            # haproxy is reloading on the same two cores.
-            yield deferLater(self.reactor, 0.01, lambda: None)
-            polls += 1
+            # confirmation close to the moment the new worker is up (the stats socket
+            # every 2 ms). The master (with the stats socket only needed for a loading
+            # failure) is asked every 10 ms, or every 50 ms beside the stats socket:
+            # haproxy is reloading on the same few cores.
+            yield deferLater(self.reactor, CONFIRM_POLL if stats_socket is not None else MASTER_POLL,
+                             lambda: None)
             if proc.state != RUNNING:
                 raise OperationFailed(f"haproxy pid exited during the reload ({proc.last_exit})")
+            now = self.reactor.seconds()
             if stats_socket is not None:
                 pid = yield self.worker_pid(stats_socket)
                 if pid is not None and pid not in before.all_pids and pid != proc.pid:
                     return pid
-                if polls % 5 and self.reactor.seconds() <= deadline:
+                if now < master_due and now <= deadline:
                     continue
+                master_due = now + MASTER_POLL_BESIDE_STATS
             try:
                 after = yield self.show_proc(master_socket, timeout=1.0)
             except Exception:

@@ -351,9 +351,13 @@ class HaproxyInstance:
         if previous != config:  # an unchanged configuration needs no write (a full state_dir)
             self.files.write_running(config)
         mark = proc.mark()
+        # Saved states to push (members DOWN / MAINT / DRAIN): to the new worker as soon as it
+        # exists, and confirmed on the master CLI; else the stats socket confirms, sooner.
+        push = serverstate.pending(saved, config)
         try:
             worker = yield self._signal_reload(
-                proc, before, on_worker=lambda pid: serverstate.apply_early(self, saved, pid, config))
+                proc, before, on_worker=(lambda pid: serverstate.apply_early(self, saved, pid, config))
+                if push else None)
         except OperationFailed as failure:
             details = failure.details
             log.error("{kind} {lid}: reload failed; returning to the last good configuration",

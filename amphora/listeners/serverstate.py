@@ -98,6 +98,13 @@ def fragment(inst, config: bytes | None) -> str:
     return f"global\n    server-state-file {path}\n"
 
 
+def pending(state: bytes | None, config: bytes) -> list[str]:
+    """The commands ``apply`` would send a new worker for ``config`` (empty: nothing to push)."""
+    if not state or loads_state(config):
+        return []
+    return commands(state)
+
+
 @inlineCallbacks
 def save(inst):
     """``show servers state`` of the running haproxy to its state file (best effort); the text."""
@@ -120,9 +127,7 @@ def save(inst):
 @inlineCallbacks
 def apply(inst, state: bytes | None, worker: int, config: bytes):
     """Give the new ``worker`` the saved states when ``config`` does not load them itself."""
-    if not state or loads_state(config):
-        return
-    todo = commands(state)
+    todo = pending(state, config)
     if not todo:
         return
     line = ";".join(f"@!{worker} {c}" for c in todo) + ";quit"
@@ -142,9 +147,7 @@ def apply(inst, state: bytes | None, worker: int, config: bytes):
 def apply_early(inst, state: bytes | None, worker: int, config: bytes, attempts: int = 50):
     """The same as ``apply`` through the shared stats socket, as soon as the new worker exists
     (before the master CLI answers again): repeated until the new worker itself answered."""
-    if not state or loads_state(config):
-        return
-    todo = commands(state)
+    todo = pending(state, config)
     if not todo:
         return
     line = ";".join(todo) + ";show info"
