@@ -116,12 +116,17 @@ def save(inst):
         state = yield inst.runtime("show servers state", timeout=5.0)
         state = state if isinstance(state, bytes) else state.encode()
         ensure_dir(os.path.dirname(path), 0o755)
-        atomic_write(path, state, 0o600)
+        # under run_dir a runtime file (see atomic_write); a configuration's own file is kept durably
+        atomic_write(path, state, 0o600, durable=not _under(path, inst.files.run_dir))
     except Exception as e:  # noqa: BLE001 - a missing state file only costs the members' history
         log.warn("{kind} {lid}: could not save server state to {path}: {error}", kind=inst.kind, lid=inst.id,
                  path=path, error=e)
         return None
     return state
+
+
+def _under(path: str, directory: str) -> bool:
+    return os.path.abspath(path).startswith(os.path.abspath(directory) + os.sep)
 
 
 @inlineCallbacks
