@@ -73,6 +73,7 @@ class HaproxyInstance:
         self._checked: tuple | None = None  # (check key, haproxy output) of the last check that passed
         self.problem: str | None = None     # why the instance is in ERROR (an unusable state file, ...)
         self._unsaved = False               # the desired state is only in memory (state_dir full)
+        self.unsettled = False              # reloaded; the master has not answered its CLI since
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.id}>"
@@ -318,6 +319,7 @@ class HaproxyInstance:
         pid = proc.pid
         if proc.state == RUNNING:
             yield self.before_stop_or_reload()
+            yield reloading.settle(self, proc)
         yield proc.stop(self.owner.config.haproxy.stop_timeout)
         self.files.clear_run_files()
         log.info("{kind} {lid}: haproxy stopped (pid {pid})", kind=self.kind, lid=self.id, pid=pid)
@@ -360,6 +362,7 @@ class HaproxyInstance:
                     yield self.before_stop_or_reload()
                 except Exception as e:  # noqa: BLE001 - the files go anyway
                     log.warn("{kind} {lid}: {error}", kind=self.kind, lid=self.id, error=e)
+                yield reloading.settle(self, self.proc)
             yield self.proc.stop(self.owner.config.haproxy.stop_timeout)
             self.proc.detach()
         errors = []

@@ -123,6 +123,7 @@ def show_proc(inst, proc, message=None):
     while True:
         try:
             info = yield haproxy.show_proc(inst.files.master_socket, timeout=2.0)
+            inst.unsettled = False
             return info
         except Exception as e:
             if haproxy.reactor.seconds() >= deadline or proc.pid is None:
@@ -146,4 +147,21 @@ def signal_reload(inst, proc, before=None, on_worker=None):
                                              # master CLI before the reload counts as done: confirm there.
                                              stats_socket=None if on_worker else inst.files.stats_socket,
                                              on_worker=on_worker)
+    inst.unsettled = True
     return worker
+
+
+@inlineCallbacks
+def settle(inst, proc):
+    """Before a signal to a master that was reloaded and has not answered its CLI since: wait
+    (bounded, ``show_proc``) until it does. A reload is confirmed by the new worker, while
+    haproxy 2.6's re-executed master is still setting up for 20-50 ms, and a signal it gets then
+    is lost (measured: SIGUSR1 sent as soon as the new worker answered was ignored every time,
+    and the stop waited for its timeout; sent once the master CLI answered, never)."""
+    if not inst.unsettled or proc.state != RUNNING:
+        return
+    try:
+        yield show_proc(inst, proc)
+    except OperationFailed as e:
+        log.warn("{kind} {lid}: {error}; signalling it anyway", kind=inst.kind, lid=inst.id, error=e.details)
+    inst.unsettled = False
