@@ -300,11 +300,10 @@ class HAProxy:
         # The master forks the new worker once it has parsed the configuration and holds
         # the listeners: the worker serves (and answers on the stats socket) within about
         # a millisecond. /proc shows that fork at almost no cost, so the stats socket is
-        # asked as soon as a new child exists (every 2 ms from then on) rather than all
-        # along, which would slow the re-executing master down on a busy machine. Where
-        # /proc lists no children, the stats socket is asked every 10 ms. The master (with
-        # the stats socket only needed for a loading failure) every 50 ms beside the stats
-        # socket, every 10 ms alone.
+        # asked every 2 ms once a new child exists, and only every 10 ms before (in case
+        # /proc lists no children): asking every 2 ms all along slowed the re-executing
+        # master down on a busy machine. The master (with the stats socket only needed for
+        # a loading failure) every 50 ms beside the stats socket, every 10 ms alone.
         known = children(proc.pid) if proc.pid else set()
         proc.signal("USR2")
         start = self.reactor.seconds()
@@ -318,8 +317,8 @@ class HAProxy:
                 raise OperationFailed(f"haproxy pid exited during the reload ({proc.last_exit})")
             now = self.reactor.seconds()
             if stats_socket is not None:
-                forked = bool(children(proc.pid) - known) if known and proc.pid else None
-                if forked or (forked is None and now >= stats_due):
+                forked = bool(known and proc.pid and children(proc.pid) - known)
+                if forked or now >= stats_due:
                     stats_due = now + MASTER_POLL
                     pid = yield self.worker_pid(stats_socket)
                     if pid is not None and pid not in before.all_pids and pid != proc.pid:

@@ -256,7 +256,7 @@ class HaproxyInstance:
             self.prepare(data)
             # the candidate's fsync (before its rename into place) runs while haproxy checks it
             yield reloading.gather(self.owner.haproxy.blocking(self.files.sync_candidate, candidate),
-                         self.check(candidate, "Invalid request", error=InvalidRequest))
+                                   self.check(candidate, "Invalid request", error=InvalidRequest))
         except BaseException:
             self.files.discard_upload(candidate, created and not self.known)
             raise
