@@ -34,30 +34,80 @@ def ensure_dir(path: str, mode: int = 0o755) -> str:
     return path
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path``: temp file in the same directory, fsync, rename, fsync dir."""
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True,
+                 sync_dir: bool = True) -> None:
+    """Write ``data`` to ``path``: temp file in the same directory, fsync, rename, fsync dir.
+
+    The rename alone makes the write atomic for every process (a killed agent
+    leaves the old file or the new one); the fsyncs make it survive a power
+    loss. ``durable=False`` skips them, for runtime files under run_dir (a
+    tmpfs in production; what they describe does not outlive a reboot).
+    ``sync_dir=False`` leaves the directory's fsync to the caller (``fsync_dir``
+    later, before the write is reported done), off a latency-critical path.
+    """
+    rename_staged(stage_write(path, data, mode, durable=durable), path, sync_dir=durable and sync_dir)
+
+
+def stage_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> str:
+    """The first half of ``atomic_write``: a temp file next to ``path`` holding ``data`` (fsynced
+    unless ``durable=False``); its name. ``rename_staged`` puts it in place, or unlink it."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    except BaseException:
         os.close(fd)
-        fd = -1
+        _unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def rename_staged(tmp: str, path: str, sync_dir: bool = True) -> None:
+    """The second half of ``atomic_write``: rename ``tmp`` over ``path`` (and fsync the directory)."""
+    try:
         os.replace(tmp, path)
-        tmp = None
-        fsync_dir(directory)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(os.path.dirname(path) or ".")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def write_new(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` (it must not exist) with ``data``, without fsync: a private staging file
+    that ``fsync_file`` makes durable before it is renamed into place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        _write_all(fd, data)
     finally:
-        if fd >= 0:
-            os.close(fd)
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def atomic_write_json(path: str, obj: Any, mode: int = 0o644) -> None:

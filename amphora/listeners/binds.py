@@ -11,6 +11,7 @@ import errno
 import ipaddress
 import os
 import socket
+import struct
 
 from amphora.listeners.cfgtext import Bind
 
@@ -41,18 +42,55 @@ def listening_sockets(proc: str = "/proc") -> list[tuple[int, str, int, int]]:
         return _listening_sockets_proc(proc)
 
 
-def _listening_sockets_diag() -> list[tuple[int, str, int, int]]:
-    from pyroute2 import DiagSocket
-    from pyroute2.netlink.diag import SS_LISTEN
+# sock_diag (linux/sock_diag.h, linux/inet_diag.h)
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLMSG = struct.Struct("=IHHII")                      # nlmsghdr
+_DIAG_REQ = struct.Struct("=BBBxI4x16s16sI8x")        # inet_diag_req_v2 (sport, dport, dst... zero)
+_DIAG_MSG = struct.Struct("=BBBB2s2x16s16sI8xIIIII")  # inet_diag_msg up to idiag_inode
+_TCP_LISTEN_STATE = 10
 
+
+def _listening_sockets_diag() -> list[tuple[int, str, int, int]]:
+    """One sock_diag dump per family, asked on a plain netlink socket (no library: a dump of a few
+    listening sockets takes well under a millisecond this way)."""
     result = []
-    with DiagSocket() as diag:
-        diag.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in diag.get_sock_stats(family=family, states=1 << SS_LISTEN):
-                result.append((family, str(ipaddress.ip_address(msg.get("idiag_src"))),
-                               int(msg.get("idiag_sport")), int(msg.get("idiag_inode"))))
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as nl:  # NETLINK_SOCK_DIAG
+        nl.settimeout(5.0)
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            body = _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 1 << _TCP_LISTEN_STATE, b"", b"", 0)
+            nl.sendto(_NLMSG.pack(_NLMSG.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, seq, 0)
+                      + body, (0, 0))
+            result += _read_dump(nl, seq, family)
     return result
+
+
+def _read_dump(nl: socket.socket, seq: int, family: int) -> list[tuple[int, str, int, int]]:
+    found = []
+    size = 16 if family == socket.AF_INET6 else 4
+    while True:
+        data = nl.recv(1 << 16)
+        offset = 0
+        while offset + _NLMSG.size <= len(data):
+            length, kind, _flags, got_seq, _pid = _NLMSG.unpack_from(data, offset)
+            if length < _NLMSG.size:
+                raise OSError(errno.EPROTO, "truncated netlink message")
+            payload = offset + _NLMSG.size
+            offset += (length + 3) & ~3
+            if got_seq != seq:
+                continue
+            if kind == _NLMSG_DONE:
+                return found
+            if kind == _NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, payload)[0]
+                raise OSError(code, os.strerror(code))
+            if kind != _SOCK_DIAG_BY_FAMILY:
+                continue
+            fam, _state, _t, _r, sport, src, _dst, _if, _exp, _rq, _wq, _uid, inode = \
+                _DIAG_MSG.unpack_from(data, payload)
+            if fam == family:
+                found.append((fam, str(ipaddress.ip_address(src[:size])), int.from_bytes(sport, "big"), inode))
 
 
 def _listening_sockets_proc(proc: str = "/proc") -> list[tuple[int, str, int, int]]:

@@ -22,20 +22,16 @@ from __future__ import annotations
 import re
 
 from twisted.internet.defer import DeferredLock, fail, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest, ListenerNotFound, OperationFailed
-from amphora.listeners import checks, recovery, serverstate, stats
+from amphora.listeners import checks, recovery, reloading, serverstate, stats
 from amphora.listeners.haproxy import fragment_text, listener_type
 from amphora.listeners.store import STARTED, STOPPED, InstanceFiles
 from amphora.process import RUNNING, ProcessFailed, SupervisedProcess
 from amphora.process import STOPPED as PROC_STOPPED
 
 log = Logger()
-
-# How long a master that refuses its CLI (re-executing after a reload) is asked again.
-MASTER_CLI_GRACE = 1.0
 
 ACTIVE = "ACTIVE"
 STATUS_STOPPED = "STOPPED"
@@ -77,6 +73,7 @@ class HaproxyInstance:
         self._checked: tuple | None = None  # (check key, haproxy output) of the last check that passed
         self.problem: str | None = None     # why the instance is in ERROR (an unusable state file, ...)
         self._unsaved = False               # the desired state is only in memory (state_dir full)
+        self.unsettled = False              # reloaded; the master has not answered its CLI since
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.id}>"
@@ -257,7 +254,9 @@ class HaproxyInstance:
         candidate, created = self.files.stage_upload(data)
         try:
             self.prepare(data)
-            yield self.check(candidate, "Invalid request", error=InvalidRequest)
+            # the candidate's fsync (before its rename into place) runs while haproxy checks it
+            yield reloading.gather(self.owner.haproxy.blocking(self.files.sync_candidate, candidate),
+                                   self.check(candidate, "Invalid request", error=InvalidRequest))
         except BaseException:
             self.files.discard_upload(candidate, created and not self.known)
             raise
@@ -320,58 +319,17 @@ class HaproxyInstance:
         pid = proc.pid
         if proc.state == RUNNING:
             yield self.before_stop_or_reload()
+            yield reloading.settle(self, proc)
         yield proc.stop(self.owner.config.haproxy.stop_timeout)
         self.files.clear_run_files()
         log.info("{kind} {lid}: haproxy stopped (pid {pid})", kind=self.kind, lid=self.id, pid=pid)
         return self.stopped_text(pid)
 
-    @inlineCallbacks
     def reload(self):
-        """Check the upload, refuse unusable binds, then a hitless SIGUSR2 reload, confirmed.
-
-        A stopped instance is started instead. If the new configuration does
-        not load, the last good one is put back and reloaded.
-        """
-        self.require()
-        message = "Error reloading haproxy"
-        proc = self.process()
-        if proc.state != RUNNING:
-            details = yield self.start()
-            return details
-        self.set_desired(STARTED)
-        config = self.files.read_config()
-        if config is None:
-            raise OperationFailed(f"no configuration stored for {self.kind} {self.id}", message=message)
-        self.prepare(config)
-        output = yield self.check(self.files.config_path, message, reuse=True)
-        before = yield self._show_proc(proc, message)
-        yield self._check_binds(config, message, own=before.all_pids | {proc.pid})
-        previous = self.files.read_running()
-        saved = yield self.before_stop_or_reload()
-        if previous != config:  # an unchanged configuration needs no write (a full state_dir)
-            self.files.write_running(config)
-        mark = proc.mark()
-        try:
-            worker = yield self._signal_reload(
-                proc, before, on_worker=lambda pid: serverstate.apply_early(self, saved, pid, config))
-        except OperationFailed as failure:
-            details = failure.details
-            log.error("{kind} {lid}: reload failed; returning to the last good configuration",
-                      kind=self.kind, lid=self.id)
-            if previous is not None:
-                self.files.write_running(previous)
-                try:
-                    yield self._signal_reload(proc)
-                except OperationFailed as again:
-                    log.error("{kind} {lid}: reload of the last good configuration failed too: {e}",
-                              kind=self.kind, lid=self.id, e=again.details)
-            output_text = proc.output_since(mark)
-            raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
-        yield serverstate.apply(self, saved, worker, config)
-        self._record_loaded(config)
-        log.info("{kind} {lid}: reloaded (master {pid}, new worker {worker})", kind=self.kind, lid=self.id,
-                 pid=proc.pid, worker=worker)
-        return self.reloaded_text(output, worker)
+        """Check the upload, refuse unusable binds, then a hitless SIGUSR2 reload, confirmed
+        (``amphora.listeners.reloading``). A stopped instance is started instead; a configuration
+        that does not load is rolled back to the last good one."""
+        return reloading.reload(self)
 
     def _record_loaded(self, config: bytes) -> None:
         try:
@@ -380,32 +338,11 @@ class HaproxyInstance:
             log.warn("{kind} {lid}: cannot record the loaded configuration: {error}", kind=self.kind,
                      lid=self.id, error=e.strerror or e)
 
-    @inlineCallbacks
     def _show_proc(self, proc, message=None):
-        # Just after a reload the re-executing master refuses its CLI for up to ~100 ms
-        # while the new worker already serves (the reload was confirmed on the stats
-        # socket): ask again for a moment before calling it unanswered.
-        haproxy = self.owner.haproxy
-        deadline = haproxy.reactor.seconds() + MASTER_CLI_GRACE
-        while True:
-            try:
-                info = yield haproxy.show_proc(self.files.master_socket, timeout=2.0)
-                return info
-            except Exception as e:
-                if haproxy.reactor.seconds() >= deadline or proc.pid is None:
-                    raise OperationFailed(f"master CLI of pid {proc.pid} does not answer: {e}", message=message)
-            yield deferLater(haproxy.reactor, 0.02, lambda: None)
+        return reloading.show_proc(self, proc, message)
 
-    @inlineCallbacks
     def _signal_reload(self, proc: SupervisedProcess, before=None, on_worker=None):
-        if before is None:
-            before = yield self._show_proc(proc)
-        worker = yield self.owner.haproxy.reload(proc, self.files.master_socket, before, self.reload_timeout(),
-                                                 # Saved server states go to the new worker through the
-                                                 # master CLI before the reload counts as done: confirm there.
-                                                 stats_socket=None if on_worker else self.files.stats_socket,
-                                                 on_worker=on_worker)
-        return worker
+        return reloading.signal_reload(self, proc, before, on_worker)
 
     # -- delete ---------------------------------------------------------------------------------
 
@@ -425,6 +362,7 @@ class HaproxyInstance:
                     yield self.before_stop_or_reload()
                 except Exception as e:  # noqa: BLE001 - the files go anyway
                     log.warn("{kind} {lid}: {error}", kind=self.kind, lid=self.id, error=e)
+                yield reloading.settle(self, self.proc)
             yield self.proc.stop(self.owner.config.haproxy.stop_timeout)
             self.proc.detach()
         errors = []

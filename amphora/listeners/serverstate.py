@@ -98,6 +98,13 @@ def fragment(inst, config: bytes | None) -> str:
     return f"global\n    server-state-file {path}\n"
 
 
+def pending(state: bytes | None, config: bytes) -> list[str]:
+    """The commands ``apply`` would send a new worker for ``config`` (empty: nothing to push)."""
+    if not state or loads_state(config):
+        return []
+    return commands(state)
+
+
 @inlineCallbacks
 def save(inst):
     """``show servers state`` of the running haproxy to its state file (best effort); the text."""
@@ -109,7 +116,8 @@ def save(inst):
         state = yield inst.runtime("show servers state", timeout=5.0)
         state = state if isinstance(state, bytes) else state.encode()
         ensure_dir(os.path.dirname(path), 0o755)
-        atomic_write(path, state, 0o600)
+        # under run_dir a runtime file (see atomic_write); a configuration's own file is kept durably
+        atomic_write(path, state, 0o600, durable=not _under(path, inst.files.run_dir))
     except Exception as e:  # noqa: BLE001 - a missing state file only costs the members' history
         log.warn("{kind} {lid}: could not save server state to {path}: {error}", kind=inst.kind, lid=inst.id,
                  path=path, error=e)
@@ -117,12 +125,14 @@ def save(inst):
     return state
 
 
+def _under(path: str, directory: str) -> bool:
+    return os.path.abspath(path).startswith(os.path.abspath(directory) + os.sep)
+
+
 @inlineCallbacks
 def apply(inst, state: bytes | None, worker: int, config: bytes):
     """Give the new ``worker`` the saved states when ``config`` does not load them itself."""
-    if not state or loads_state(config):
-        return
-    todo = commands(state)
+    todo = pending(state, config)
     if not todo:
         return
     line = ";".join(f"@!{worker} {c}" for c in todo) + ";quit"
@@ -142,9 +152,7 @@ def apply(inst, state: bytes | None, worker: int, config: bytes):
 def apply_early(inst, state: bytes | None, worker: int, config: bytes, attempts: int = 50):
     """The same as ``apply`` through the shared stats socket, as soon as the new worker exists
     (before the master CLI answers again): repeated until the new worker itself answered."""
-    if not state or loads_state(config):
-        return
-    todo = commands(state)
+    todo = pending(state, config)
     if not todo:
         return
     line = ";".join(todo) + ";show info"

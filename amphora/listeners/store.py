@@ -37,7 +37,8 @@ import tempfile
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest
-from amphora.fsutil import StateProblem, atomic_write, ensure_dir, fsync_dir, read_state
+from amphora.fsutil import (StateProblem, atomic_write, ensure_dir, fsync_dir, fsync_file, read_state, rename_staged,
+                            stage_write, write_new)
 from amphora.listeners.haproxy import MASTER_SOCKET, STATS_SOCKET
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -101,11 +102,18 @@ class InstanceFiles:
         ensure_dir(self.state_dir, 0o755)
         staging = tempfile.mkdtemp(prefix=".upload-", dir=self.state_dir)
         candidate = os.path.join(staging, "haproxy.cfg")
-        atomic_write(candidate, data, 0o644)
+        # A private directory nobody reads: no rename needed here, and its data is fsynced
+        # (``sync_candidate``, meanwhile haproxy checks it) before the commit renames it in.
+        write_new(candidate, data, 0o644)
         return candidate, created
 
+    @staticmethod
+    def sync_candidate(candidate: str) -> None:
+        fsync_file(candidate)
+
     def commit_upload(self, candidate: str) -> None:
-        """Move a checked candidate into place (atomic rename in the same directory tree)."""
+        """Move a checked and synced candidate into place (atomic rename in the same directory
+        tree), durably."""
         os.replace(candidate, self.config_path)
         fsync_dir(self.state_dir)
         self.discard_upload(candidate, created=False)
@@ -122,11 +130,26 @@ class InstanceFiles:
     def write_running(self, data: bytes) -> None:
         atomic_write(self.running_path, data, 0o644)
 
+    # ``write_running`` in steps (a reload): a synced temp file, then its rename, then the
+    # directory's fsync, the latter before the write is reported done.
+
+    def stage_running(self, data: bytes) -> str:
+        return stage_write(self.running_path, data, 0o644)
+
+    def commit_running(self, staged: str) -> None:
+        rename_staged(staged, self.running_path, sync_dir=False)
+
+    def discard_staged(self, staged: str) -> None:
+        _unlink(staged)
+
+    def sync_state_dir(self) -> None:
+        fsync_dir(self.state_dir)
+
     def write_fragment(self, text: str) -> str:
         ensure_dir(self.run_dir, 0o755)
         data = text.encode()
         if _read(self.fragment_path) != data:
-            atomic_write(self.fragment_path, data, 0o644)
+            atomic_write(self.fragment_path, data, 0o644, durable=False)  # run_dir: see atomic_write
         return self.fragment_path
 
     def check_key(self, config_path: str, fragment: str):
@@ -198,7 +221,7 @@ class InstanceFiles:
         """Note which configuration the process runs now (run_dir: never the full state_dir)."""
         digest = hashlib.sha256(config).hexdigest()
         if self.loaded_digest() != digest:
-            atomic_write(self.loaded_path, digest.encode() + b"\n", 0o644)
+            atomic_write(self.loaded_path, digest.encode() + b"\n", 0o644, durable=False)
 
     def clear_run_files(self) -> None:
         """Pid file and sockets of a haproxy that is gone (haproxy leaves them behind)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from twisted.logger import globalLogPublisher
 
 from amphora.fsutil import read_state
@@ -77,3 +79,23 @@ def test_topology_and_plugged_of_the_wrong_type_do_not_keep_the_agent_from_start
         assert not (tmp_path / "plugged.json").exists()
     assert len(list(tmp_path.glob("topology.json.corrupt-*"))) == 3
     assert len(list(tmp_path.glob("plugged.json.corrupt-*"))) == 3
+
+
+def test_atomic_write_in_two_steps_and_without_fsync(tmp_path, monkeypatch):
+    from amphora import fsutil
+    synced = []
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: synced.append(fd))
+    path = str(tmp_path / "f")
+    fsutil.atomic_write(path, b"old")
+    assert open(path, "rb").read() == b"old" and len(synced) == 2  # the file, then the directory
+    synced.clear()
+    fsutil.atomic_write(path, b"runtime", durable=False)
+    assert open(path, "rb").read() == b"runtime" and synced == []
+    staged = fsutil.stage_write(path, b"new")
+    assert len(synced) == 1 and open(path, "rb").read() == b"runtime"  # nothing visible before the rename
+    fsutil.rename_staged(staged, path, sync_dir=False)
+    assert open(path, "rb").read() == b"new" and len(synced) == 1
+    assert sorted(os.listdir(tmp_path)) == ["f"]
+    fsutil.write_new(str(tmp_path / "n"), b"x")
+    with pytest.raises(FileExistsError):
+        fsutil.write_new(str(tmp_path / "n"), b"y")

@@ -155,6 +155,26 @@ def test_bind_conflicts_against_real_sockets():
         foreign.close()
 
 
+def test_sock_diag_dump_matches_proc_net_tcp():
+    """The plain-netlink dump of listening sockets sees what /proc/net/tcp{,6} lists."""
+    from amphora.listeners.binds import _listening_sockets_diag, _listening_sockets_proc
+    held = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"), (socket.AF_INET6, "::")):
+        s = socket.socket(family)
+        s.bind((host, 0))
+        s.listen()
+        held.append(s)
+    try:
+        diag, proc = _listening_sockets_diag(), _listening_sockets_proc()  # other processes come and go
+        for s in held:
+            ip, port = s.getsockname()[:2]
+            mine = [entry for entry in diag if entry[1:3] == (ip, port)]
+            assert len(mine) == 1 and mine[0] in proc and mine[0][0] == s.family
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_store_paths_refuse_anything_but_uuids(tmp_path):
     store = ListenerStore(str(tmp_path / "s"), str(tmp_path / "r"), str(tmp_path / "c"))
     for bad in ("../x", L.upper(), L + "/..", "", "..", L + "\x00"):
