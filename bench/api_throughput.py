@@ -12,6 +12,8 @@ Starts, on loopback, with the same certificates (RSA-2048 from tests.helpers):
 - ``agent``: the real agent, ``twistd -n amphora-agent`` with its default
   configuration (access log on, twistd's default log observer to a file);
 - ``agent-nolog`` (``--with-nolog``): the agent with ``[agent] access_log = false``;
+- ``haproxy-1t`` (``--with-haproxy1``): haproxy with ``nbthread 1``, one core like the
+  agent's reactor (packaged haproxy runs a thread per core);
 - ``agent-other`` (``--compare CHECKOUT``): the agent of another checkout
   (PYTHONPATH), e.g. main, to see a change's effect in the same run.
 
@@ -94,6 +96,7 @@ reactor.run()
 HAPROXY_CFG = """\
 global
     maxconn 4000
+{threads}
 defaults
     mode http
     timeout client 30s
@@ -189,7 +192,8 @@ def measure(pid: int, port: int, paths: dict, clients: int, seconds: float, mode
             "resumed": sum(r for _, _, r in results)}
 
 
-def start_servers(tmp: str, pki, with_nolog: bool, compare: str | None) -> tuple[dict, list]:
+def start_servers(tmp: str, pki, with_nolog: bool, compare: str | None,
+                  with_haproxy1: bool = False) -> tuple[dict, list]:
     env = dict(os.environ, PYTHONPATH=REPO)
     body = json.dumps(dict(DOC, uuid=pki.amphora_id))
     servers, procs = {}, []
@@ -201,11 +205,16 @@ def start_servers(tmp: str, pki, with_nolog: bool, compare: str | None) -> tuple
 
     port = free_port()
     spawn("klein", [sys.executable, "-c", BASELINE, pki.paths["server"], pki.paths["ca"], str(port), body], port)
-    port = free_port()
-    cfg = os.path.join(tmp, "haproxy.cfg")
-    with open(cfg, "w") as f:
-        f.write(HAPROXY_CFG.format(port=port, server=pki.paths["server"], ca=pki.paths["ca"], body=body))
-    spawn("haproxy", [HAPROXY, "-db", "-f", cfg], port, stdout=subprocess.DEVNULL)
+    # haproxy as packaged (a thread per core); haproxy-1t: one thread, like the agent's reactor.
+    for name, threads in (("haproxy", ""), ("haproxy-1t", "    nbthread 1")):
+        if threads and not with_haproxy1:
+            continue
+        port = free_port()
+        cfg = os.path.join(tmp, name + ".cfg")
+        with open(cfg, "w") as f:
+            f.write(HAPROXY_CFG.format(port=port, server=pki.paths["server"], ca=pki.paths["ca"], body=body,
+                                       threads=threads))
+        spawn(name, [HAPROXY, "-db", "-f", cfg], port, stdout=subprocess.DEVNULL)
     agents = [("agent", {}, REPO)]
     if with_nolog:
         agents.append(("agent-nolog", {"agent": {"access_log": "false"}}, REPO))
@@ -233,11 +242,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--with-nolog", action="store_true", help="also the agent with access_log = false")
     parser.add_argument("--compare", metavar="CHECKOUT", help="also the agent of another checkout (agent-other)")
+    parser.add_argument("--with-haproxy1", action="store_true",
+                        help="also haproxy with nbthread 1 (haproxy-1t): one core, like the agent")
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="bench-api-")
     pki = make_pki(os.path.join(tmp, "pki"))
-    servers, procs = start_servers(tmp, pki, args.with_nolog, args.compare)
+    servers, procs = start_servers(tmp, pki, args.with_nolog, args.compare, args.with_haproxy1)
     names = list(servers)
     try:
         time.sleep(1.0)
@@ -283,7 +294,7 @@ def report(args, names, runs, pss_idle, pss_after) -> None:
             print(f"{'':>9} {'':>2} {'resumed':>12}" + "".join(
                 f"{sum(r['resumed'] for r in rounds[n]) / max(1, sum(r['requests'] for r in rounds[n])):>13.0%}"
                 for n in names))
-        for other, label in (("agent-nolog", "log cost"), ("agent-other", "vs other")):
+        for other, label in (("agent-nolog", "log cost"), ("agent-other", "vs other"), ("haproxy-1t", "1 thread")):
             if other in names:
                 rps = [o["rps"] / a["rps"] for o, a in zip(rounds[other], rounds["agent"])]
                 cpu = [a["cpu_ms"] / o["cpu_ms"] for o, a in zip(rounds[other], rounds["agent"])]
