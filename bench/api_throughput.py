@@ -4,9 +4,7 @@
 Starts, on loopback, with the same certificates (RSA-2048 from tests.helpers):
 
 - ``klein``: a bare Klein app answering a same-sized JSON document behind an
-  equivalent pyOpenSSL context of its own (TLS >= 1.2, client certificate
-  required by the CA, OpenSSL's defaults otherwise: no Python callback,
-  tickets on);
+  equivalent pyOpenSSL context of its own (``bench/klein_baseline.py``);
 - ``haproxy``: answering the same JSON with ``http-request return``
   (``verify required`` against the same CA);
 - ``agent``: the real agent, ``twistd -n amphora-agent`` with its default
@@ -53,45 +51,6 @@ from tests.helpers import TWISTD, make_pki, write_config  # noqa: E402
 
 HAPROXY = "/usr/sbin/haproxy"
 DOC = {"hostname": "x" * 8, "uuid": None, "haproxy_version": "2.6.12-1+deb12u4", "api_version": "0.1"}
-
-BASELINE = r'''
-import json, sys
-from klein import Klein
-from OpenSSL import SSL
-from twisted.internet import reactor
-from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IOpenSSLContextFactory
-from twisted.web.server import Site
-from zope.interface import implementer
-
-server_pem, ca, port, body = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
-ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-ctx.use_certificate_chain_file(server_pem)
-ctx.use_privatekey_file(server_pem)
-ctx.load_verify_locations(ca)
-ctx.load_client_ca(ca.encode())
-ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
-ctx.set_session_id(b"bare-klein")
-
-@implementer(IOpenSSLContextFactory)
-class Factory:
-    def getContext(self):
-        return ctx
-
-app = Klein()
-
-@app.route("/info")
-def info(request):
-    request.setHeader(b"content-type", b"application/json")
-    return body
-
-site = Site(app.resource())
-site.noisy = False
-site.log = lambda request: None
-SSL4ServerEndpoint(reactor, port, Factory(), interface="127.0.0.1").listen(site)
-reactor.run()
-'''
 
 HAPROXY_CFG = """\
 global
@@ -204,7 +163,7 @@ def start_servers(tmp: str, pki, with_nolog: bool, compare: str | None,
         servers[name] = (proc.pid, port)
 
     port = free_port()
-    spawn("klein", [sys.executable, "-c", BASELINE, pki.paths["server"], pki.paths["ca"], str(port), body], port)
+    spawn("klein", [sys.executable, os.path.join(HERE, "klein_baseline.py"), pki.paths["server"], pki.paths["ca"], str(port), body], port)
     # haproxy as packaged (a thread per core); haproxy-1t: one thread, like the agent's reactor.
     for name, threads in (("haproxy", ""), ("haproxy-1t", "    nbthread 1")):
         if threads and not with_haproxy1:

@@ -32,15 +32,19 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
 from OpenSSL import crypto  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
 from twisted.logger import globalLogBeginner  # noqa: E402
 
+from klein_baseline import klein_site  # noqa: E402
 from tests.helpers import make_pki, write_config  # noqa: E402
 
+KLEIN_BODY = (b'{"hostname": "xxxxxxxx", "uuid": null, "haproxy_version": "2.6.12-1+deb12u4", '
+              b'"api_version": "0.1"}')
 REQUEST = b"GET /info HTTP/1.1\r\nHost: localhost:9443\r\nAccept-Encoding: identity\r\n\r\n"
 
 
@@ -54,24 +58,6 @@ class CertTransport(StringTransport):
 
     def getPeerCertificate(self):
         return self._cert
-
-
-def klein_site():
-    from klein import Klein
-    from twisted.web.server import Site
-
-    body = b'{"hostname": "xxxxxxxx", "uuid": null, "haproxy_version": "2.6.12-1+deb12u4", "api_version": "0.1"}'
-    app = Klein()
-
-    @app.route("/info")
-    def info(request):
-        request.setHeader(b"content-type", b"application/json")
-        return body
-
-    site = Site(app.resource())
-    site.noisy = False
-    site.log = lambda request: None
-    return site
 
 
 def agent_site(tmp, pki, access_log=True):
@@ -121,7 +107,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-path-")
     pki = make_pki(os.path.join(tmp, "pki"))
     cert = crypto.load_certificate(crypto.FILETYPE_PEM, pki.client.cert_pem)
-    sites = {"klein": klein_site(), "agent": agent_site(tmp, pki), "agent-nolog": agent_site(tmp, pki, False)}
+    sites = {"klein": klein_site(KLEIN_BODY), "agent": agent_site(tmp, pki), "agent-nolog": agent_site(tmp, pki, False)}
     for site in sites.values():  # warm up: routes compiled, caches filled
         run(site, cert, 1000)
     check = CertTransport(cert)
