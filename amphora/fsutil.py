@@ -19,7 +19,15 @@ log = Logger()
 
 
 def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def fsync_file(path: str) -> None:
+    _fsync(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
@@ -91,14 +99,6 @@ def write_new(path: str, data: bytes, mode: int = 0o644) -> None:
     try:
         os.fchmod(fd, mode)
         _write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
