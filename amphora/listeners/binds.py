@@ -42,8 +42,10 @@ def listening_sockets(proc: str = "/proc") -> list[tuple[int, str, int, int]]:
 
 
 def _listening_sockets_diag() -> list[tuple[int, str, int, int]]:
-    from pyroute2 import DiagSocket
-    from pyroute2.netlink.diag import SS_LISTEN
+    from amphora.pyroute2lean import part
+
+    diag_module = part("netlink.diag")  # not pyroute2/__init__: ~190 modules
+    DiagSocket, SS_LISTEN = diag_module.DiagSocket, diag_module.SS_LISTEN  # noqa: N806
 
     result = []
     with DiagSocket() as diag:
