@@ -30,6 +30,7 @@ their shared library pages are split between them, so compare within one run.
 
     python bench/soak.py [--minutes 10] [--interval 30] [--listeners 10] [--against /path/to/checkout]
     python bench/soak.py --repo /path/to/other/checkout   # the same soak against other code only
+    python bench/soak.py --minutes 0 --against /path/to/checkout   # only idle and with-listener figures
 """
 
 from __future__ import annotations
@@ -216,13 +217,16 @@ class Run:
                 f"{n:>8} {rate:>6} {self.beats.count:>6}")
 
     def summary(self, tolerance: float) -> str:
+        text = (f"{self.name}: idle PSS {self.idle['pss'] / 1024:.1f} MiB (USS {self.idle['uss'] / 1024:.1f}), "
+                f"{self.args.listeners} listeners PSS {self.loaded['pss'] / 1024:.1f} "
+                f"(USS {self.loaded['uss'] / 1024:.1f})")
+        if not self.samples:  # --minutes 0: only the idle and listener figures
+            return text
         ok, growth = verdict(self.samples, tolerance)
         _, uss_growth = verdict(self.samples, tolerance, "uss")
         last = self.samples[-1][1]
-        return (f"{self.name}: idle PSS {self.idle['pss'] / 1024:.1f} MiB (USS {self.idle['uss'] / 1024:.1f}), "
-                f"{self.args.listeners} listeners PSS {self.loaded['pss'] / 1024:.1f} "
-                f"(USS {self.loaded['uss'] / 1024:.1f}), end PSS {last['pss'] / 1024:.1f} "
-                f"(USS {last['uss'] / 1024:.1f}); verdict: {'PLATEAU' if ok else 'GROWING'} "
+        return (f"{text}, end PSS {last['pss'] / 1024:.1f} (USS {last['uss'] / 1024:.1f}); "
+                f"verdict: {'PLATEAU' if ok else 'GROWING'} "
                 f"(highest PSS of the last half {growth:+.1f} MiB over the highest of the warm-up, "
                 f"USS {uss_growth:+.1f}; tolerance {tolerance} MiB; "
                 f"{(last['pss'] - self.loaded['pss']) / 1024:+.1f} MiB PSS, "
@@ -245,8 +249,10 @@ class Run:
 def ratios(this: Run, base: Run) -> str:
     def r(a, b):
         return f"{a['pss'] / b['pss']:.2f}x PSS, {a['uss'] / b['uss']:.2f}x USS"
-    return (f"ratio {this.name}/{base.name}: idle {r(this.idle, base.idle)}; with listeners "
-            f"{r(this.loaded, base.loaded)}; at the end {r(this.samples[-1][1], base.samples[-1][1])}")
+    text = f"ratio {this.name}/{base.name}: idle {r(this.idle, base.idle)}; with listeners {r(this.loaded, base.loaded)}"
+    if this.samples and base.samples:
+        text += f"; at the end {r(this.samples[-1][1], base.samples[-1][1])}"
+    return text
 
 
 def main() -> None:
