@@ -41,6 +41,7 @@ from amphora.api.tls import ServerContextFactory
 from amphora.certificates import CertificateStore
 from amphora.config import AgentConfig
 from amphora.fsutil import ensure_dir
+from amphora.heaptrim import HeapTrimmer
 from amphora.heartbeat.emitter import HeartbeatService
 from amphora.host import HostFacts, HostSampler
 from amphora.keepalived import Keepalived, KeepalivedService
@@ -157,6 +158,7 @@ def build_parts(config: AgentConfig, reactor, parent: MultiService, ready: Ready
     interface_rules = InterfaceRules(config, reactor)  # 1.0 §4.14
     udp_listeners = UdpListeners(config, reactor)  # 1.0 §4.15
     udp_listeners.setServiceParent(parent)
+    HeapTrimmer(reactor).setServiceParent(parent)  # freed C heap pages back to the kernel
     amphora_calls = AmphoraCalls(server_certificate, agent_config, addresses, vrrp,
                                  agent.max_certificate_bytes, config.haproxy.max_config_bytes)
     faces = functools.partial(build_faces, config, facts=facts, sampler=sampler, topology=topology,

@@ -27,7 +27,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from amphora import API_VERSION
+from amphora import API_VERSION, pyroute2lean
 from amphora.logonce import LogOnce
 from amphora.netlink import link_counters, netlink_socket
 from amphora.netns import NETNS_RUN_DIR
@@ -320,12 +320,10 @@ class NamespaceCounters:
         identity = (st.st_dev, st.st_ino)
         if self._ipr is None or identity != self._identity:
             self._close_socket()
-            from pyroute2 import IPRoute
-
             # A socket opened inside the namespace by a short-lived thread: unlike
             # IPRoute(netns=...), this forks no helper process from the threaded agent.
             self._sock = netlink_socket(self.namespace)
-            self._ipr = IPRoute(use_socket=self._sock)
+            self._ipr = pyroute2lean.part("iproute.linux").IPRoute(use_socket=self._sock)
             self._identity = identity
         try:
             links = self._ipr.get_links()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from twisted.logger import Logger
 
+from amphora import pyroute2lean
 from amphora.errors import NoSuitableInterface
 from amphora.netlink import (IFF_LOOPBACK, IFF_UP, NetlinkFailure, allow_nonlocal_bind, create_namespace,
                              iproute, namespace_path)
@@ -130,7 +131,7 @@ class Netlink:
         return tag or self.home
 
     def _step(self, step: str, fn, *args, **kwargs):
-        from pyroute2 import NetlinkError
+        NetlinkError = pyroute2lean.part("netlink.exceptions").NetlinkError  # noqa: N806 - the class
 
         try:
             return fn(*args, **kwargs)
