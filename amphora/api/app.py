@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 
 from amphora import API_VERSION
-from amphora.api.base import new_app, not_allowed as _not_allowed
+from amphora.api.base import new_app, not_allowed as _not_allowed, plain_read
 from amphora.api.faces import DISCOVERY
 from amphora.api.http import listener_allow
 from amphora.api.openapi import document_bytes
@@ -61,14 +61,17 @@ class AgentAPI:
 
     @app.route("/", methods=["GET"])
     @app.route("//", methods=["GET"], endpoint="discovery_slash")  # what Octavia's client sends
+    @plain_read
     def discovery(self, request):
         return render_json(request, DISCOVERY)
 
     @app.route("/1.0", branch=True, strict_slashes=False)
+    @plain_read
     def face_1_0(self, request):
         return self.faces["1.0"]
 
     @app.route("/0.5", branch=True, strict_slashes=False)
+    @plain_read
     def face_0_5(self, request):
         return self.faces["0.5"]
 
@@ -76,6 +79,7 @@ class AgentAPI:
 
     @app.route("/info", methods=["GET"])
     @app.route(V + "/info", methods=["GET"], endpoint="info_v0_1")
+    @plain_read
     def info(self, request):
         facts = self.facts
         return render_json(request, {
@@ -86,6 +90,7 @@ class AgentAPI:
         })
 
     @app.route(V + "/topology", methods=["GET"])
+    @plain_read
     def get_topology(self, request):
         # While the controller drives keepalived (amphora.vrrp), its role is the one reported.
         return render_json(request, self.vrrp.topology_document() or self.topology.document())
@@ -103,6 +108,7 @@ class AgentAPI:
     # -- details (host) -------------------------------------------------------
 
     @app.route(V + "/details", methods=["GET"])
+    @plain_read
     def details(self, request):
         # Only published samples are read here: nothing waits, forks or walks /proc.
         return render_json(request, self.sampler.document(self.facts, self.topology, self.listeners))
@@ -110,6 +116,7 @@ class AgentAPI:
     # -- listeners ------------------------------------------------------------
 
     @app.route(V + "/listeners", methods=["GET"])
+    @plain_read
     def list_listeners(self, request):
         return render_json(request, self.listeners.status_list())
 
@@ -135,6 +142,7 @@ class AgentAPI:
         return render_json(request, {"message": "OK", "details": details}, 201)
 
     @app.route(V + "/listeners/<lid>/haproxy", methods=["GET"])
+    @plain_read
     def get_haproxy(self, request, lid):
         data = self.listeners.get_config(listener_id(lid), kind="listener")
         request.setHeader(b"content-type", b"text/plain")
@@ -198,6 +206,7 @@ class AgentAPI:
         return render_json(request, {"message": "OK", "details": result.details}, 201)
 
     @app.route(_CERTIFICATE, methods=["GET"])
+    @plain_read
     def get_certificate(self, request, lid, filename):
         lid, filename = listener_id(lid), check_name(filename)
         md5sum = self.certificates.md5sum(lid, filename)

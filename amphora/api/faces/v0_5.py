@@ -12,7 +12,7 @@ tree only adds what those controllers send beyond v0.1:
 
 from __future__ import annotations
 
-from amphora.api.base import new_app
+from amphora.api.base import new_app, plain_read
 from amphora.api.faces.v1_0 import Face
 from amphora.api.params import listener_id
 from amphora.api.site import render_json
@@ -28,6 +28,7 @@ class Face0_5(Face):
         self.v0_1 = v0_1
 
     @app.route("/info", methods=["GET"])
+    @plain_read
     def info(self, request):
         return render_json(request, self.report.info(API_VERSION))
 

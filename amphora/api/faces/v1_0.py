@@ -10,7 +10,7 @@ controller never mistakes it for an agent that is not up yet.
 
 from __future__ import annotations
 
-from amphora.api.base import new_app
+from amphora.api.base import new_app, plain_read
 from amphora.api.params import json_body, read_body
 from amphora.api.requests import V1_0, parse_network_request, parse_vip, parse_vip_request
 from amphora.api.site import render_accepted, render_json
@@ -70,14 +70,17 @@ class Face1_0(Face):
     # -- host ----------------------------------------------------------------------
 
     @app.route("/info", methods=["GET"])
+    @plain_read
     def info(self, request):
         return render_json(request, self.report.info(API_VERSION))
 
     @app.route("/details", methods=["GET"])
+    @plain_read
     def details(self, request):
         return render_json(request, self.report.details(API_VERSION, self.registry.frontends()))
 
     @app.route("/listeners", methods=["GET"])
+    @plain_read
     def listeners(self, request):
         """One entry per frontend of every haproxy (Octavia listener ids)."""
         return render_json(request, self.registry.frontends())
