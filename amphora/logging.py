@@ -192,9 +192,12 @@ class WriterObserver:
 
     def __init__(self, writer: LogWriter, render, access):
         self.writer, self.render, self.access = writer, render, access
+        # An instance attribute: a Logger in a class is a descriptor (it binds to the instance).
+        self._access_logger = accesslog.LOGGER
 
     def __call__(self, event) -> None:
-        if accesslog.is_access(event):
+        # accesslog.is_access, inline: this runs for every API request.
+        if event.get("log_logger") is self._access_logger and "log_system" not in event:
             self.writer.write(self.access(event), urgent=False)
             return
         text = self.render(event)

@@ -257,7 +257,7 @@ class AgentSite(Site):
 
     def log(self, request):
         if self.access_log:
-            self.log_access(request, request.code)
+            self.access.record(request, request.code)
 
     def log_access(self, request, status: int) -> None:
         self.access.record(request, status)  # amphora.api.accesslog: cheap, structured
