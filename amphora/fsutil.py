@@ -42,18 +42,17 @@ def ensure_dir(path: str, mode: int = 0o755) -> str:
     return path
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True,
-                 sync_dir: bool = True) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Write ``data`` to ``path``: temp file in the same directory, fsync, rename, fsync dir.
 
     The rename alone makes the write atomic for every process (a killed agent
     leaves the old file or the new one); the fsyncs make it survive a power
     loss. ``durable=False`` skips them, for runtime files under run_dir (a
     tmpfs in production; what they describe does not outlive a reboot).
-    ``sync_dir=False`` leaves the directory's fsync to the caller (``fsync_dir``
-    later, before the write is reported done), off a latency-critical path.
+    ``stage_write`` + ``rename_staged`` are its two halves, for a caller that
+    does other work between them or fsyncs the directory later.
     """
-    rename_staged(stage_write(path, data, mode, durable=durable), path, sync_dir=durable and sync_dir)
+    rename_staged(stage_write(path, data, mode, durable=durable), path, sync_dir=durable)
 
 
 def stage_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> str:
@@ -68,7 +67,7 @@ def stage_write(path: str, data: bytes, mode: int = 0o644, *, durable: bool = Tr
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink(tmp)
+        remove_file(tmp)
         raise
     os.close(fd)
     return tmp
@@ -79,13 +78,14 @@ def rename_staged(tmp: str, path: str, sync_dir: bool = True) -> None:
     try:
         os.replace(tmp, path)
     except BaseException:
-        _unlink(tmp)
+        remove_file(tmp)
         raise
     if sync_dir:
         fsync_dir(os.path.dirname(path) or ".")
 
 
-def _unlink(path: str) -> None:
+def remove_file(path: str) -> None:
+    """Remove ``path``; a file already gone is fine."""
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -26,7 +26,7 @@ from twisted.internet.defer import DeferredLock, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
-from amphora.fsutil import atomic_write, ensure_dir
+from amphora.fsutil import atomic_write, ensure_dir, remove_file
 from amphora.netns import exec_argv
 from amphora.process import SupervisedProcess, run_bounded
 
@@ -170,7 +170,7 @@ class UdpListeners(Service):
         if action == "stop":
             if process is not None:
                 yield process.stop()
-            _unlink(marker)
+            remove_file(marker)
             return f"keepalivedlvs {listener_id} stopped"
         if process is not None and action == "reload":  # Octavia turns reload into a restart
             yield process.stop()
@@ -222,10 +222,3 @@ class UdpListeners(Service):
                 "-r", os.path.join(run_dir, "vrrp.pid")]
         return SupervisedProcess(self.reactor, f"keepalivedlvs-{listener_id}",
                                  exec_argv(self.namespace, argv), env=dict(ENV))
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

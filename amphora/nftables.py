@@ -26,7 +26,7 @@ from twisted.internet.defer import DeferredLock, inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import AgentError, InvalidRequest, NotFound, OperationFailed
-from amphora.fsutil import atomic_write, atomic_write_json, ensure_dir, read_json
+from amphora.fsutil import atomic_write, atomic_write_json, ensure_dir, read_json, remove_file
 from amphora.netlink import NetlinkQueries
 from amphora.netns import exec_argv
 from amphora.process import run_bounded
@@ -199,11 +199,11 @@ class InterfaceRules:
             out, err, code = yield self._run(self.reactor, exec_argv(self.namespace, [self.binary, "-f", candidate]),
                                              env=ENV, timeout=NFT_TIMEOUT)
         except Exception as e:
-            _unlink(candidate)
+            remove_file(candidate)
             raise OperationFailed(f"cannot run {self.binary}: {e}", message="Error applying interface rules") \
                 from None
         if code != 0:
-            _unlink(candidate)
+            remove_file(candidate)
             text = (err or out).decode("utf-8", "replace").strip()[-2000:]
             raise OperationFailed(f"nft refused the table (exit {code}): {text}",
                                   message="Error applying interface rules")
@@ -221,10 +221,3 @@ class InterfaceRules:
             log.error("nftables: restoring the interface rules failed: {error}", error=e.details)
             return
         log.info("nftables: interface rules restored for {names}", names=", ".join(sorted(table)))
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -37,8 +37,8 @@ import tempfile
 from twisted.logger import Logger
 
 from amphora.errors import InvalidRequest
-from amphora.fsutil import (StateProblem, atomic_write, ensure_dir, fsync_dir, fsync_file, read_state, rename_staged,
-                            stage_write, write_new)
+from amphora.fsutil import (StateProblem, atomic_write, ensure_dir, fsync_dir, fsync_file, read_state, remove_file,
+                            rename_staged, stage_write, write_new)
 from amphora.listeners.haproxy import MASTER_SOCKET, STATS_SOCKET
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -140,7 +140,7 @@ class InstanceFiles:
         rename_staged(staged, self.running_path, sync_dir=False)
 
     def discard_staged(self, staged: str) -> None:
-        _unlink(staged)
+        remove_file(staged)
 
     def sync_state_dir(self) -> None:
         fsync_dir(self.state_dir)
@@ -278,7 +278,7 @@ class InstanceFiles:
                 if name.startswith((".upload-", ".tmp-")):
                     path = os.path.join(directory, name)
                     log.info("removing staging leftover {path}", path=path)
-                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else remove_file(path)
         if not os.path.exists(self.config_path) and not os.path.exists(self.pid_path):
             for directory in (self.state_dir, self.run_dir, self.certs_dir):
                 if _only_agent_files(directory):
@@ -400,12 +400,6 @@ def _only_agent_files(path: str) -> bool:
     except OSError:
         return False
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _desired_bytes(value: str) -> bytes:

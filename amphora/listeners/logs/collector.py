@@ -17,9 +17,9 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from amphora.fsutil import ensure_dir
+from amphora.fsutil import ensure_dir, remove_file
 from amphora.listeners.logs.forward import make_forwarder
-from amphora.listeners.logs.logfile import RotatingFile, tail_lines, unlink
+from amphora.listeners.logs.logfile import RotatingFile, tail_lines
 from amphora.listeners.logs.syslog import Tagger, file_line, parse_datagram
 from amphora.listeners.store import is_listener_id
 
@@ -137,7 +137,7 @@ class ListenerLogs(Service):
         for lid in sorted(wanted):
             self.ensure(lid)
         for lid in left - wanted:
-            unlink(self.socket_path(lid))
+            remove_file(self.socket_path(lid))
 
     def stopService(self):
         super().stopService()
@@ -245,7 +245,7 @@ class ListenerLogs(Service):
                 log.warn("final log lines of listener {lid} not all forwarded within {timeout}s",
                          lid=lid, timeout=DELETE_FLUSH_TIMEOUT)
             self._file(lid).remove()
-            unlink(self.socket_path(lid))
+            remove_file(self.socket_path(lid))
             return None
 
         return d.addCallback(remove)
@@ -263,7 +263,7 @@ class ListenerLogs(Service):
             return False
         dirfd = -1
         try:
-            unlink(path)  # a previous agent's socket: nobody reads it any more
+            remove_file(path)  # a previous agent's socket: nobody reads it any more
             bind_path = path
             if len(os.fsencode(path)) > SUN_PATH_MAX:
                 # too long to bind by name: bind through the directory's descriptor
@@ -290,7 +290,7 @@ class ListenerLogs(Service):
         if collector.port is not None:
             collector.port.stopListening()
         if remove_socket:
-            unlink(self.socket_path(lid))
+            remove_file(self.socket_path(lid))
 
     def collecting(self, lid: str) -> bool:
         return lid in self._collectors

@@ -16,20 +16,14 @@ import os
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
 
+from amphora.fsutil import remove_file
+
 log = Logger()
 
 #: Pending file bytes are written at most this many seconds after they arrive...
 FLUSH_DELAY = 0.2
 #: ...or as soon as this many bytes are pending.
 FLUSH_BYTES = 64 * 1024
-
-
-def unlink(path: str) -> None:
-    """Remove ``path``; a file already gone is fine."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class _LogFile(LogFile):
@@ -71,7 +65,7 @@ class _LogFile(LogFile):
     def rotate(self):
         super().rotate()
         if not self.maxRotatedFiles:
-            unlink(f"{self.path}.1")
+            remove_file(f"{self.path}.1")
 
 
 class RotatingFile:
@@ -182,7 +176,7 @@ class RotatingFile:
         self._pending, self._pending_bytes = [], 0
         self._close_file()
         for path in self.files():
-            unlink(path)
+            remove_file(path)
 
 
 def tail_lines(paths: list[str], n: int, block: int = 8192) -> bytes:
