@@ -192,12 +192,9 @@ class WriterObserver:
 
     def __init__(self, writer: LogWriter, render, access):
         self.writer, self.render, self.access = writer, render, access
-        # An instance attribute: a Logger in a class is a descriptor (it binds to the instance).
-        self._access_logger = accesslog.LOGGER
 
     def __call__(self, event) -> None:
-        # accesslog.is_access, inline: this runs for every API request.
-        if event.get("log_logger") is self._access_logger and "log_system" not in event:
+        if accesslog.is_access(event):
             self.writer.write(self.access(event), urgent=False)
             return
         text = self.render(event)

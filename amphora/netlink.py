@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from twisted.internet.threads import deferToThreadPool
 
-from amphora import pyroute2lean as pyroute2
+from amphora import pyroute2lean
 from amphora.netns import CLONE_NEWNET, NETNS_RUN_DIR, enter
 
 IFF_UP = 0x1
@@ -111,7 +111,7 @@ def netlink_socket(namespace: str = "") -> socket.socket:
 @contextmanager
 def iproute(namespace: str = ""):
     """An IPRoute on a socket in ``namespace``, opened and closed around one operation."""
-    IPRoute = pyroute2.part("iproute.linux").IPRoute  # noqa: N806 - the class
+    IPRoute = pyroute2lean.part("iproute.linux").IPRoute  # noqa: N806 - the class
 
     sock = netlink_socket(namespace)
     try:
@@ -161,7 +161,7 @@ def _libc():
 
 def create_namespace(namespace: str) -> bool:
     """Create the named namespace if missing (as ``ip netns add`` does); True if created."""
-    pr_netns = pyroute2.part("netns")
+    pr_netns = pyroute2lean.part("netns")
 
     if namespace in pr_netns.listnetns():
         return False
@@ -232,7 +232,7 @@ def default_route_devices(namespace: str = "", version: int = 4) -> list[str]:
 
 def remove_address(namespace: str, ifname: str, address: str, prefixlen: int | None = None) -> bool:
     """Blocking: delete ``address/prefixlen`` (default: a host prefix) from ``ifname``; False if absent."""
-    NetlinkError = pyroute2.part("netlink.exceptions").NetlinkError  # noqa: N806 - the class
+    NetlinkError = pyroute2lean.part("netlink.exceptions").NetlinkError  # noqa: N806 - the class
 
     ip = ipaddress.ip_address(address)
     prefixlen = ip.max_prefixlen if prefixlen is None else prefixlen

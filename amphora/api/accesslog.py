@@ -31,7 +31,7 @@ from twisted.logger import LogLevel, Logger, eventAsJSON, globalLogPublisher
 NAMESPACE = "amphora.access"
 FORMAT = "{method} {path} {status} {duration_ms}ms {client}"
 
-LOGGER = _logger = Logger(namespace=NAMESPACE)  # marks the events this module makes
+_logger = Logger(namespace=NAMESPACE)
 _SYSTEM = f" [{NAMESPACE}#info] "
 # The JSON form of LogLevel.info as Twisted's JSON observer writes it (with the
 # class marker that lets eventsFromJSONLogFile turn it back into a LogLevel).
