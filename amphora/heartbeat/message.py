@@ -59,14 +59,10 @@ def _int(value: Any) -> int:
     return number if number >= 0 else 0
 
 
-def member_status(member: pools.Member) -> str:
-    """haproxy's raw status, except Octavia's DRAIN for exactly ``UP`` with weight 0 (the model's rule)."""
-    return "DRAIN" if member.drained else (member.raw or UNKNOWN)
-
-
 def pool_entry(pool: pools.Pool) -> dict:
-    """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members)."""
-    # member_status(m) of each member, inlined (thousands of them per beat).
+    """Octavia's pool vocabulary: UP / DOWN (its health manager derives DEGRADED from the members).
+    A member is haproxy's raw status, except Octavia's DRAIN for exactly ``UP`` with weight 0."""
+    # ``pools.Member.drained``'s rule, inlined over the tuple (thousands of members per beat).
     return {"status": "DOWN" if pool.down else "UP",
             "members": {name: (raw or UNKNOWN) if raw != "UP" else "DRAIN" if weight.strip() == "0" else raw
                         for name, raw, weight in pool.members}}
