@@ -12,8 +12,8 @@ The goal is zero failed.
 ``--down-member`` adds a second member that is down (nothing listens; slow
 checks, ``inter 3s``), so a new worker that forgot its state would send it
 requests; ``--load-state`` adds ``load-server-state-from-file global`` to the
-configuration's defaults (else the agent applies the saved states through the
-runtime API).
+configuration's defaults (else the agent adds it to each backend of the
+running copy: ``amphora/listeners/serverstate.py``).
 
     python bench/hitless.py [--reloads 50] [--clients 2] [--down-member [--load-state]]
 """

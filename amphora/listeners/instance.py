@@ -100,10 +100,15 @@ class HaproxyInstance:
     def prepare(self, config: bytes) -> None:
         """Make what the configuration needs exist before a check or a start."""
 
-    def before_stop_or_reload(self):
-        """Called with the process running, before SIGUSR2 or stop: save the servers' state; fires
-        with it (bytes, or None)."""
-        return serverstate.save(self)
+    def before_stop_or_reload(self, reload_from: bytes | None = None, reload_to: bytes | None = None):
+        """Called with the process running, before SIGUSR2 (from the running copy ``reload_from`` to
+        ``reload_to``) or stop: save the servers' state; fires with it (bytes, or None)."""
+        return serverstate.save(self, reload_from, reload_to)
+
+    def running_text(self, config: bytes) -> bytes:
+        """What haproxy runs for the upload ``config`` (``serverstate.running_text``)."""
+        path = serverstate.state_file(config, self.files.run_dir, self.default_server_state())
+        return serverstate.running_text(config, path)
 
     def started_text(self, output: str, pid: int) -> str:
         return f"{first_valid_line(output)}\nhaproxy daemon for {self.id} started (pid {pid})"
@@ -294,16 +299,18 @@ class HaproxyInstance:
         output = yield self.check(source, message)
         yield self._check_binds(config, message)
         previous = self.files.read_running()
-        if previous != config:
-            self.files.write_running(config)
+        running = self.running_text(config)
+        if previous != running:
+            self.files.write_running(running)
         self.files.clear_run_files()
+        serverstate.forget(self, running)  # a start begins with every server UP
         try:
             pid = yield proc.start()
         except ProcessFailed as e:
             if previous is not None:
                 self.files.write_running(previous)
             raise OperationFailed(e.output or e.reason, message=message)
-        self._record_loaded(config)
+        self._record_loaded(running)
         log.info("{kind} {lid}: haproxy started (pid {pid})", kind=self.kind, lid=self.id, pid=pid)
         return self.started_text(output, pid)
 

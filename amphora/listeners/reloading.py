@@ -7,15 +7,18 @@ The steps, and what a kill -9 of the agent at each leaves:
 
 1. ``haproxy -c`` of the upload (cached: the upload has just checked it);
 2. side by side: ``show proc`` then the bind check (our own pids are the
-   master's and workers'), the servers' state save, and the new
+   master's and workers'), the servers' state save (the servers the new
+   configuration defines as before), and the new
    ``running.cfg`` written to a temp file and fsynced. A kill leaves a
    ``.tmp-`` file that the next agent start sweeps; a failed check unlinks it;
 3. the temp file renamed over ``running.cfg`` (haproxy reads it at the
    signal), SIGUSR2, and the directory's fsync meanwhile. A kill from here
    on leaves ``running.cfg`` differing from ``loaded.sha256``: the next
    agent start reloads it (``recovery.reconcile_loaded``);
-4. the new worker confirmed (``HAProxy.reload``), saved member states
-   applied, ``loaded.sha256`` recorded, the fsync waited for, done.
+4. the new worker confirmed (``HAProxy.reload``; the new process loaded the
+   saved member states itself, ``amphora.listeners.serverstate``, else they
+   are applied now), the state file emptied when the agent made it load it,
+   ``loaded.sha256`` recorded, the fsync waited for, done.
 """
 
 from __future__ import annotations
@@ -60,10 +63,11 @@ def reload(inst):
     output = yield inst.check(files.config_path, message, reuse=True)
     haproxy = inst.owner.haproxy
     previous = files.read_running()
+    running = inst.running_text(config)
     # an unchanged configuration needs no write (a full state_dir)
-    staging = haproxy.blocking(files.stage_running, config) if previous != config else succeed(None)
-    results = yield DeferredList([_show_proc_and_binds(inst, proc, config, message), inst.before_stop_or_reload(),
-                                  staging], consumeErrors=True)
+    staging = haproxy.blocking(files.stage_running, running) if previous != running else succeed(None)
+    results = yield DeferredList([_show_proc_and_binds(inst, proc, config, message),
+                                  inst.before_stop_or_reload(previous, running), staging], consumeErrors=True)
     staged = results[2][1] if results[2][0] else None
     try:
         before, saved, _ = _values(results)
@@ -78,12 +82,12 @@ def reload(inst):
         lambda f: log.warn("{kind} {lid}: fsync of {path}: {error}", kind=inst.kind, lid=inst.id,
                            path=files.state_dir, error=f.value))
     mark = proc.mark()
-    # Saved states to push (members DOWN / MAINT / DRAIN): to the new worker as soon as it
-    # exists, and confirmed on the master CLI; else the stats socket confirms, sooner.
-    push = serverstate.pending(saved, config)
+    # Saved states the new process does not load itself (``serverstate``: a fallback): to the new
+    # worker as soon as it exists, and confirmed on the master CLI; else the stats socket confirms.
+    push = serverstate.pending(saved, running)
     try:
         worker = yield signal_reload(inst, proc, before, on_worker=(
-            lambda pid: serverstate.apply_early(inst, saved, pid, config)) if push else None)
+            lambda pid: serverstate.apply_early(inst, saved, pid, running)) if push else None)
     except OperationFailed as failure:
         yield synced
         details = failure.details
@@ -96,10 +100,14 @@ def reload(inst):
             except OperationFailed as again:
                 log.error("{kind} {lid}: reload of the last good configuration failed too: {e}",
                           kind=inst.kind, lid=inst.id, e=again.details)
+            serverstate.forget(inst, previous)
+        serverstate.forget(inst, running)
         output_text = proc.output_since(mark)
         raise OperationFailed("\n".join(x for x in (output_text, details) if x), message=message)
-    yield serverstate.apply(inst, saved, worker, config)
-    inst._record_loaded(config)
+    yield serverstate.apply(inst, saved, worker, running)
+    # the new process has loaded the saved states: a restart after a crash must not
+    serverstate.forget(inst, running)
+    inst._record_loaded(running)
     yield synced
     log.info("{kind} {lid}: reloaded (master {pid}, new worker {worker})", kind=inst.kind, lid=inst.id,
              pid=proc.pid, worker=worker)

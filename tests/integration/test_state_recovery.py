@@ -289,7 +289,7 @@ async def test_an_empty_running_cfg_is_not_started(agent, listeners, restarts):
         assert (await deferToThread(http_get, port)) == (200, "A")  # started from the stored upload
         assert glob.glob(files.running_path + ".corrupt-*")
         with open(files.running_path, "rb") as f:
-            assert f.read() == files.read_config()
+            assert f.read() == again._instances[lid].running_text(files.read_config())
 
 
 @pytest.mark.parametrize("content", [b"garbled\n", b"", b"-5\n", b"1\n"])
