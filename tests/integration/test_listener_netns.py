@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.listener_support import http_config, kill_listeners, new_id
+from tests.listener_support import eventually, http_config, kill_listeners, new_id
 
 NS = f"amp3-{uuid.uuid4().hex[:8]}"
 
@@ -49,6 +49,11 @@ async def test_listener_runs_in_the_namespace(agent, client, url, run_dir):
                                    "127.0.0.1", str(backend_port)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, cwd=run_dir)
         try:
+            # the backend serves before haproxy is asked to reach it (on a busy machine python's
+            # start-up took long enough for the first request to get haproxy's 503)
+            probe = f"import socket; socket.create_connection(('127.0.0.1', {backend_port}), timeout=1)"
+            await eventually(lambda: deferToThread(lambda: _in_ns("python3", "-c", probe).returncode == 0),
+                             timeout=20, message="the backend in the namespace listens")
             lid, port = new_id(), free_port()
             text = http_config(lid, port, new_id(), [(new_id(), backend_port)])
             response = await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=text.encode())
