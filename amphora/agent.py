@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,7 +38,6 @@ from amphora.api.octavia_amphora import AmphoraCalls
 from amphora.api.http import BodyLimits
 from amphora.api.site import AgentSite
 from amphora.api.tls import ServerContextFactory
-from amphora.api.tlsoffload import tls_factory
 from amphora.certificates import CertificateStore
 from amphora.config import AgentConfig
 from amphora.fsutil import ensure_dir
@@ -197,7 +196,6 @@ class AmphoraAgent(MultiService):
         self.site = None
         self.steps = list
         self.port = None
-        self.handshake_pool = None  # TLS handshake threads (amphora.api.tlsoffload)
         self.parent_hooks = []  # called with the parent before joining it (see amphora.tap)
 
     def serve(self, parts: Parts) -> None:
@@ -223,13 +221,11 @@ class AmphoraAgent(MultiService):
 
     def privilegedStartService(self):
         agent = self.config.agent
-        # TLS as listenSSL does it (a TLSMemoryBIOFactory over TCP), with the handshakes' OpenSSL
-        # work in threads (amphora.api.tlsoffload)
-        factory, self.handshake_pool = tls_factory(self.tls_context, self.site, self.reactor)
-        endpoint = TCP4ServerEndpoint(self.reactor, agent.bind_port, backlog=128, interface=agent.bind_host)
+        endpoint = SSL4ServerEndpoint(self.reactor, agent.bind_port, self.tls_context,
+                                      backlog=128, interface=agent.bind_host)
         result = []
-        endpoint.listen(factory).addBoth(result.append)
-        outcome = result[0]  # listenTCP is synchronous: the Deferred has fired
+        endpoint.listen(self.site).addBoth(result.append)
+        outcome = result[0]  # listenSSL is synchronous: the Deferred has fired
         if isinstance(outcome, Failure):
             if outcome.check(CannotListenError):
                 sys.stderr.write(f"amphora-agent: agent.bind_port: cannot listen on "
@@ -237,8 +233,6 @@ class AmphoraAgent(MultiService):
                 raise SystemExit(1)
             outcome.raiseException()
         self.port = outcome
-        if self.handshake_pool is not None:
-            self.handshake_pool.start()
         if hasattr(self.port, "stopReading"):  # accept only once the start-up sequence is done
             self.port.stopReading()
         super().privilegedStartService()
@@ -287,9 +281,6 @@ class AmphoraAgent(MultiService):
             port, self.port = self.port, None
             yield maybeDeferred(port.stopListening)
         yield super().stopService()
-        if self.handshake_pool is not None:
-            pool, self.handshake_pool = self.handshake_pool, None
-            pool.stop()  # idle threads by now (connections are closed with the reactor)
 
 
 def build_agent(config: AgentConfig, reactor, listeners=None) -> AmphoraAgent:

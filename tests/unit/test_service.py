@@ -8,10 +8,7 @@ from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 
-from twisted.protocols.tls import TLSMemoryBIOFactory
-
 from amphora import tap
-from amphora.api.site import AgentSite
 from amphora.config import load_config
 from tests.helpers import write_config
 
@@ -47,16 +44,9 @@ def test_make_service_builds_the_tree(pki, tmp_path):
     service = tap.makeService(options, reactor=reactor)
     assert isinstance(service, MultiService)
     service.privilegedStartService()
-    assert reactor.sslServers == []  # TLS is the factory's (amphora.api.tlsoffload), over TCP
-    assert len(reactor.tcpServers) == 1
-    port, factory, _backlog, interface = reactor.tcpServers[0]
+    assert len(reactor.sslServers) == 1
+    port, factory, _ctx, _backlog, interface = reactor.sslServers[0]
     assert interface == "127.0.0.1"
-    assert isinstance(factory, TLSMemoryBIOFactory) and isinstance(factory.wrappedFactory, AgentSite)
-    agent = service
-    assert factory._creatorCallable(None).get_context() is agent.tls_context.getContext()  # the holder's
-    if agent.handshake_pool is not None:
-        assert agent.handshake_pool.started
-        agent.handshake_pool.stop()
 
 
 @pytest.fixture
