@@ -25,6 +25,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from amphora.errors import OperationFailed
+from amphora.listeners import serverstate
 from amphora.listeners.store import STARTED, STOPPED
 from amphora.process import RUNNING
 
@@ -97,6 +98,8 @@ def restore(inst):
     adopted = yield inst.adopt_running()
     if adopted:
         yield inst.reconcile_loaded()
+        # states a killed agent saved for a reload (done or not) must not reach a later restart
+        serverstate.forget(inst, inst.files.read_running())
         if desired == STOPPED:
             yield inst.stop()
         return

@@ -18,6 +18,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
+from amphora.listeners import serverstate
 from amphora.listeners.manager import ListenerManager
 from tests.helpers import free_port
 from tests.listener_support import API, Backend, http_config, http_get, kill_listeners, new_id, port_open
@@ -273,6 +274,23 @@ async def test_unusable_desired_json_with_haproxy_running_is_adopted_and_delete_
         assert again._procs[lid].pid == pid and (await again.status(lid))["status"] == "ACTIVE"
         await again._run(again._get(lid), again._delete, again._get(lid))
         assert not _alive(pid) and not await deferToThread(port_open, port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_member_states_a_killed_agent_saved_never_reach_a_later_restart(agent, listeners, restarts):
+    """Killed between saving the states for a reload and emptying the file: the next agent empties
+    it once it has adopted haproxy (a restart of haproxy after a crash begins with every server UP)."""
+    with Backend("A") as backend:
+        lid, port = await _started(listeners, backend)
+        files = listeners.store.files(lid)
+        assert serverstate.agent_loads(files.read_running())
+        with open(files.server_state_path, "wb") as f:
+            f.write(b"1\n# be_id be_name srv_id srv_name\n3 p 1 s 127.0.0.1 0 0 1 1 6 8 2 0 6 0 0 0 - 80\n")
+        pid = listeners._procs[lid].pid
+        again = await restarts()
+        assert again._procs[lid].pid == pid  # adopted
+        with open(files.server_state_path, "rb") as f:
+            assert f.read() == serverstate.EMPTY
 
 
 @pytest_twisted.ensureDeferred
