@@ -20,8 +20,9 @@ process before it handles traffic (``load-server-state-from-file``). The agent:
   runtime API instead races the new worker: it serves before any command can
   reach it (measured: 5-8 failed requests per 50 reloads under load, 0 this
   way). That file then only holds states between a reload's save and the
-  reload (``forget``), so a start or a restart after a crash begins with
-  every server UP, as without the file;
+  reload (``forget``: after each reload, before each start, and when a
+  restarted agent has adopted haproxy), so a start or a restart after a
+  crash begins with every server UP, as without the file;
 - a configuration that loads no state file (it says ``none``, or it sets
   ``zero-warning``, under which haproxy refuses to start with a server the
   file sets DOWN) gets the saved states (DOWN, MAINT, DRAIN) through the
