@@ -83,6 +83,14 @@ def listeners(agent, run_dir):
 
 
 @pytest.fixture
+def api(client, url, listeners):
+    """The v0.1 listener routes through the real mTLS client (``tests.listener_support.API``)."""
+    from tests.listener_support import API
+
+    return API(client, url)
+
+
+@pytest.fixture
 def client(pki):
     from twisted.internet import reactor
 

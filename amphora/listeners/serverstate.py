@@ -225,8 +225,7 @@ def save(inst, reload_from: bytes | None = None, reload_to: bytes | None = None)
         state = state if isinstance(state, bytes) else state.encode()
         data = carry(state, reload_from, reload_to) if reload_to is not None else state
         ensure_dir(os.path.dirname(path), 0o755)
-        # under run_dir a runtime file (see atomic_write); a configuration's own file is kept durably
-        atomic_write(path, data, 0o600, durable=not _under(path, inst.files.run_dir))
+        _store(inst, path, data)
     except Exception as e:  # noqa: BLE001 - a missing state file only costs the members' history
         log.warn("{kind} {lid}: could not save server state to {path}: {error}", kind=inst.kind, lid=inst.id,
                  path=path, error=e)
@@ -243,14 +242,17 @@ def forget(inst, running: bytes | None) -> None:
     if path is None:
         return
     try:
-        atomic_write(path, EMPTY, 0o600, durable=not _under(path, inst.files.run_dir))
+        _store(inst, path, EMPTY)
     except OSError as e:
         log.warn("{kind} {lid}: could not empty the server state file {path}: {error}", kind=inst.kind,
                  lid=inst.id, path=path, error=e.strerror or e)
 
 
-def _under(path: str, directory: str) -> bool:
-    return os.path.abspath(path).startswith(os.path.abspath(directory) + os.sep)
+def _store(inst, path: str, data: bytes) -> None:
+    """A state file under run_dir is a runtime file (see atomic_write); a configuration's own file
+    is kept durably."""
+    run_dir = os.path.abspath(inst.files.run_dir) + os.sep
+    atomic_write(path, data, 0o600, durable=not os.path.abspath(path).startswith(run_dir))
 
 
 @inlineCallbacks

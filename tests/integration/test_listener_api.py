@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.listener_support import (API, Backend, eventually, http_config, http_get, new_id, port_open, tcp_config, tcp_echo)
+from tests.listener_support import (Backend, eventually, http_config, http_get, new_id, port_open, tcp_config, tcp_echo)
 
 
 @pytest.fixture
@@ -26,12 +26,6 @@ def listeners(listeners):
     """Fast supervision, so crash-and-restart tests take about a second."""
     listeners.supervision.update(backoff_initial=0.2, backoff_max=1.0, stable_after=5.0, poll_interval=0.2)
     return listeners
-
-
-
-@pytest.fixture
-def api(client, url, listeners):
-    return API(client, url)
 
 
 def files_of(agent, lid):

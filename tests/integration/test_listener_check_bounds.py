@@ -19,18 +19,12 @@ from twisted.internet.threads import deferToThread
 
 from tests import certificates_support as cs
 from tests.helpers import free_port
-from tests.listener_support import API, Backend, eventually, http_config, http_get, new_id
+from tests.listener_support import Backend, eventually, http_config, http_get, new_id
 
 
 @pytest.fixture
 def agent_config_extra(run_dir):
     return {"agent": {"run_dir": run_dir}, "haproxy": {"stop_timeout": "3", "start_timeout": "5"}}
-
-
-
-@pytest.fixture
-def api(client, url, listeners):
-    return API(client, url)
 
 
 @pytest.fixture

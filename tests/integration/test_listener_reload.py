@@ -7,17 +7,12 @@ import pytest_twisted
 from twisted.logger import globalLogPublisher
 
 from tests.helpers import free_port
-from tests.listener_support import API, Backend, http_config, new_id
+from tests.listener_support import Backend, http_config, new_id
 
 
 @pytest.fixture
 def agent_config_extra(run_dir):
     return {"agent": {"run_dir": run_dir}, "haproxy": {"stop_timeout": "3", "start_timeout": "5"}}
-
-
-@pytest.fixture
-def api(client, url, listeners):
-    return API(client, url)
 
 
 @pytest_twisted.ensureDeferred
