@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,6 +38,7 @@ from amphora.api.octavia_amphora import AmphoraCalls
 from amphora.api.http import BodyLimits
 from amphora.api.site import AgentSite
 from amphora.api.tls import ServerContextFactory
+from amphora.api.tlsconn import tls_factory
 from amphora.certificates import CertificateStore
 from amphora.config import AgentConfig
 from amphora.fsutil import ensure_dir
@@ -221,11 +222,12 @@ class AmphoraAgent(MultiService):
 
     def privilegedStartService(self):
         agent = self.config.agent
-        endpoint = SSL4ServerEndpoint(self.reactor, agent.bind_port, self.tls_context,
-                                      backlog=128, interface=agent.bind_host)
+        # TLS over TCP as listenSSL builds it, with the agent's per-connection layer
+        # (amphora.api.tlsconn)
+        endpoint = TCP4ServerEndpoint(self.reactor, agent.bind_port, backlog=128, interface=agent.bind_host)
         result = []
-        endpoint.listen(self.site).addBoth(result.append)
-        outcome = result[0]  # listenSSL is synchronous: the Deferred has fired
+        endpoint.listen(tls_factory(self.tls_context, self.site)).addBoth(result.append)
+        outcome = result[0]  # listenTCP is synchronous: the Deferred has fired
         if isinstance(outcome, Failure):
             if outcome.check(CannotListenError):
                 sys.stderr.write(f"amphora-agent: agent.bind_port: cannot listen on "
@@ -233,6 +235,8 @@ class AmphoraAgent(MultiService):
                 raise SystemExit(1)
             outcome.raiseException()
         self.port = outcome
+        if hasattr(self.port, "_type"):
+            self.port._type = "TLS"  # what listenSSL names it in the log
         if hasattr(self.port, "stopReading"):  # accept only once the start-up sequence is done
             self.port.stopReading()
         super().privilegedStartService()

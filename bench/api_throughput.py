@@ -109,8 +109,9 @@ class _Resuming(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host, session=_Resuming.session)
 
 
-def worker(args) -> tuple[int, list[float], int]:
+def worker(args) -> tuple[int, list[float], int, float]:
     port, paths, seconds, mode = args
+    cpu0 = time.process_time()
     ctx = ssl.create_default_context(cafile=paths["ca"])
     ctx.load_cert_chain(paths["client_cert"], paths["client_key"])
     conn = http.client.HTTPSConnection("localhost", port, context=ctx)
@@ -136,7 +137,7 @@ def worker(args) -> tuple[int, list[float], int]:
             conn.close()
         latencies.append(time.monotonic() - t0)
     conn.close()
-    return len(latencies), latencies, resumed
+    return len(latencies), latencies, resumed, time.process_time() - cpu0
 
 
 def measure(pid: int, port: int, paths: dict, clients: int, seconds: float, mode: str) -> dict:
@@ -144,11 +145,12 @@ def measure(pid: int, port: int, paths: dict, clients: int, seconds: float, mode
         cpu0, started = cpu_seconds(pid), time.monotonic()
         results = pool.map(worker, [(port, paths, seconds, mode)] * clients)
         elapsed, cpu1 = time.monotonic() - started, cpu_seconds(pid)
-    lat = sorted(x for _, r, _ in results for x in r)
+    lat = sorted(x for _, r, _, _ in results for x in r)
     n = len(lat)
     return {"rps": n / elapsed, "cpu_ms": (cpu1 - cpu0) * 1000.0 / n, "p50_ms": lat[n // 2] * 1000,
             "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000, "requests": n,
-            "resumed": sum(r for _, _, r in results)}
+            "resumed": sum(r for _, _, r, _ in results),
+            "client_cpu_ms": sum(c for *_, c in results) * 1000.0 / n}
 
 
 def start_servers(tmp: str, pki, with_nolog: bool, compare: str | None,
@@ -241,7 +243,8 @@ def report(args, names, runs, pss_idle, pss_after) -> None:
     print(f"{'mode':>9} {'cl':>2} {'figure':>12}{head} {'agent/klein':>18} {'agent/haproxy':>18}")
     summary = []
     for (mode, clients), rounds in runs.items():
-        for figure, key in (("req/s", "rps"), ("cpu ms/req", "cpu_ms")):
+        for figure, key in (("req/s", "rps"), ("cpu ms/req", "cpu_ms"), ("client ms/req", "client_cpu_ms"),
+                            ("p50 ms", "p50_ms")):
             med = {n: statistics.median(r[key] for r in rounds[n]) for n in names}
             vs_k = [a[key] / k[key] for a, k in zip(rounds["agent"], rounds["klein"])]
             vs_h = [a[key] / h[key] for a, h in zip(rounds["agent"], rounds["haproxy"])]

@@ -9,6 +9,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 
 from amphora import tap
+from amphora.api.site import AgentSite
+from amphora.api.tlsconn import AgentTLSFactory
 from amphora.config import load_config
 from tests.helpers import write_config
 
@@ -44,9 +46,13 @@ def test_make_service_builds_the_tree(pki, tmp_path):
     service = tap.makeService(options, reactor=reactor)
     assert isinstance(service, MultiService)
     service.privilegedStartService()
-    assert len(reactor.sslServers) == 1
-    port, factory, _ctx, _backlog, interface = reactor.sslServers[0]
+    assert reactor.sslServers == []  # TLS is the factory's (amphora.api.tlsconn), over TCP
+    assert len(reactor.tcpServers) == 1
+    port, factory, _backlog, interface = reactor.tcpServers[0]
     assert interface == "127.0.0.1"
+    assert isinstance(factory, AgentTLSFactory) and isinstance(factory.wrappedFactory, AgentSite)
+    # the context of every new connection is the holder's current one (rotation applies)
+    assert factory._creatorCallable(None).get_context() is service.tls_context.getContext()
 
 
 @pytest.fixture
