@@ -243,6 +243,19 @@ async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05, m
         await deferLater(reactor, interval, lambda: None)
 
 
+async def reloaded_to(port: int, name: str, timeout: float = 2.0, then: int = 5) -> None:
+    """After a reload's 202: the new worker serves, but the old one can still accept a new
+    connection for the few milliseconds until it has processed its soft stop (measured: 1 next
+    connection in 60; docs/api.rst). Waits until backend ``name`` answers, then requires the
+    next ``then`` answers to be ``name`` as well (a reload that kept the old configuration fails)."""
+    from twisted.internet.threads import deferToThread
+
+    await eventually(lambda: deferToThread(http_get, port).addCallback(lambda got: got == (200, name)),
+                     timeout=timeout, interval=0.005, message=f"backend {name} answering on {port}")
+    answers = await deferToThread(lambda: [http_get(port) for _ in range(then)])
+    assert answers == [(200, name)] * then, answers
+
+
 class BlockingAPI:
     """A blocking mTLS client for an agent in another process (tests that are not reactor tests,
     benchmarks). Keeps one connection alive; ``call`` returns (status, JSON or bytes)."""

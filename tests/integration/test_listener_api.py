@@ -13,7 +13,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.listener_support import (Backend, eventually, http_config, http_get, new_id, port_open, tcp_config, tcp_echo)
+from tests.listener_support import (Backend, eventually, http_config, http_get, new_id, port_open, reloaded_to, tcp_config,
+                                    tcp_echo)
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ async def test_life_cycle_with_http_and_tcp_traffic(agent, api):
         code, body = await api.action(lid, "reload")
         assert code == 202, body
         assert "reloaded" in body["details"]
-        assert await deferToThread(http_get, port) == (200, "B")
+        await reloaded_to(port, "B")
         assert agent.listeners._procs[lid].pid == master  # hitless: same master
 
         # A TCP listener beside it.
@@ -261,7 +262,7 @@ async def test_reload_that_fails_to_load_returns_to_the_last_good_config(agent, 
         assert (await api.upload(lid, http_config(lid, port, pool, [(member, b.port)])))[0] == 201
         code, body = await api.action(lid, "reload")
         assert code == 202, body
-        assert await deferToThread(http_get, port) == (200, "B")
+        await reloaded_to(port, "B")
         assert proc.pid == master
 
 

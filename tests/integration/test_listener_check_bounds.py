@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThread
 
 from tests import certificates_support as cs
 from tests.helpers import free_port
-from tests.listener_support import Backend, eventually, http_config, http_get, new_id
+from tests.listener_support import Backend, eventually, http_config, http_get, new_id, reloaded_to
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ async def test_a_check_that_never_ends_is_killed_and_the_listener_stays_usable(a
         assert (await api.upload(lid, http_config(lid, port, pool, [(new_id(), b.port)])))[0] == 201
         code, body = await api.action(lid, "reload")
         assert code == 202, body
-        assert await deferToThread(http_get, port) == (200, "B")
+        await reloaded_to(port, "B")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.helpers import free_port
-from tests.listener_support import Backend, http_config, http_get, kill_listeners, new_id
+from tests.listener_support import Backend, http_config, http_get, kill_listeners, new_id, reloaded_to
 
 
 @pytest_twisted.ensureDeferred
@@ -29,7 +29,7 @@ async def test_deep_run_dir(agent, client, url):
             assert (await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=text.encode())).code == 201
             response = await client.put(f"{url}/v0.1/listeners/{lid}/reload")
             assert response.code == 202, await response.text()
-            assert await deferToThread(http_get, port) == (200, "B")
+            await reloaded_to(port, "B")
             # after the reload the re-executed master re-bound its sockets in the same place
             body = await (await client.get(f"{url}/v0.1/listeners/{lid}")).json()
             assert body["status"] == "ACTIVE" and body["pools"][0]["members"] == [{member: "NO_CHECK"}]
