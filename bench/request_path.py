@@ -129,16 +129,21 @@ def main() -> None:
         for name, site in sites.items():
             times[name].append(run(site, cert, args.requests) / args.requests * 1e6)
     observer.writer.close()
-    klein = times["klein"]
     print(f"in-process keep-alive GET /info, {args.requests} pipelined requests x {args.rounds} rounds "
           f"(no TLS, no sockets); load average {os.getloadavg()[0]:.1f}")
+    print_table(times, "req")
+
+
+def print_table(times: dict, unit: str) -> None:
+    """µs per ``unit`` of each server: the best round and the median, and their ratios to klein's."""
+    klein = times["klein"]
     print("best: the fastest round of each (other load on the machine only adds time); "
           "median: of the per-round ratios (min-max)")
-    print(f"{'server':>12} {'best us/req':>11} {'/klein':>6} {'median us/req':>13} {'/klein':>18}")
+    print(f"{'server':>12} {'best us/' + unit:>12} {'/klein':>6} {'median us/' + unit:>14} {'/klein':>18}")
     for name, values in times.items():
         ratios = [v / k for v, k in zip(values, klein)]
-        print(f"{name:>12} {min(values):11.1f} {min(values) / min(klein):6.2f} {statistics.median(values):13.1f} "
-              f"{statistics.median(ratios):6.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+        print(f"{name:>12} {min(values):12.1f} {min(values) / min(klein):6.3f} {statistics.median(values):14.1f} "
+              f"{statistics.median(ratios):6.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
 
 
 if __name__ == "__main__":
