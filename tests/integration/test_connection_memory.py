@@ -122,4 +122,4 @@ async def test_no_connection_outlives_its_end_in_the_tls_layer(agent, pki, tmp_p
         await deferLater(reactor, 0.02, lambda: None)
     assert not factory.protocols, list(factory.protocols)
     gc.collect()
-    assert not [o for o in gc.get_objects() if isinstance(o, AgentTLSProtocol)]
+    assert not [o for o in gc.get_objects() if isinstance(o, AgentTLSProtocol) and o.factory is factory]
