@@ -52,7 +52,7 @@ from twisted.internet.interfaces import IOpenSSLContextFactory  # noqa: E402
 
 from klein_baseline import klein_site  # noqa: E402
 from request_path import KLEIN_BODY, REQUEST, agent_site, print_table  # noqa: E402
-from tests.helpers import make_pki  # noqa: E402
+from tests.helpers import drain_bio, make_pki  # noqa: E402
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 HOST = IPv4Address("TCP", "127.0.0.1", 9443)
@@ -103,15 +103,6 @@ class TCPLike(StringTransport):
         return None
 
 
-def _drain(conn: SSL.Connection) -> bytes:
-    out = []
-    while True:
-        try:
-            out.append(conn.bio_read(65536))
-        except SSL.WantReadError:
-            return b"".join(out)
-
-
 def one_connection(factory, client_ctx, profiler=None) -> tuple[float, bytes]:
     """One connection, handshake to close; (server CPU seconds, the answer)."""
     clock = time.thread_time
@@ -155,7 +146,7 @@ def one_connection(factory, client_ctx, profiler=None) -> tuple[float, bytes]:
                 sent = True
         except SSL.WantReadError:
             pass
-        to_server = _drain(client)
+        to_server = drain_bio(client)
         for _ in range(4):  # a NewSessionTicket record yields no data: read on past it
             try:
                 answer += client.recv(65536)

@@ -61,6 +61,18 @@ def expired_client(pki: PKI) -> devpki.Issued:
                         not_after=now - datetime.timedelta(days=1))
 
 
+def drain_bio(conn) -> bytes:
+    """Everything an in-memory pyOpenSSL ``Connection`` has written for its peer so far."""
+    from OpenSSL import SSL
+
+    out = []
+    while True:
+        try:
+            out.append(conn.bio_read(65536))
+        except SSL.WantReadError:
+            return b"".join(out)
+
+
 def config_text(pki: PKI, root: str, port: int = 0, extra: dict | None = None) -> str:
     """An INI configuration for an agent whose state lives under ``root``."""
     sections = {

@@ -9,16 +9,7 @@ from OpenSSL import SSL
 from amphora import devpki
 from amphora.api.tls import ServerContextFactory, completing_intermediates
 from amphora.config import load_config
-from tests.helpers import write_config
-
-
-def _drain(conn):
-    out = []
-    while True:
-        try:
-            out.append(conn.bio_read(65536))
-        except SSL.WantReadError:
-            return b"".join(out)
+from tests.helpers import drain_bio, write_config
 
 
 def presented_chain(server_ctx: SSL.Context, pki, trust: str) -> list[str]:
@@ -39,7 +30,7 @@ def presented_chain(server_ctx: SSL.Context, pki, trust: str) -> list[str]:
                 done.add(name)
             except SSL.WantReadError:
                 pass
-            data = _drain(conn)
+            data = drain_bio(conn)
             if data:
                 peer.bio_write(data)
         if done == {"client", "server"}:

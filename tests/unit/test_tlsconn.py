@@ -16,7 +16,7 @@ from zope.interface.interface import Interface
 from amphora.api import tlsconn
 from amphora.api.tls import ServerContextFactory, peer_subject
 from amphora.config import load_config
-from tests.helpers import write_config
+from tests.helpers import drain_bio, write_config
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -106,14 +106,6 @@ def test_handshake_and_request_through_it(pki, tmp_path):
     client = SSL.Connection(client_ctx, None)
     client.set_connect_state()
 
-    def drain():
-        out = []
-        while True:
-            try:
-                out.append(client.bio_read(65536))
-            except SSL.WantReadError:
-                return b"".join(out)
-
     answer = b""
     sent = False
     for _ in range(10):
@@ -124,7 +116,7 @@ def test_handshake_and_request_through_it(pki, tmp_path):
                 sent = True
         except SSL.WantReadError:
             pass
-        server.dataReceived(drain())
+        server.dataReceived(drain_bio(client))
         factory._clock.advance(0)
         client.bio_write(transport.value())
         transport.clear()
