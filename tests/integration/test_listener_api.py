@@ -71,7 +71,7 @@ async def test_life_cycle_with_http_and_tcp_traffic(agent, api):
         code, body = await api.action(lid, "reload")
         assert code == 202, body
         assert "reloaded" in body["details"]
-        await reloaded_to(port, "B")
+        await reloaded_to(port, "B", master)
         assert agent.listeners._procs[lid].pid == master  # hitless: same master
 
         # A TCP listener beside it.
@@ -262,7 +262,7 @@ async def test_reload_that_fails_to_load_returns_to_the_last_good_config(agent, 
         assert (await api.upload(lid, http_config(lid, port, pool, [(member, b.port)])))[0] == 201
         code, body = await api.action(lid, "reload")
         assert code == 202, body
-        await reloaded_to(port, "B")
+        await reloaded_to(port, "B", master)
         assert proc.pid == master
 
 

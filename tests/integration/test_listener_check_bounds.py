@@ -118,7 +118,7 @@ async def test_a_check_that_never_ends_is_killed_and_the_listener_stays_usable(a
         assert (await api.upload(lid, http_config(lid, port, pool, [(new_id(), b.port)])))[0] == 201
         code, body = await api.action(lid, "reload")
         assert code == 202, body
-        await reloaded_to(port, "B")
+        await reloaded_to(port, "B", master)
 
 
 @pytest.fixture

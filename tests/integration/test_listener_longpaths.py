@@ -29,7 +29,7 @@ async def test_deep_run_dir(agent, client, url):
             assert (await client.put(f"{url}/v0.1/listeners/{lid}/haproxy", data=text.encode())).code == 201
             response = await client.put(f"{url}/v0.1/listeners/{lid}/reload")
             assert response.code == 202, await response.text()
-            await reloaded_to(port, "B")
+            await reloaded_to(port, "B", manager._procs[lid].pid)
             # after the reload the re-executed master re-bound its sockets in the same place
             body = await (await client.get(f"{url}/v0.1/listeners/{lid}")).json()
             assert body["status"] == "ACTIVE" and body["pools"][0]["members"] == [{member: "NO_CHECK"}]
