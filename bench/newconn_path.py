@@ -43,16 +43,14 @@ sys.path.insert(0, HERE)
 from OpenSSL import SSL  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
-from twisted.internet.testing import StringTransport  # noqa: E402
 from twisted.logger import globalLogBeginner  # noqa: E402
 from twisted.protocols.tls import TLSMemoryBIOFactory  # noqa: E402
-from twisted.internet import tcp  # noqa: E402
-from zope.interface import implementedBy, implementer  # noqa: E402
+from zope.interface import implementer  # noqa: E402
 from twisted.internet.interfaces import IOpenSSLContextFactory  # noqa: E402
 
 from klein_baseline import klein_site  # noqa: E402
 from request_path import KLEIN_BODY, REQUEST, agent_site, print_table  # noqa: E402
-from tests.helpers import drain_bio, make_pki  # noqa: E402
+from tests.helpers import TCPLike, drain_bio, make_pki  # noqa: E402
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 HOST = IPv4Address("TCP", "127.0.0.1", 9443)
@@ -87,20 +85,6 @@ class Holder:
 
     def getContext(self):
         return self.ctx
-
-
-@implementer(*implementedBy(tcp.Server))  # what a server-side TCP connection provides
-class TCPLike(StringTransport):
-    """A StringTransport with a TCP connection's interfaces and options."""
-
-    def setTcpNoDelay(self, enabled):
-        pass
-
-    def setTcpKeepAlive(self, enabled):
-        pass
-
-    def getHandle(self):
-        return None
 
 
 def one_connection(factory, client_ctx, profiler=None) -> tuple[float, bytes]:

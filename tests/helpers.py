@@ -11,6 +11,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from twisted.internet import tcp
+from twisted.internet.testing import StringTransport
+from zope.interface import implementedBy, implementer
+
 from amphora import devpki
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,6 +63,21 @@ def expired_client(pki: PKI) -> devpki.Issued:
     return devpki.issue(pki.ca, "expired-controller", client=True,
                         not_before=now - datetime.timedelta(days=30),
                         not_after=now - datetime.timedelta(days=1))
+
+
+@implementer(*implementedBy(tcp.Server))  # what a server-side TCP connection provides
+class TCPLike(StringTransport):
+    """A ``StringTransport`` with a TCP connection's interfaces and options: in-memory TLS over it
+    runs as ``listenSSL`` runs it over a real connection."""
+
+    def setTcpNoDelay(self, enabled):
+        pass
+
+    def setTcpKeepAlive(self, enabled):
+        pass
+
+    def getHandle(self):
+        return None
 
 
 def drain_bio(conn) -> bytes:

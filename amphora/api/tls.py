@@ -84,27 +84,28 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject
 
 
+def _issued(cert: x509.Certificate, by: x509.Certificate) -> bool:
+    if cert.issuer != by.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(by)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def completing_intermediates(server_cert: str, client_ca: str) -> list[x509.Certificate]:
     """The intermediates from ``client_ca`` that continue the chain of ``server_cert`` (the leaf
     and whatever intermediates the file holds) up to, not including, a self-signed root."""
     chain = _read_certificates(server_cert)
-    pool = [c for c in _read_certificates(client_ca) if not _self_signed(c)]
+    pool = [c for c in _read_certificates(client_ca) if not _self_signed(c) and c not in chain]
     found: list[x509.Certificate] = []
     current = chain[-1] if chain else None
-    while current is not None and not _self_signed(current) and len(found) < len(pool):
-        nxt = None
-        for candidate in pool:
-            if candidate.subject != current.issuer or candidate in chain or candidate in found:
-                continue
-            try:
-                current.verify_directly_issued_by(candidate)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            nxt = candidate
-            break
-        if nxt is not None:
-            found.append(nxt)
-        current = nxt
+    while current is not None and not _self_signed(current):
+        # each step takes a certificate not taken before: the walk ends
+        current = next((c for c in pool if c not in found and _issued(current, by=c)), None)
+        if current is not None:
+            found.append(current)
     return found
 
 

@@ -12,7 +12,7 @@ of the ~1.1 ms of server CPU a new connection costs (``bench/newconn_path.py``).
 
 ``AgentTLSProtocol`` sets that final declaration, computed once per
 transport class and kept, and otherwise makes Twisted's calls in Twisted's
-order. ``tests/unit/test_tlsconn.py`` compares it with Twisted's own
+order (each once). ``tests/unit/test_tlsconn.py`` compares it with Twisted's own
 protocol on every run (attributes, declarations, the wrapped protocol's
 connection, a handshake), so a Twisted release that changes these steps
 fails a test instead of drifting silently. A transport whose interfaces are
@@ -52,14 +52,14 @@ class AgentTLSProtocol(BufferingTLSTransport):
         spec = _declaration(self, transport) if self._connectWrapped else None
         if spec is None:
             return super().makeConnection(transport)
-        # TLSMemoryBIOProtocol.makeConnection with ProtocolWrapper.makeConnection inlined, step
-        # by step, minus their directlyProvides calls: the declaration they end with is set here.
+        # TLSMemoryBIOProtocol.makeConnection with ProtocolWrapper.makeConnection inlined, minus
+        # their directlyProvides calls (the declaration they end with is set here) and minus the
+        # wrapper's repeat of Protocol.makeConnection and registerProtocol (the same attributes,
+        # a no-op connectionMade, the same registry entry).
         self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
         self.__provides__ = spec
         Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        Protocol.makeConnection(self, transport)  # ProtocolWrapper.makeConnection's own steps
         self.factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)
         self._checkHandshakeStatus()

@@ -4,27 +4,19 @@ interface declarations (the two are compared here on every run)."""
 from __future__ import annotations
 
 from OpenSSL import SSL
-from twisted.internet import tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from zope.interface import alsoProvides, directlyProvidedBy, implementedBy, implementer, providedBy
+from zope.interface import alsoProvides, directlyProvidedBy, providedBy
 from zope.interface.interface import Interface
 
 from amphora.api import tlsconn
 from amphora.api.tls import ServerContextFactory, peer_subject
 from amphora.config import load_config
-from tests.helpers import drain_bio, write_config
+from tests.helpers import TCPLike, drain_bio, write_config
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
-
-
-@implementer(*implementedBy(tcp.Server))  # what a server-side TCP connection provides
-class TCPLike(StringTransport):
-    def setTcpNoDelay(self, enabled):
-        pass
 
 
 class Recorder(Protocol):
